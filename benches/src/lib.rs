@@ -1,0 +1,1 @@
+//! Shared fixtures for the benches: flag sets of a given size and shape.

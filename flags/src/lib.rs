@@ -1,0 +1,41 @@
+//! Rampart's flag engine: flagd-compatible flag definitions (JSON or YAML), validated once with
+//! located errors, compiled into an evaluation plan, and evaluated per context without re-parsing.
+//!
+//! Pure: no I/O beyond reading a file on request, no async runtime.
+//!
+//! ```
+//! use rampart_flags::{Bump, Context, FlagSet, Reason};
+//!
+//! let set = FlagSet::from_str("flags.yaml", r#"
+//! flags:
+//!   new-checkout:
+//!     state: ENABLED
+//!     variants: { "on": true, "off": false }
+//!     defaultVariant: "off"
+//!     ramp: { treatment: "on", percent: 100 }
+//! "#).unwrap();
+//! let arena = Bump::new();
+//! let ctx = Context::builder(&arena).targeting_key("user-1").build();
+//! let r = set.evaluate("new-checkout", &ctx, &arena);
+//! assert_eq!(r.variant_name(), Some("on"));
+//! assert_eq!(r.reason, Reason::Split);
+//! ```
+
+mod bucket;
+mod context;
+mod error;
+mod flag;
+mod flagset;
+mod resolution;
+mod source;
+mod targeting;
+mod validate;
+
+pub use bucket::{BUCKETS, Bucketer, percent_to_threshold};
+pub use context::{Context, ContextBuilder, ContextError, TARGETING_KEY};
+pub use datalogic_rs::bumpalo::Bump;
+pub use error::{LoadError, Problem};
+pub use flag::{Flag, Ramp, ValueKind, Variant};
+pub use flagset::FlagSet;
+pub use resolution::{ErrorCode, Reason, Resolution};
+pub use source::Format;

@@ -1,0 +1,144 @@
+//! Targeting rules: flagd's JSONLogic dialect (`fractional`, `sem_ver`, `starts_with`, `ends_with`)
+//! compiled once by `datalogic-rs`, with `{"$ref": name}` resolved against `$evaluators` first.
+
+use std::sync::LazyLock;
+
+use datalogic_rs::bumpalo::Bump;
+use datalogic_rs::{DataValue, Engine, Logic};
+use serde_json::{Map, Value};
+
+use crate::context::Context;
+use crate::resolution::ErrorCode;
+
+/// The one JSONLogic engine: immutable, shared by every compiled rule.
+static ENGINE: LazyLock<Engine> = LazyLock::new(Engine::new);
+
+/// How deep `$ref`s may nest in one another before the definition is rejected as cyclic.
+const MAX_REF_DEPTH: usize = 16;
+
+/// A compiled targeting rule.
+#[derive(Debug)]
+pub(crate) struct Targeting {
+    logic: Logic,
+}
+
+/// What a targeting rule said for one context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TargetingOutcome<'x> {
+    /// A variant name (not yet checked against the flag's variants).
+    Variant(&'x str),
+    /// `null` (or nothing usable): fall through to the ramp or the default variant.
+    NoVariant,
+    Failed(ErrorCode),
+}
+
+/// Why a rule could not be prepared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RuleError {
+    /// `$ref` to a name not in `$evaluators`; carries the name.
+    MissingRef(String),
+    /// `$ref`s that nest too deeply (a cycle).
+    RefCycle,
+    /// `$ref` whose value is not a string.
+    BadRef,
+    /// The JSONLogic compiler's message.
+    Compile(String),
+}
+
+impl Targeting {
+    /// Compiles `rule` (already `$ref`-expanded).
+    pub(crate) fn compile(rule: &Value) -> Result<Targeting, RuleError> {
+        ENGINE.compile(rule).map(|logic| Targeting { logic }).map_err(|e| RuleError::Compile(e.to_string()))
+    }
+
+    pub(crate) fn run<'x>(&'x self, flag_key: &'x str, ctx: &Context<'x>, arena: &'x Bump) -> TargetingOutcome<'x> {
+        let data = ctx.data_for(flag_key, arena);
+        match ENGINE.evaluate(&self.logic, data, arena) {
+            Ok(DataValue::String(s)) => TargetingOutcome::Variant(s),
+            Ok(DataValue::Bool(true)) => TargetingOutcome::Variant("true"),
+            Ok(DataValue::Bool(false)) => TargetingOutcome::Variant("false"),
+            Ok(DataValue::Null) => TargetingOutcome::NoVariant,
+            Ok(_) => TargetingOutcome::Failed(ErrorCode::General),
+            Err(_) => TargetingOutcome::Failed(ErrorCode::ParseError),
+        }
+    }
+}
+
+/// Replaces every `{"$ref": name}` in `rule` with `evaluators[name]` (recursively).
+pub(crate) fn expand_refs(rule: &Value, evaluators: &Map<String, Value>) -> Result<Value, RuleError> {
+    expand(rule, evaluators, 0)
+}
+
+fn expand(rule: &Value, evaluators: &Map<String, Value>, depth: usize) -> Result<Value, RuleError> {
+    match rule {
+        Value::Object(map) if map.len() == 1 && map.contains_key("$ref") => {
+            let Some(name) = map["$ref"].as_str() else { return Err(RuleError::BadRef) };
+            let target = evaluators.get(name).ok_or_else(|| RuleError::MissingRef(name.to_owned()))?;
+            if depth >= MAX_REF_DEPTH {
+                return Err(RuleError::RefCycle);
+            }
+            expand(target, evaluators, depth + 1)
+        }
+        Value::Object(map) => {
+            let mut out = Map::with_capacity(map.len());
+            for (k, v) in map {
+                out.insert(k.clone(), expand(v, evaluators, depth)?);
+            }
+            Ok(Value::Object(out))
+        }
+        Value::Array(items) => {
+            items.iter().map(|v| expand(v, evaluators, depth)).collect::<Result<_, _>>().map(Value::Array)
+        }
+        other => Ok(other.clone()),
+    }
+}
+
+/// Every `$ref` name used in `rule` (for validating `$evaluators` references up front).
+pub(crate) fn refs_in<'v>(rule: &'v Value, out: &mut Vec<&'v str>) {
+    match rule {
+        Value::Object(map) => {
+            if let Some(Value::String(name)) = map.get("$ref") {
+                out.push(name);
+            }
+            map.values().for_each(|v| refs_in(v, out));
+        }
+        Value::Array(items) => items.iter().for_each(|v| refs_in(v, out)),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn evaluators() -> Map<String, Value> {
+        json!({"emailWithFaas": {"ends_with": [{"var": "email"}, "@faas.com"]},
+               "nested": {"!": {"$ref": "emailWithFaas"}},
+               "loop": {"$ref": "loop"}})
+        .as_object()
+        .cloned()
+        .unwrap()
+    }
+
+    #[test]
+    fn refs_expand_recursively() {
+        let rule = json!({"if": [{"$ref": "nested"}, "a", "b"]});
+        let got = expand_refs(&rule, &evaluators()).unwrap();
+        assert_eq!(got, json!({"if": [{"!": {"ends_with": [{"var": "email"}, "@faas.com"]}}, "a", "b"]}));
+    }
+
+    #[test]
+    fn ref_errors() {
+        let ev = evaluators();
+        assert_eq!(expand_refs(&json!({"$ref": "nope"}), &ev), Err(RuleError::MissingRef("nope".into())));
+        assert_eq!(expand_refs(&json!({"$ref": "loop"}), &ev), Err(RuleError::RefCycle));
+        assert_eq!(expand_refs(&json!({"$ref": 3}), &ev), Err(RuleError::BadRef));
+    }
+
+    #[test]
+    fn unknown_operator_fails_to_compile() {
+        assert!(matches!(Targeting::compile(&json!({"no_such_op": [1]})), Err(RuleError::Compile(_))));
+    }
+}

@@ -1,0 +1,3 @@
+//! Subcommand implementations of the `rampart` binary.
+
+pub(crate) mod flags;

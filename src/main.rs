@@ -1,0 +1,38 @@
+//! The `rampart` binary: a thin CLI that dispatches to the crates.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+/// Rampart: feature-flag edge evaluation sidecar and the control plane that ramps its rollouts.
+#[derive(Debug, Parser)]
+#[command(name = "rampart", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a flag-definition file (flagd format, JSON or YAML).
+    Check(cli::flags::CheckArgs),
+    /// Evaluate one flag of a file against a context and print the resolution as JSON.
+    Eval(cli::flags::EvalArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check(args) => cli::flags::check(&args),
+        Command::Eval(args) => cli::flags::eval(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
