@@ -101,9 +101,13 @@ mod tests {
             prop_assert!(Bucketer::for_flag(&flag).bucket(unit.as_bytes()) < BUCKETS);
         }
 
+    }
+
+    proptest! {
+        // Each case hashes 100 000 random keys; a handful of cases suffices.
+        #![proptest_config(ProptestConfig::with_cases(8))]
         #[test]
         fn uniform_random_keys(flag in "[a-z]{1,12}", seed in any::<u64>()) {
-            // 100 000 random keys per case; a few cases keep the run short.
             let b = Bucketer::for_flag(&flag);
             let mut x = seed | 1;
             let mut counts = [0u32; 4];

@@ -26,6 +26,7 @@ mod context;
 mod error;
 mod flag;
 mod flagset;
+mod operators;
 mod resolution;
 mod source;
 mod targeting;

@@ -1,17 +1,20 @@
 //! Targeting rules: flagd's JSONLogic dialect (`fractional`, `sem_ver`, `starts_with`, `ends_with`)
 //! compiled once by `datalogic-rs`, with `{"$ref": name}` resolved against `$evaluators` first.
 
+use std::fmt::Write as _;
 use std::sync::LazyLock;
 
 use datalogic_rs::bumpalo::Bump;
+use datalogic_rs::bumpalo::collections::String as BumpString;
 use datalogic_rs::{DataValue, Engine, Logic};
 use serde_json::{Map, Value};
 
 use crate::context::Context;
+use crate::operators;
 use crate::resolution::ErrorCode;
 
 /// The one JSONLogic engine: immutable, shared by every compiled rule.
-static ENGINE: LazyLock<Engine> = LazyLock::new(Engine::new);
+static ENGINE: LazyLock<Engine> = LazyLock::new(|| operators::register(Engine::builder()).build());
 
 /// How deep `$ref`s may nest in one another before the definition is rejected as cyclic.
 const MAX_REF_DEPTH: usize = 16;
@@ -48,7 +51,13 @@ pub(crate) enum RuleError {
 impl Targeting {
     /// Compiles `rule` (already `$ref`-expanded).
     pub(crate) fn compile(rule: &Value) -> Result<Targeting, RuleError> {
-        ENGINE.compile(rule).map(|logic| Targeting { logic }).map_err(|e| RuleError::Compile(e.to_string()))
+        if let Some(op) = unknown_operator(rule) {
+            return Err(RuleError::Compile(format!("unknown operator \"{op}\"")));
+        }
+        ENGINE
+            .compile(&rename_operators(rule))
+            .map(|logic| Targeting { logic })
+            .map_err(|e| RuleError::Compile(e.to_string()))
     }
 
     pub(crate) fn run<'x>(&'x self, flag_key: &'x str, ctx: &Context<'x>, arena: &'x Bump) -> TargetingOutcome<'x> {
@@ -58,6 +67,18 @@ impl Targeting {
             Ok(DataValue::Bool(true)) => TargetingOutcome::Variant("true"),
             Ok(DataValue::Bool(false)) => TargetingOutcome::Variant("false"),
             Ok(DataValue::Null) => TargetingOutcome::NoVariant,
+            // flagd names the variant by the result's JSON text: `2` selects variant "2".
+            Ok(DataValue::Number(n)) => {
+                let mut name = BumpString::new_in(arena);
+                let written = match n.as_i64() {
+                    Some(i) => write!(name, "{i}"),
+                    None => write!(name, "{}", n.as_f64()),
+                };
+                match written {
+                    Ok(()) => TargetingOutcome::Variant(name.into_bump_str()),
+                    Err(_) => TargetingOutcome::Failed(ErrorCode::General),
+                }
+            }
             Ok(_) => TargetingOutcome::Failed(ErrorCode::General),
             Err(_) => TargetingOutcome::Failed(ErrorCode::ParseError),
         }
@@ -90,6 +111,41 @@ fn expand(rule: &Value, evaluators: &Map<String, Value>, depth: usize) -> Result
             items.iter().map(|v| expand(v, evaluators, depth)).collect::<Result<_, _>>().map(Value::Array)
         }
         other => Ok(other.clone()),
+    }
+}
+
+/// The first operator in `rule` the engine does not know. The engine would only fail on it when
+/// the rule runs; a definition file should fail when it loads.
+fn unknown_operator(rule: &Value) -> Option<&str> {
+    match rule {
+        Value::Object(map) => {
+            if map.len() == 1
+                && let Some(op) = map.keys().next()
+                && operators::rename(op).is_none()
+                && !ENGINE.builtin_operator_names().any(|known| known == op)
+            {
+                return Some(op);
+            }
+            map.values().find_map(unknown_operator)
+        }
+        Value::Array(items) => items.iter().find_map(unknown_operator),
+        _ => None,
+    }
+}
+
+/// `rule` with flagd's operator names replaced by the registered names of [`operators`].
+fn rename_operators(rule: &Value) -> Value {
+    match rule {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let name = if map.len() == 1 { operators::rename(k).unwrap_or(k) } else { k };
+                    (name.to_owned(), rename_operators(v))
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(rename_operators).collect()),
+        other => other.clone(),
     }
 }
 

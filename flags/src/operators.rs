@@ -1,0 +1,131 @@
+//! flagd's custom JSONLogic operators where flagd's semantics differ from the engine's built-ins:
+//! `fractional` (variant entries of any JSON type, as flagd v2 allows) and `starts_with` /
+//! `ends_with` (anything but two strings is `null`, never an error).
+//!
+//! Registered under private names; [`rename`] maps the flagd names onto them when a rule compiles.
+
+use std::io::Cursor;
+
+use datalogic_rs::bumpalo::Bump;
+use datalogic_rs::bumpalo::collections::String as BumpString;
+use datalogic_rs::operator::EvalContext;
+use datalogic_rs::{CustomOperator, DataValue, EngineBuilder, Result};
+
+/// (flagd name, registered name) of every operator this module owns.
+pub(crate) const RENAMED: [(&str, &str); 3] =
+    [("fractional", "rampart.fractional"), ("starts_with", "rampart.starts_with"), ("ends_with", "rampart.ends_with")];
+
+/// The registered name for a flagd operator name, if this module owns it.
+pub(crate) fn rename(op: &str) -> Option<&'static str> {
+    RENAMED.iter().find(|(flagd, _)| *flagd == op).map(|(_, ours)| *ours)
+}
+
+pub(crate) fn register(builder: EngineBuilder) -> EngineBuilder {
+    builder
+        .add_operator(RENAMED[0].1, Fractional)
+        .add_operator(RENAMED[1].1, StringAffix { suffix: false })
+        .add_operator(RENAMED[2].1, StringAffix { suffix: true })
+}
+
+static NULL: DataValue<'static> = DataValue::Null;
+
+/// `{"fractional": [bucketBy?, [variant, weight?], ...]}` as flagd evaluates it: the bucket key is
+/// the first argument when it is a string, else `$flagd.flagKey + targetingKey` (no string targeting
+/// key → `null`); `murmur3_x86_32(key, 0)` scaled into the total weight picks the entry.
+struct Fractional;
+
+impl CustomOperator for Fractional {
+    fn evaluate<'a>(
+        &self,
+        args: &[&'a DataValue<'a>],
+        ctx: &mut EvalContext<'_, 'a>,
+        arena: &'a Bump,
+    ) -> Result<&'a DataValue<'a>> {
+        let (key, entries) = match args.first() {
+            Some(DataValue::String(s)) => (*s, &args[1..]),
+            Some(DataValue::Null) => match implicit_key(ctx.root_input(), arena) {
+                Some(k) => (k, &args[1..]),
+                None => return Ok(&NULL),
+            },
+            Some(_) => match implicit_key(ctx.root_input(), arena) {
+                Some(k) => (k, args),
+                None => return Ok(&NULL),
+            },
+            None => return Ok(&NULL),
+        };
+        let mut total: u64 = 0;
+        for entry in entries {
+            match weight(entry) {
+                Some(w) => total += w,
+                None => return Ok(&NULL),
+            }
+        }
+        if entries.is_empty() || total == 0 || total > i32::MAX as u64 {
+            return Ok(&NULL);
+        }
+        let hash = murmur3::murmur3_32(&mut Cursor::new(key.as_bytes()), 0).unwrap_or(0);
+        let bucket = (u64::from(hash) * total) >> 32;
+        let mut end = 0;
+        for entry in entries {
+            end += weight(entry).unwrap_or(0);
+            if bucket < end {
+                return Ok(entry.as_array().and_then(|a| a.first()).unwrap_or(&NULL));
+            }
+        }
+        Ok(&NULL)
+    }
+}
+
+/// The weight of a `[variant, weight?]` entry: default 1, negatives count as 0; `None` when the
+/// entry is malformed (not a non-empty array, or a weight that is not a whole number).
+fn weight(entry: &DataValue<'_>) -> Option<u64> {
+    let items = entry.as_array().filter(|a| !a.is_empty())?;
+    match items.get(1) {
+        None => Some(1),
+        Some(w) => {
+            let f = w.as_f64()?;
+            if f.fract() != 0.0 || f > f64::from(i32::MAX) {
+                return None;
+            }
+            // Whole and at most i32::MAX, so the cast is exact.
+            Some(f.max(0.0) as u64)
+        }
+    }
+}
+
+/// `$flagd.flagKey + targetingKey`, or `None` without a string targeting key.
+fn implicit_key<'a>(root: &'a DataValue<'a>, arena: &'a Bump) -> Option<&'a str> {
+    let fields = root.as_object()?;
+    let field = |k: &str| fields.iter().find(|(name, _)| *name == k).map(|(_, v)| v);
+    let targeting_key = field(crate::context::TARGETING_KEY)?.as_str()?;
+    let flag_key = field("$flagd")
+        .and_then(|f| f.as_object())
+        .and_then(|f| f.iter().find(|(k, _)| *k == "flagKey"))
+        .and_then(|(_, v)| v.as_str())
+        .unwrap_or("");
+    let mut key = BumpString::with_capacity_in(flag_key.len() + targeting_key.len(), arena);
+    key.push_str(flag_key);
+    key.push_str(targeting_key);
+    Some(key.into_bump_str())
+}
+
+/// `starts_with` / `ends_with`: exactly two strings, case-sensitive; anything else is `null`.
+struct StringAffix {
+    suffix: bool,
+}
+
+static TRUE: DataValue<'static> = DataValue::Bool(true);
+static FALSE: DataValue<'static> = DataValue::Bool(false);
+
+impl CustomOperator for StringAffix {
+    fn evaluate<'a>(
+        &self,
+        args: &[&'a DataValue<'a>],
+        _ctx: &mut EvalContext<'_, 'a>,
+        _arena: &'a Bump,
+    ) -> Result<&'a DataValue<'a>> {
+        let [DataValue::String(s), DataValue::String(affix)] = args else { return Ok(&NULL) };
+        let hit = if self.suffix { s.ends_with(affix) } else { s.starts_with(affix) };
+        Ok(if hit { &TRUE } else { &FALSE })
+    }
+}
