@@ -20,6 +20,8 @@ enum Command {
     Check(cli::flags::CheckArgs),
     /// Evaluate one flag of a file against a context and print the resolution as JSON.
     Eval(cli::flags::EvalArgs),
+    /// Run the sidecar: a reverse proxy that injects flag variants as request headers.
+    Proxy(cli::proxy::ProxyArgs),
 }
 
 fn main() -> ExitCode {
@@ -27,6 +29,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(args) => cli::flags::check(&args),
         Command::Eval(args) => cli::flags::eval(&args),
+        Command::Proxy(args) => cli::proxy::run(&args),
     };
     match result {
         Ok(code) => code,

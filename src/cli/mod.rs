@@ -1,3 +1,5 @@
 //! Subcommand implementations of the `rampart` binary.
 
 pub(crate) mod flags;
+pub(crate) mod proxy;
+pub(crate) mod shutdown;

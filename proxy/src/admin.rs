@@ -1,0 +1,101 @@
+//! The admin listener: `/healthz`, `/readyz`, `/metrics` (Prometheus) and `/flags` (the loaded
+//! definitions and their version). Loopback by default; never on the client listener.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::Metrics;
+use crate::snapshot::Current;
+
+#[derive(Debug)]
+pub(crate) struct Admin {
+    pub(crate) current: Current,
+    pub(crate) metrics: Metrics,
+    pub(crate) flags_path: String,
+}
+
+pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
+    let tasks = TaskTracker::new();
+    loop {
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    continue;
+                }
+            },
+        };
+        let admin = admin.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let service = service_fn(move |req| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(admin.route(&req)) }
+            });
+            let conn =
+                auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).into_owned();
+            tokio::pin!(conn);
+            tokio::select! {
+                res = conn.as_mut() => if let Err(e) = res { tracing::debug!(error = %e, "admin connection error") },
+                () = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+            }
+        });
+    }
+    tasks.close();
+    tasks.wait().await;
+}
+
+impl Admin {
+    fn route(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".to_owned());
+        }
+        match req.uri().path() {
+            "/healthz" => text(StatusCode::OK, "ok\n".to_owned()),
+            "/readyz" => text(StatusCode::OK, format!("ready: flags version {}\n", self.current.load().version)),
+            "/metrics" => {
+                let mut r = text(StatusCode::OK, self.metrics.render());
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4"));
+                r
+            }
+            "/flags" => {
+                let snapshot = self.current.load();
+                let body = serde_json::json!({
+                    "version": snapshot.version,
+                    "source": self.flags_path,
+                    "loaded_at": unix_seconds(snapshot.loaded_at),
+                    "flags": snapshot.flags.definition(),
+                });
+                let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+                r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+                r
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found: try /healthz, /readyz, /metrics, /flags\n".to_owned()),
+        }
+    }
+}
+
+fn unix_seconds(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}

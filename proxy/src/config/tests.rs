@@ -1,0 +1,65 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("/etc/rampart/proxy.toml"), text)
+}
+
+#[test]
+fn defaults_and_relative_flags_path() {
+    let c = parse("flags = \"flags.yaml\"\n").unwrap();
+    assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(c.admin, "127.0.0.1:9901".parse().unwrap());
+    assert_eq!(c.upstream.authority.as_str(), "127.0.0.1:3000");
+    assert_eq!(c.flags, Path::new("/etc/rampart/flags.yaml"));
+    assert_eq!(c.header_prefix, "x-flag-");
+    assert_eq!(
+        c.context,
+        [Attribute {
+            name: "targetingKey".into(),
+            sources: vec![Source::Header(HeaderName::from_static("x-user-id"))]
+        }]
+    );
+}
+
+#[test]
+fn context_sources() {
+    let c = parse(
+        r#"flags = "f.yaml"
+[context]
+targetingKey = ["header:X-User-Id", "cookie:uid", "query:user"]
+route = "path"
+verb = ["method"]
+site = ["host"]
+"#,
+    )
+    .unwrap();
+    let tk = &c.context.iter().find(|a| a.name == "targetingKey").unwrap().sources;
+    assert_eq!(
+        tk,
+        &[
+            Source::Header(HeaderName::from_static("x-user-id")),
+            Source::Cookie("uid".into()),
+            Source::Query("user".into())
+        ]
+    );
+    assert_eq!(c.context.len(), 4);
+}
+
+#[test]
+fn errors_are_located() {
+    let e = parse("flags = \"f\"\nlisten = 12\n").unwrap_err().to_string();
+    assert!(e.starts_with("/etc/rampart/proxy.toml:2:10: "), "{e}");
+    let e = parse("flags = \"f\"\nbogus = 1\n").unwrap_err().to_string();
+    assert!(e.starts_with("/etc/rampart/proxy.toml:2:1: unknown field `bogus`"), "{e}");
+    let e = parse("flags = \"f\"\n[context]\nemail = [\"smoke:signal\"]\n").unwrap_err().to_string();
+    assert!(e.starts_with("/etc/rampart/proxy.toml: context.email: \"smoke:signal\" is not a source"), "{e}");
+    let e = parse("flags = \"f\"\nupstream = \"127.0.0.1:3000\"\n").unwrap_err().to_string();
+    assert!(e.contains("upstream: "), "{e}");
+    let e = parse("flags = \"f\"\nupstream = \"https://x\"\n").unwrap_err().to_string();
+    assert!(e.contains("only http://"), "{e}");
+    let e = parse("flags = \"f\"\n[context]\nx = \"header:x-flag-a\"\n").unwrap_err().to_string();
+    assert!(e.contains("under the flag-header prefix"), "{e}");
+    let e = parse("flags = \"f\"\nupstream_timeout = \"soon\"\n").unwrap_err().to_string();
+    assert!(e.starts_with("/etc/rampart/proxy.toml:2:"), "{e}");
+    assert!(parse("listen = \"127.0.0.1:1\"\n").unwrap_err().to_string().contains("missing field `flags`"));
+}

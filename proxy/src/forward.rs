@@ -1,0 +1,273 @@
+//! The request path: one snapshot load, strip client-sent flag headers, evaluate and inject every
+//! flag in scope, forward over a pooled keep-alive client with both bodies streamed, and answer
+//! upstream failures with 502/504 and a short reason.
+
+use std::cell::RefCell;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+use http::{Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use rampart_flags::Bump;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Attribute, Upstream};
+use crate::extract;
+use crate::metrics::Metrics;
+use crate::snapshot::{Current, Snapshot};
+
+/// What the proxy answers with: the upstream's streamed body, or a short error text.
+pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Everything the request path shares across requests.
+#[derive(Debug)]
+pub(crate) struct Forwarder {
+    pub(crate) current: Current,
+    pub(crate) client: Client<HttpConnector, Incoming>,
+    pub(crate) upstream: Upstream,
+    pub(crate) context: Vec<Attribute>,
+    pub(crate) prefix: String,
+    pub(crate) timeout: Duration,
+    pub(crate) metrics: Metrics,
+    /// Owns the tunnels of upgraded (WebSocket) connections.
+    pub(crate) tunnels: TaskTracker,
+}
+
+thread_local! {
+    /// Per-thread scratch arena for evaluation contexts; reset per request, so warm requests
+    /// allocate nothing on the heap for flags.
+    static ARENA: RefCell<Bump> = RefCell::new(Bump::with_capacity(4096));
+}
+
+impl Forwarder {
+    /// Serves one request from a client at `peer` (its `x-forwarded-for` value precomputed).
+    pub(crate) async fn handle(
+        self: Arc<Self>,
+        peer: Arc<PeerInfo>,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        let snapshot = self.current.load_full();
+        strip_prefixed(req.headers_mut(), &self.prefix);
+        self.apply_flags(&snapshot, &mut req);
+        let upgrade = prepare_upgrade(&mut req);
+        remove_hop_by_hop(req.headers_mut());
+        if let Some(protocol) = &upgrade {
+            req.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            req.headers_mut().insert(header::UPGRADE, protocol.clone());
+        }
+        set_forwarded_for(req.headers_mut(), &peer.ip);
+        if let Err(status) = self.set_upstream_uri(&mut req) {
+            return Ok(self.error(status, "bad request target\n"));
+        }
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.timeout, self.client.request(req)).await;
+        let mut resp = match result {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => {
+                self.metrics.upstream_failures.increment(1);
+                tracing::debug!(error = %e, connect = e.is_connect(), "upstream request failed");
+                let reason = if e.is_connect() { "upstream unreachable\n" } else { "upstream connection failed\n" };
+                return Ok(self.error(StatusCode::BAD_GATEWAY, reason));
+            }
+            Err(_) => {
+                self.metrics.upstream_timeouts.increment(1);
+                return Ok(self.error(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"));
+            }
+        };
+        self.metrics.upstream_latency.record(started.elapsed().as_secs_f64());
+        drop(snapshot);
+
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_side) = client_upgrade
+        {
+            let upstream_side = hyper::upgrade::on(&mut resp);
+            self.tunnels.spawn(tunnel(client_side, upstream_side));
+        } else {
+            remove_hop_by_hop(resp.headers_mut());
+        }
+        self.metrics.response(resp.status());
+        Ok(resp.map(Either::Left))
+    }
+
+    /// Evaluates every injected flag against the request and inserts its header.
+    fn apply_flags(&self, snapshot: &Snapshot, req: &mut Request<Incoming>) {
+        if snapshot.injected.is_empty() {
+            return;
+        }
+        ARENA.with(|cell| {
+            let Ok(mut arena) = cell.try_borrow_mut() else { return };
+            arena.reset();
+            let arena = &*arena;
+            let ctx = extract::context(&self.context, req, arena);
+            let flags = snapshot.flags.flags();
+            let chosen = arena.alloc_slice_fill_iter(
+                snapshot.injected.iter().map(|inj| flags[inj.flag].evaluate(&ctx, arena).variant.map(|v| v.index())),
+            );
+            let headers = req.headers_mut();
+            headers.reserve(snapshot.injected.len());
+            for (inj, choice) in snapshot.injected.iter().zip(chosen.iter()) {
+                match choice.and_then(|i| inj.variants.get(i)) {
+                    Some((value, evaluations)) => {
+                        headers.insert(inj.header.clone(), value.clone());
+                        evaluations.increment(1);
+                    }
+                    None => inj.unresolved.increment(1),
+                }
+            }
+        });
+    }
+
+    /// Points the request at the upstream, keeping path and query.
+    fn set_upstream_uri(&self, req: &mut Request<Incoming>) -> Result<(), StatusCode> {
+        let path = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.upstream.scheme.clone());
+        parts.authority = Some(self.upstream.authority.clone());
+        parts.path_and_query = Some(path);
+        *req.uri_mut() = Uri::from_parts(parts).map_err(|_| StatusCode::BAD_REQUEST)?;
+        // The upstream speaks HTTP/1.1 whatever the client spoke.
+        *req.version_mut() = http::Version::HTTP_11;
+        Ok(())
+    }
+
+    fn error(&self, status: StatusCode, reason: &'static str) -> Response<ProxyBody> {
+        self.metrics.response(status);
+        let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(reason.as_bytes()))));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        resp
+    }
+}
+
+/// Per-connection facts, computed once when the connection is accepted.
+#[derive(Debug)]
+pub(crate) struct PeerInfo {
+    pub(crate) ip: HeaderValue,
+}
+
+impl PeerInfo {
+    pub(crate) fn new(addr: SocketAddr) -> PeerInfo {
+        let ip = HeaderValue::try_from(addr.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+        PeerInfo { ip }
+    }
+}
+
+/// Removes every header under the flag prefix: a client must not choose its own variant.
+fn strip_prefixed(headers: &mut HeaderMap, prefix: &str) {
+    while let Some(name) = headers.keys().find(|k| k.as_str().starts_with(prefix)).cloned() {
+        headers.remove(&name);
+    }
+}
+
+/// The `Upgrade` protocol of an HTTP/1.1 upgrade request (`Connection: upgrade`), if any.
+fn prepare_upgrade(req: &mut Request<Incoming>) -> Option<HeaderValue> {
+    let wants = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if wants { req.headers_mut().remove(header::UPGRADE) } else { None }
+}
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::try_from(t.trim()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// Appends the client address to `x-forwarded-for`.
+fn set_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
+    const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+    match headers.get(&XFF).map(|prior| [prior.as_bytes(), b", ", ip.as_bytes()].concat()) {
+        Some(joined) => {
+            if let Ok(v) = HeaderValue::from_bytes(&joined) {
+                headers.insert(XFF, v);
+            }
+        }
+        None => {
+            headers.insert(XFF, ip.clone());
+        }
+    }
+}
+
+/// Copies bytes both ways between an upgraded client and upstream connection until either closes.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(error = %e, "upgraded connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+    }
+
+    #[test]
+    fn prefixed_headers_are_stripped_and_xff_appended() {
+        let mut h = HeaderMap::new();
+        h.insert("x-flag-a", HeaderValue::from_static("on"));
+        h.append("x-flag-a", HeaderValue::from_static("off"));
+        h.insert("x-flag-b", HeaderValue::from_static("on"));
+        h.insert("x-flagship", HeaderValue::from_static("kept"));
+        strip_prefixed(&mut h, "x-flag-");
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-flagship"]);
+        let ip = HeaderValue::from_static("10.0.0.2");
+        set_forwarded_for(&mut h, &ip);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.2");
+        set_forwarded_for(&mut h, &ip);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.2, 10.0.0.2");
+    }
+}

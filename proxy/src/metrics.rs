@@ -1,0 +1,80 @@
+//! The sidecar's Prometheus metrics: one recorder per proxy instance (no global registry), with
+//! every per-request handle registered up front so recording never looks a metric up.
+
+use std::sync::Arc;
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
+
+const META: Metadata<'static> = Metadata::new("rampart_proxy", Level::INFO, Some(module_path!()));
+
+/// Upstream latency buckets, seconds.
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+pub(crate) const UPSTREAM_LATENCY: &str = "rampart_upstream_latency_seconds";
+
+/// The proxy's metrics registry and its fixed handles.
+#[derive(Clone)]
+pub(crate) struct Metrics {
+    recorder: Arc<PrometheusRecorder>,
+    /// Responses by status class: index 0 is 1xx … 4 is 5xx.
+    pub(crate) responses: [Counter; 5],
+    pub(crate) upstream_latency: Histogram,
+    pub(crate) upstream_failures: Counter,
+    pub(crate) upstream_timeouts: Counter,
+    pub(crate) reloads: Counter,
+    pub(crate) reload_failures: Counter,
+    pub(crate) flags_version: Gauge,
+    pub(crate) connections: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Metrics {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(UPSTREAM_LATENCY.to_owned()), LATENCY_BUCKETS)
+            .map(PrometheusBuilder::build_recorder)
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let counter = |name: &'static str| recorder.register_counter(&Key::from_name(name), &META);
+        let class = |c: &'static str| {
+            recorder.register_counter(&Key::from_parts("rampart_responses_total", vec![Label::new("class", c)]), &META)
+        };
+        Metrics {
+            responses: [class("1xx"), class("2xx"), class("3xx"), class("4xx"), class("5xx")],
+            upstream_latency: recorder.register_histogram(&Key::from_name(UPSTREAM_LATENCY), &META),
+            upstream_failures: counter("rampart_upstream_failures_total"),
+            upstream_timeouts: counter("rampart_upstream_timeouts_total"),
+            reloads: counter("rampart_config_reloads_total"),
+            reload_failures: counter("rampart_config_reload_failures_total"),
+            flags_version: recorder.register_gauge(&Key::from_name("rampart_flags_version"), &META),
+            connections: recorder.register_gauge(&Key::from_name("rampart_open_connections"), &META),
+            recorder: Arc::new(recorder),
+        }
+    }
+
+    /// The counter of evaluations of `flag` that chose `variant` (`""`: no variant).
+    pub(crate) fn evaluations(&self, flag: &str, variant: &str) -> Counter {
+        let key = Key::from_parts(
+            "rampart_flag_evaluations_total",
+            vec![Label::new("flag", flag.to_owned()), Label::new("variant", variant.to_owned())],
+        );
+        self.recorder.register_counter(&key, &META)
+    }
+
+    /// Counts a response by its status class.
+    pub(crate) fn response(&self, status: http::StatusCode) {
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        self.responses[class].increment(1);
+    }
+
+    /// The Prometheus text exposition.
+    pub(crate) fn render(&self) -> String {
+        self.recorder.handle().render()
+    }
+}

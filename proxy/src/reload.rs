@@ -1,0 +1,111 @@
+//! Hot reload of the flags file: notify watches its directory (editors replace files by rename),
+//! changes are debounced, and a valid file becomes one new snapshot stored with one `ArcSwap`
+//! store. An invalid file keeps the previous snapshot, logs the located error and is counted.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use rampart_flags::FlagSet;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::snapshot::{Current, Snapshot};
+
+/// Quiet time after the last file event before reloading: one save is often several events.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// Builds snapshots from the flags file.
+#[derive(Debug, Clone)]
+pub(crate) struct Loader {
+    pub(crate) path: PathBuf,
+    pub(crate) prefix: String,
+    pub(crate) inject: Option<Vec<String>>,
+    pub(crate) metrics: Metrics,
+}
+
+/// Why the flags could not be (re)loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Flags(#[from] rampart_flags::LoadError),
+    #[error("{}: {source}", path.display())]
+    Snapshot {
+        path: PathBuf,
+        #[source]
+        source: crate::snapshot::SnapshotError,
+    },
+}
+
+impl Loader {
+    pub(crate) fn load(&self, version: u64) -> Result<Snapshot, LoadError> {
+        let flags = FlagSet::from_file(&self.path)?;
+        Snapshot::build(version, flags, &self.prefix, self.inject.as_deref(), &self.metrics)
+            .map_err(|source| LoadError::Snapshot { path: self.path.clone(), source })
+    }
+
+    /// Reloads into `current`; on failure the current snapshot stays and the failure is counted.
+    pub(crate) fn reload(&self, current: &Current) -> Result<u64, LoadError> {
+        let version = current.load().version + 1;
+        match self.load(version) {
+            Ok(snapshot) => {
+                current.store(Arc::new(snapshot));
+                self.metrics.reloads.increment(1);
+                self.metrics.flags_version.set(version as f64);
+                tracing::info!(version, path = %self.path.display(), "flags reloaded");
+                Ok(version)
+            }
+            Err(e) => {
+                self.metrics.reload_failures.increment(1);
+                tracing::error!("flags reload failed, previous flags stay live: {e}");
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Watches the flags file and reloads on change until `shutdown`.
+pub(crate) async fn watch(loader: Loader, current: Current, shutdown: CancellationToken) -> notify::Result<()> {
+    let (tx, mut rx) = mpsc::channel::<()>(1);
+    let file_name = loader.path.file_name().map(|n| n.to_owned());
+    let mut watcher = RecommendedWatcher::new(
+        move |event: notify::Result<notify::Event>| {
+            // Errors and path-less events (overflow) may hide a change: reload to be sure.
+            let ours = event.as_ref().map_or(true, |ev| {
+                !ev.kind.is_access()
+                    && (ev.paths.is_empty() || ev.paths.iter().any(|p| p.file_name() == file_name.as_deref()))
+            });
+            if ours {
+                // A full channel already has a reload pending.
+                let _ = tx.try_send(());
+            }
+        },
+        notify::Config::default(),
+    )?;
+    watcher.watch(dir_of(&loader.path), RecursiveMode::NonRecursive)?;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            got = rx.recv() => if got.is_none() { return Ok(()) },
+        }
+        // Debounce: wait until events stop arriving.
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(DEBOUNCE) => break,
+                got = rx.recv() => if got.is_none() { return Ok(()) },
+            }
+        }
+        // The error is logged and counted inside; the watch goes on.
+        let _ = loader.reload(&current);
+    }
+}
+
+fn dir_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
