@@ -19,7 +19,8 @@ const FLAGD_KEY: &str = "$flagd";
 pub struct Context<'a> {
     attrs: &'a [(&'a str, DataValue<'a>)],
     targeting_key: Option<&'a str>,
-    timestamp: i64,
+    /// Fixed by the builder, else read from the clock when a rule needs it.
+    timestamp: Option<i64>,
 }
 
 /// Why a JSON value cannot be a context.
@@ -32,12 +33,12 @@ pub enum ContextError {
 impl<'a> Context<'a> {
     /// An empty context (no targeting key).
     pub fn empty() -> Context<'static> {
-        Context { attrs: &[], targeting_key: None, timestamp: now() }
+        Context { attrs: &[], targeting_key: None, timestamp: None }
     }
 
     /// Starts a context whose attributes live in `arena`.
     pub fn builder(arena: &'a Bump) -> ContextBuilder<'a> {
-        ContextBuilder { arena, attrs: BumpVec::new_in(arena), targeting_key: None, timestamp: None }
+        ContextBuilder { arena, attrs: BumpVec::with_capacity_in(8, arena), targeting_key: None, timestamp: None }
     }
 
     /// The context of a JSON object (`null` is the empty context). Strings are borrowed.
@@ -65,9 +66,9 @@ impl<'a> Context<'a> {
         self.attrs.iter().find(|(k, _)| *k == key).and_then(|(_, v)| v.as_str())
     }
 
-    /// Unix seconds, as `$flagd.timestamp` gives them.
+    /// Unix seconds, as `$flagd.timestamp` gives them: the builder's, else now.
     pub fn timestamp(&self) -> i64 {
-        self.timestamp
+        self.timestamp.unwrap_or_else(now)
     }
 
     /// The JSONLogic data for evaluating `flag_key`: the attributes plus
@@ -78,7 +79,7 @@ impl<'a> Context<'a> {
     {
         let flagd = arena.alloc_slice_fill_iter([
             ("flagKey", DataValue::String(flag_key)),
-            ("timestamp", DataValue::Number(NumberValue::from_i64(self.timestamp))),
+            ("timestamp", DataValue::Number(NumberValue::from_i64(self.timestamp()))),
         ]);
         let n = self.attrs.len();
         let attrs = arena.alloc_slice_fill_with(n + 1, |i| match self.attrs.get(i) {
@@ -124,7 +125,7 @@ impl<'a> ContextBuilder<'a> {
         self
     }
 
-    /// Fixes `$flagd.timestamp` (default: now).
+    /// Fixes `$flagd.timestamp` (default: the time each rule is evaluated).
     pub fn timestamp(mut self, unix_seconds: i64) -> Self {
         self.timestamp = Some(unix_seconds);
         self
@@ -136,11 +137,7 @@ impl<'a> ContextBuilder<'a> {
     }
 
     pub fn build(self) -> Context<'a> {
-        Context {
-            attrs: self.attrs.into_bump_slice(),
-            targeting_key: self.targeting_key,
-            timestamp: self.timestamp.unwrap_or_else(now),
-        }
+        Context { attrs: self.attrs.into_bump_slice(), targeting_key: self.targeting_key, timestamp: self.timestamp }
     }
 }
 

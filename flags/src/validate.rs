@@ -245,7 +245,7 @@ fn ramp(
         }
     };
     if default.is_none() && matches!(default_given, None | Some(Value::Null)) {
-        p.add(format!("{path}"), "a ramp needs a defaultVariant: it is the control");
+        p.add(path.as_str(), "a ramp needs a defaultVariant: it is the control");
     }
     let (treatment, percent) = (treatment?, percent?);
     Some(Ramp {

@@ -2,6 +2,8 @@
 //! vectors, sem_ver operators, string operators, `$ref`, disabled flags, null defaults, null
 //! targeting results, and error reasons.
 
+#![allow(clippy::needless_pass_by_value)] // helpers take `json!` literals by value, for readability
+
 use rampart_flags::{Bump, Context, ErrorCode, FlagSet, Reason};
 use serde_json::{Value, json};
 

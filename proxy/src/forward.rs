@@ -2,7 +2,6 @@
 //! flag in scope, forward over a pooled keep-alive client with both bodies streamed, and answer
 //! upstream failures with 502/504 and a short reason.
 
-use std::cell::RefCell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,13 +16,12 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
-use rampart_flags::Bump;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Attribute, Upstream};
-use crate::extract;
+use crate::inject::inject_flags;
 use crate::metrics::Metrics;
-use crate::snapshot::{Current, Snapshot};
+use crate::snapshot::Current;
 
 /// What the proxy answers with: the upstream's streamed body, or a short error text.
 pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -54,12 +52,6 @@ pub(crate) struct Forwarder {
     pub(crate) tunnels: TaskTracker,
 }
 
-thread_local! {
-    /// Per-thread scratch arena for evaluation contexts; reset per request, so warm requests
-    /// allocate nothing on the heap for flags.
-    static ARENA: RefCell<Bump> = RefCell::new(Bump::with_capacity(4096));
-}
-
 impl Forwarder {
     /// Serves one request from a client at `peer` (its `x-forwarded-for` value precomputed).
     pub(crate) async fn handle(
@@ -68,8 +60,7 @@ impl Forwarder {
         mut req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let snapshot = self.current.load_full();
-        strip_prefixed(req.headers_mut(), &self.prefix);
-        self.apply_flags(&snapshot, &mut req);
+        inject_flags(&snapshot, &self.context, &self.prefix, &mut req);
         let upgrade = prepare_upgrade(&mut req);
         remove_hop_by_hop(req.headers_mut());
         if let Some(protocol) = &upgrade {
@@ -112,34 +103,6 @@ impl Forwarder {
         Ok(resp.map(Either::Left))
     }
 
-    /// Evaluates every injected flag against the request and inserts its header.
-    fn apply_flags(&self, snapshot: &Snapshot, req: &mut Request<Incoming>) {
-        if snapshot.injected.is_empty() {
-            return;
-        }
-        ARENA.with(|cell| {
-            let Ok(mut arena) = cell.try_borrow_mut() else { return };
-            arena.reset();
-            let arena = &*arena;
-            let ctx = extract::context(&self.context, req, arena);
-            let flags = snapshot.flags.flags();
-            let chosen = arena.alloc_slice_fill_iter(
-                snapshot.injected.iter().map(|inj| flags[inj.flag].evaluate(&ctx, arena).variant.map(|v| v.index())),
-            );
-            let headers = req.headers_mut();
-            headers.reserve(snapshot.injected.len());
-            for (inj, choice) in snapshot.injected.iter().zip(chosen.iter()) {
-                match choice.and_then(|i| inj.variants.get(i)) {
-                    Some((value, evaluations)) => {
-                        headers.insert(inj.header.clone(), value.clone());
-                        evaluations.increment(1);
-                    }
-                    None => inj.unresolved.increment(1),
-                }
-            }
-        });
-    }
-
     /// Points the request at the upstream, keeping path and query.
     fn set_upstream_uri(&self, req: &mut Request<Incoming>) -> Result<(), StatusCode> {
         let path = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
@@ -172,13 +135,6 @@ impl PeerInfo {
     pub(crate) fn new(addr: SocketAddr) -> PeerInfo {
         let ip = HeaderValue::try_from(addr.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
         PeerInfo { ip }
-    }
-}
-
-/// Removes every header under the flag prefix: a client must not choose its own variant.
-fn strip_prefixed(headers: &mut HeaderMap, prefix: &str) {
-    while let Some(name) = headers.keys().find(|k| k.as_str().starts_with(prefix)).cloned() {
-        headers.remove(&name);
     }
 }
 
@@ -242,6 +198,7 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inject::strip_prefixed;
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {

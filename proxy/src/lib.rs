@@ -8,6 +8,7 @@ mod admin;
 pub mod config;
 mod extract;
 mod forward;
+mod inject;
 mod metrics;
 mod reload;
 mod server;
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use crate::config::{Config, ConfigError};
+pub use crate::inject::inject_flags;
 pub use crate::reload::LoadError;
 pub use crate::snapshot::Snapshot;
 
