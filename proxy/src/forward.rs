@@ -150,16 +150,20 @@ fn prepare_upgrade(req: &mut Request<Incoming>) -> Option<HeaderValue> {
     if wants { req.headers_mut().remove(header::UPGRADE) } else { None }
 }
 
-/// Removes hop-by-hop headers, including those the `Connection` header names.
+/// Removes hop-by-hop headers, including those the `Connection` header names. Names are looked up
+/// as `&str`, so this allocates nothing.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::try_from(t.trim()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    let lists = headers.get_all(header::CONNECTION).iter().count();
+    for i in 0..lists {
+        // Cloning a received header value shares its bytes.
+        let Some(list) = headers.get_all(header::CONNECTION).iter().nth(i).cloned() else { break };
+        for token in list.to_str().unwrap_or("").split(',').map(str::trim) {
+            if !token.is_empty() && !token.eq_ignore_ascii_case("connection") {
+                headers.remove(token);
+            }
+        }
+    }
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     headers.remove(header::UPGRADE);
