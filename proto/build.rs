@@ -1,0 +1,13 @@
+//! Compiles the `.proto` files with `protox` (pure Rust), so no system `protoc` is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["rampart/v1/control.proto"];
+    for p in protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    let fds = protox::compile(protos, ["."])?;
+    // The RPC is named `Connect`, which would clash with the generated `connect` constructor;
+    // clients are built with `RampControlClient::new(channel)` instead.
+    tonic_prost_build::configure().build_transport(false).compile_fds(fds)?;
+    Ok(())
+}
