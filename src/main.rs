@@ -22,6 +22,8 @@ enum Command {
     Eval(cli::flags::EvalArgs),
     /// Run the sidecar: a reverse proxy that injects flag variants as request headers.
     Proxy(cli::proxy::ProxyArgs),
+    /// Run the control plane: aggregates sidecar stats, distributes flags, serves the API.
+    Control(cli::control::ControlArgs),
 }
 
 fn main() -> ExitCode {
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
         Command::Check(args) => cli::flags::check(&args),
         Command::Eval(args) => cli::flags::eval(&args),
         Command::Proxy(args) => cli::proxy::run(&args),
+        Command::Control(args) => cli::control::run(&args),
     };
     match result {
         Ok(code) => code,

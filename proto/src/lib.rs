@@ -7,3 +7,5 @@ pub mod rampart {
         tonic::include_proto!("rampart.v1");
     }
 }
+
+pub mod convert;

@@ -15,14 +15,18 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use std::sync::atomic::Ordering;
+
 use crate::metrics::Metrics;
+use crate::reporter::Status;
 use crate::snapshot::Current;
 
 #[derive(Debug)]
 pub(crate) struct Admin {
     pub(crate) current: Current,
     pub(crate) metrics: Metrics,
-    pub(crate) flags_path: String,
+    /// The control stream's state, when the sidecar follows a control plane.
+    pub(crate) control: Option<Arc<Status>>,
 }
 
 pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
@@ -65,7 +69,17 @@ impl Admin {
         }
         match req.uri().path() {
             "/healthz" => text(StatusCode::OK, "ok\n".to_owned()),
-            "/readyz" => text(StatusCode::OK, format!("ready: flags version {}\n", self.current.load().version)),
+            // Ready whenever flags are served: a sidecar without its control plane keeps serving
+            // its last flags, so it stays ready and says so.
+            "/readyz" => {
+                let stream = match &self.control {
+                    None => "none (local flags file)",
+                    Some(s) if s.connected.load(Ordering::Relaxed) => "connected",
+                    Some(_) => "disconnected (serving the last flags)",
+                };
+                let version = self.current.load().version;
+                text(StatusCode::OK, format!("ready: flags version {version}; control stream: {stream}\n"))
+            }
             "/metrics" => {
                 let mut r = text(StatusCode::OK, self.metrics.render());
                 r.headers_mut()
@@ -76,7 +90,6 @@ impl Admin {
                 let snapshot = self.current.load();
                 let body = serde_json::json!({
                     "version": snapshot.version,
-                    "source": self.flags_path,
                     "loaded_at": unix_seconds(snapshot.loaded_at),
                     "flags": snapshot.flags.definition(),
                 });

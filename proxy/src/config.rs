@@ -33,7 +33,16 @@ struct Raw {
     listen: SocketAddr,
     #[serde(default = "defaults::upstream")]
     upstream: String,
-    flags: PathBuf,
+    flags: Option<PathBuf>,
+    control_plane: Option<String>,
+    #[serde(default = "defaults::service")]
+    service: String,
+    proxy_id: Option<String>,
+    #[serde(default = "defaults::report_interval", with = "humantime_serde")]
+    report_interval: Duration,
+    #[serde(default = "defaults::max_series")]
+    max_series: usize,
+    flags_cache: Option<PathBuf>,
     #[serde(default = "defaults::admin")]
     admin: SocketAddr,
     #[serde(default = "defaults::header_prefix")]
@@ -72,6 +81,15 @@ mod defaults {
     }
     pub(super) fn upstream() -> String {
         "http://127.0.0.1:3000".to_owned()
+    }
+    pub(super) fn service() -> String {
+        "default".to_owned()
+    }
+    pub(super) fn report_interval() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub(super) fn max_series() -> usize {
+        1000
     }
     pub(super) fn header_prefix() -> String {
         "x-flag-".to_owned()
@@ -143,6 +161,17 @@ pub struct Upstream {
     pub authority: Authority,
 }
 
+/// Where the sidecar streams its stats and gets its flags from.
+#[derive(Debug, Clone)]
+pub struct ControlPlane {
+    pub uri: http::Uri,
+    pub service: String,
+    pub proxy_id: String,
+    pub report_interval: Duration,
+    /// The last flags pushed, kept on disk to serve when the control plane is unreachable at start.
+    pub cache: PathBuf,
+}
+
 /// A validated sidecar configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -150,8 +179,12 @@ pub struct Config {
     pub path: PathBuf,
     pub listen: SocketAddr,
     pub upstream: Upstream,
-    /// The flags file, resolved against the config file's directory.
-    pub flags: PathBuf,
+    /// The flags file, resolved against the config file's directory. With a control plane it only
+    /// bootstraps the sidecar (when there is no cache) and is not watched.
+    pub flags: Option<PathBuf>,
+    pub control_plane: Option<ControlPlane>,
+    /// Most (flag, variant) stats series recorded; requests beyond are counted as overflow.
+    pub max_series: usize,
     pub admin: SocketAddr,
     pub header_prefix: String,
     pub inject: Option<Vec<String>>,
@@ -243,11 +276,39 @@ impl Config {
             return Err(invalid("max_header_bytes", "must be at least 8192".to_owned()));
         }
         let base = path.parent().unwrap_or(Path::new("."));
+        let control_plane = match &raw.control_plane {
+            None => None,
+            Some(text) => {
+                let uri: http::Uri = text
+                    .parse()
+                    .ok()
+                    .filter(|u: &http::Uri| u.scheme().is_some() && u.authority().is_some())
+                    .ok_or_else(|| {
+                        invalid("control_plane", format!("\"{text}\" is not a URI like http://127.0.0.1:8400"))
+                    })?;
+                if raw.report_interval.is_zero() {
+                    return Err(invalid("report_interval", "must be above zero".to_owned()));
+                }
+                Some(ControlPlane {
+                    uri,
+                    service: raw.service.clone(),
+                    proxy_id: raw.proxy_id.clone().unwrap_or_else(default_proxy_id),
+                    report_interval: raw.report_interval,
+                    cache: base
+                        .join(raw.flags_cache.clone().unwrap_or_else(|| PathBuf::from("rampart-flags.cache.json"))),
+                })
+            }
+        };
+        if raw.flags.is_none() && control_plane.is_none() {
+            return Err(invalid("flags", "missing: a flags file is needed unless control_plane is set".to_owned()));
+        }
         Ok(Config {
             path: path.to_owned(),
             listen: raw.listen,
             upstream,
-            flags: base.join(&raw.flags),
+            flags: raw.flags.map(|f| base.join(f)),
+            control_plane,
+            max_series: raw.max_series,
             admin: raw.admin,
             header_prefix: prefix,
             inject: raw.inject,
@@ -262,6 +323,17 @@ impl Config {
             pool_idle_timeout: raw.pool_idle_timeout,
         })
     }
+}
+
+/// Host name and process id: unique per sidecar process on a host.
+fn default_proxy_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "sidecar".to_owned());
+    format!("{host}-{}", std::process::id())
 }
 
 /// 1-based line and column of byte `offset` in `text`.

@@ -19,9 +19,10 @@ use hyper_util::rt::TokioIo;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Attribute, Upstream};
-use crate::inject::inject_flags;
+use crate::inject::{Tracked, inject_flags};
 use crate::metrics::Metrics;
-use crate::snapshot::Current;
+use crate::snapshot::{Current, Snapshot};
+use rampart_stats::{Outcome, Registry};
 
 /// What the proxy answers with: the upstream's streamed body, or a short error text.
 pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -48,6 +49,7 @@ pub(crate) struct Forwarder {
     pub(crate) prefix: String,
     pub(crate) timeout: Duration,
     pub(crate) metrics: Metrics,
+    pub(crate) stats: Arc<Registry>,
     /// Owns the tunnels of upgraded (WebSocket) connections.
     pub(crate) tunnels: TaskTracker,
 }
@@ -60,7 +62,7 @@ impl Forwarder {
         mut req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let snapshot = self.current.load_full();
-        inject_flags(&snapshot, &self.context, &self.prefix, &mut req);
+        let tracked = inject_flags(&snapshot, &self.context, &self.prefix, &mut req);
         let upgrade = prepare_upgrade(&mut req);
         remove_hop_by_hop(req.headers_mut());
         if let Some(protocol) = &upgrade {
@@ -75,20 +77,26 @@ impl Forwarder {
 
         let started = Instant::now();
         let result = tokio::time::timeout(self.timeout, self.client.request(req)).await;
+        let elapsed = started.elapsed();
         let mut resp = match result {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => {
                 self.metrics.upstream_failures.increment(1);
+                self.record(&snapshot, &tracked, Outcome::Error, None);
                 tracing::debug!(error = %e, connect = e.is_connect(), "upstream request failed");
                 let reason = if e.is_connect() { "upstream unreachable\n" } else { "upstream connection failed\n" };
                 return Ok(self.error(StatusCode::BAD_GATEWAY, reason));
             }
             Err(_) => {
                 self.metrics.upstream_timeouts.increment(1);
+                self.record(&snapshot, &tracked, Outcome::Timeout, None);
                 return Ok(self.error(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"));
             }
         };
-        self.metrics.upstream_latency.record(started.elapsed().as_secs_f64());
+        self.metrics.upstream_latency.record(elapsed.as_secs_f64());
+        let outcome = if resp.status().is_server_error() { Outcome::Error } else { Outcome::Ok };
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.record(&snapshot, &tracked, outcome, Some(micros));
         drop(snapshot);
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -101,6 +109,22 @@ impl Forwarder {
         }
         self.metrics.response(resp.status());
         Ok(resp.map(Either::Left))
+    }
+
+    /// Records the request's outcome for every tracked flag it was assigned, on the snapshot it
+    /// was evaluated with.
+    fn record(&self, snapshot: &Snapshot, tracked: &Tracked, outcome: Outcome, micros: Option<u64>) {
+        for &(i, v) in tracked {
+            let stats =
+                snapshot.injected.get(i as usize).and_then(|inj| inj.variants.get(v as usize)).map(|out| &out.stats);
+            match stats {
+                Some(Some(series)) => series.record(outcome, micros),
+                _ => {
+                    self.metrics.stats_overflow.increment(1);
+                    self.stats.overflow().fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
     }
 
     /// Points the request at the upstream, keeping path and query.

@@ -7,6 +7,7 @@ use std::cell::RefCell;
 
 use http::{HeaderMap, Request};
 use rampart_flags::Bump;
+use smallvec::SmallVec;
 
 use crate::config::Attribute;
 use crate::extract;
@@ -17,11 +18,17 @@ thread_local! {
     static ARENA: RefCell<Bump> = RefCell::new(Bump::with_capacity(4096));
 }
 
+/// The tracked flags a request was assigned: `(injected index, variant index)`, recorded once the
+/// response is known. Inline for the usual handful of ramped flags.
+pub type Tracked = SmallVec<[(u32, u32); 4]>;
+
 /// Strips headers under `prefix` from `req`, then evaluates and injects `snapshot`'s flags.
-pub fn inject_flags<B>(snapshot: &Snapshot, context: &[Attribute], prefix: &str, req: &mut Request<B>) {
+/// Returns the assignments of tracked flags.
+pub fn inject_flags<B>(snapshot: &Snapshot, context: &[Attribute], prefix: &str, req: &mut Request<B>) -> Tracked {
     strip_prefixed(req.headers_mut(), prefix);
+    let mut tracked = Tracked::new();
     if snapshot.injected.is_empty() {
-        return;
+        return tracked;
     }
     ARENA.with(|cell| {
         // Re-entrancy is impossible (evaluation never calls back here); a fresh arena covers it anyway.
@@ -40,16 +47,21 @@ pub fn inject_flags<B>(snapshot: &Snapshot, context: &[Attribute], prefix: &str,
         );
         let headers = req.headers_mut();
         headers.reserve(snapshot.injected.len());
-        for (inj, choice) in snapshot.injected.iter().zip(chosen.iter()) {
-            match choice.and_then(|i| inj.variants.get(i)) {
-                Some((value, evaluations)) => {
-                    headers.insert(inj.header.clone(), value.clone());
-                    evaluations.increment(1);
+        for (i, (inj, choice)) in snapshot.injected.iter().zip(chosen.iter()).enumerate() {
+            match choice.and_then(|v| inj.variants.get(v).map(|out| (v, out))) {
+                Some((v, out)) => {
+                    headers.insert(inj.header.clone(), out.header.clone());
+                    out.evaluations.increment(1);
+                    if inj.tracked {
+                        // Both fit: a snapshot has far fewer than 2^32 flags or variants.
+                        tracked.push((i as u32, v as u32));
+                    }
                 }
                 None => inj.unresolved.increment(1),
             }
         }
     });
+    tracked
 }
 
 /// Removes every header under the flag prefix: a client must not choose its own variant.

@@ -5,12 +5,14 @@
 //! the given listeners until the shutdown token fires, then drains.
 
 mod admin;
+mod cache;
 pub mod config;
 mod extract;
 mod forward;
 mod inject;
 mod metrics;
 mod reload;
+mod reporter;
 mod server;
 mod snapshot;
 
@@ -20,12 +22,14 @@ use arc_swap::ArcSwap;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rampart_flags::{FlagSet, Format};
+use rampart_stats::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use crate::config::{Config, ConfigError};
-pub use crate::inject::inject_flags;
+pub use crate::inject::{Tracked, inject_flags};
 pub use crate::reload::LoadError;
 pub use crate::snapshot::Snapshot;
 
@@ -36,21 +40,48 @@ pub struct Proxy {
     loader: reload::Loader,
     current: snapshot::Current,
     metrics: metrics::Metrics,
+    stats: Arc<Registry>,
 }
 
 impl Proxy {
     /// Loads the flags named by `config`; fails (with a located error) before anything is bound.
+    ///
+    /// Without a control plane the flags file is served (version 1) and watched. With one, the
+    /// last flags it pushed (the disk cache) are served until it pushes again; without a cache,
+    /// the flags file (version 0), or no flags at all.
     pub fn new(config: Config) -> Result<Proxy, LoadError> {
         let metrics = metrics::Metrics::new();
+        let stats = Arc::new(Registry::new(config.max_series));
         let loader = reload::Loader {
             path: config.flags.clone(),
             prefix: config.header_prefix.clone(),
             inject: config.inject.clone(),
             metrics: metrics.clone(),
+            stats: stats.clone(),
         };
-        let first = loader.load(1)?;
-        metrics.flags_version.set(1.0);
-        Ok(Proxy { config, loader, current: Arc::new(ArcSwap::from_pointee(first)), metrics })
+        let first = match &config.control_plane {
+            None => loader.load(1)?,
+            Some(cp) => match cache::read(&cp.cache) {
+                Ok(Some(cached)) => {
+                    let set = FlagSet::from_text(&cp.cache.display().to_string(), &cached.definition, Format::Json)?;
+                    tracing::info!(version = cached.version, "serving the cached control-plane flags until it pushes");
+                    loader.build(cached.version, set, "flags cache")?
+                }
+                other => {
+                    if let Err(e) = other {
+                        tracing::warn!(error = %e, "ignoring the flags cache");
+                    }
+                    match config.flags {
+                        Some(_) => loader.load(0)?,
+                        None => {
+                            loader.build(0, FlagSet::from_text("empty", "{\"flags\":{}}", Format::Json)?, "empty")?
+                        }
+                    }
+                }
+            },
+        };
+        metrics.flags_version.set(first.version as f64);
+        Ok(Proxy { config, loader, current: Arc::new(ArcSwap::from_pointee(first)), metrics, stats })
     }
 
     pub fn config(&self) -> &Config {
@@ -82,12 +113,14 @@ impl Proxy {
             prefix: c.header_prefix.clone(),
             timeout: c.upstream_timeout,
             metrics: self.metrics.clone(),
+            stats: self.stats.clone(),
             tunnels: TaskTracker::new(),
         });
+        let status = Arc::new(reporter::Status::default());
         let admin_state = Arc::new(admin::Admin {
             current: self.current.clone(),
             metrics: self.metrics.clone(),
-            flags_path: c.flags.display().to_string(),
+            control: c.control_plane.as_ref().map(|_| status.clone()),
         });
         let limits = server::Limits {
             max_connections: c.max_connections.get(),
@@ -98,14 +131,33 @@ impl Proxy {
         let tasks = TaskTracker::new();
         let background = CancellationToken::new();
         tasks.spawn(admin::serve(admin, admin_state, background.clone()));
-        let (loader, current, watch_stop) = (self.loader.clone(), self.current.clone(), background.clone());
-        tasks.spawn(async move {
-            if let Err(e) = reload::watch(loader, current, watch_stop).await {
-                tracing::error!(error = %e, "cannot watch the flags file; hot reload is off");
+        match (&c.control_plane, &c.flags) {
+            (Some(control), _) => {
+                let reporter = reporter::Reporter {
+                    control: control.clone(),
+                    stats: self.stats.clone(),
+                    loader: self.loader.clone(),
+                    current: self.current.clone(),
+                    metrics: self.metrics.clone(),
+                    status,
+                    epoch: fastrand::u64(1..),
+                };
+                tasks.spawn(reporter.run(background.clone()));
             }
-        });
+            (None, Some(path)) => {
+                let (loader, path, current, stop) =
+                    (self.loader.clone(), path.clone(), self.current.clone(), background.clone());
+                tasks.spawn(async move {
+                    if let Err(e) = reload::watch(loader, path, current, stop).await {
+                        tracing::error!(error = %e, "cannot watch the flags file; hot reload is off");
+                    }
+                });
+            }
+            (None, None) => {}
+        }
         tasks.close();
         server::serve(listener, forwarder, limits, shutdown).await;
+        // Drained: the reporter now sends the last interval's stats, then everything stops.
         background.cancel();
         tasks.wait().await;
     }

@@ -27,6 +27,10 @@ pub(crate) struct Metrics {
     pub(crate) reload_failures: Counter,
     pub(crate) flags_version: Gauge,
     pub(crate) connections: Gauge,
+    pub(crate) control_connected: Gauge,
+    pub(crate) pending_reports: Gauge,
+    /// Requests of tracked flags not recorded because the series cap was reached.
+    pub(crate) stats_overflow: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -54,6 +58,9 @@ impl Metrics {
             reload_failures: counter("rampart_config_reload_failures_total"),
             flags_version: recorder.register_gauge(&Key::from_name("rampart_flags_version"), &META),
             connections: recorder.register_gauge(&Key::from_name("rampart_open_connections"), &META),
+            control_connected: recorder.register_gauge(&Key::from_name("rampart_control_stream_connected"), &META),
+            pending_reports: recorder.register_gauge(&Key::from_name("rampart_stats_pending_reports"), &META),
+            stats_overflow: counter("rampart_stats_overflow_total"),
             recorder: Arc::new(recorder),
         }
     }

@@ -11,19 +11,22 @@ use rampart_flags::FlagSet;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use rampart_stats::Registry;
+
 use crate::metrics::Metrics;
-use crate::snapshot::{Current, Snapshot};
+use crate::snapshot::{Current, Outputs, Snapshot};
 
 /// Quiet time after the last file event before reloading: one save is often several events.
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
-/// Builds snapshots from the flags file.
+/// Builds snapshots: from the flags file, or from definitions pushed by the control plane.
 #[derive(Debug, Clone)]
 pub(crate) struct Loader {
-    pub(crate) path: PathBuf,
+    pub(crate) path: Option<PathBuf>,
     pub(crate) prefix: String,
     pub(crate) inject: Option<Vec<String>>,
     pub(crate) metrics: Metrics,
+    pub(crate) stats: Arc<Registry>,
 }
 
 /// Why the flags could not be (re)loaded.
@@ -31,22 +34,37 @@ pub(crate) struct Loader {
 pub enum LoadError {
     #[error(transparent)]
     Flags(#[from] rampart_flags::LoadError),
-    #[error("{}: {source}", path.display())]
+    #[error("{source_name}: {source}")]
     Snapshot {
-        path: PathBuf,
+        source_name: String,
         #[source]
         source: crate::snapshot::SnapshotError,
     },
+    #[error("no flags: neither a flags file nor a cached control-plane snapshot")]
+    NoFlags,
 }
 
 impl Loader {
-    pub(crate) fn load(&self, version: u64) -> Result<Snapshot, LoadError> {
-        let flags = FlagSet::from_file(&self.path)?;
-        Snapshot::build(version, flags, &self.prefix, self.inject.as_deref(), &self.metrics)
-            .map_err(|source| LoadError::Snapshot { path: self.path.clone(), source })
+    /// The snapshot of `flags`, named `source_name` in errors.
+    pub(crate) fn build(&self, version: u64, flags: FlagSet, source_name: &str) -> Result<Snapshot, LoadError> {
+        let outputs = Outputs {
+            prefix: &self.prefix,
+            inject: self.inject.as_deref(),
+            metrics: &self.metrics,
+            stats: &self.stats,
+        };
+        Snapshot::build(version, flags, outputs)
+            .map_err(|source| LoadError::Snapshot { source_name: source_name.to_owned(), source })
     }
 
-    /// Reloads into `current`; on failure the current snapshot stays and the failure is counted.
+    /// The snapshot of the flags file.
+    pub(crate) fn load(&self, version: u64) -> Result<Snapshot, LoadError> {
+        let path = self.path.as_ref().ok_or(LoadError::NoFlags)?;
+        self.build(version, FlagSet::from_file(path)?, &path.display().to_string())
+    }
+
+    /// Reloads the file into `current`; on failure the current snapshot stays and the failure is
+    /// counted.
     pub(crate) fn reload(&self, current: &Current) -> Result<u64, LoadError> {
         let version = current.load().version + 1;
         match self.load(version) {
@@ -54,7 +72,7 @@ impl Loader {
                 current.store(Arc::new(snapshot));
                 self.metrics.reloads.increment(1);
                 self.metrics.flags_version.set(version as f64);
-                tracing::info!(version, path = %self.path.display(), "flags reloaded");
+                tracing::info!(version, "flags file reloaded");
                 Ok(version)
             }
             Err(e) => {
@@ -67,9 +85,14 @@ impl Loader {
 }
 
 /// Watches the flags file and reloads on change until `shutdown`.
-pub(crate) async fn watch(loader: Loader, current: Current, shutdown: CancellationToken) -> notify::Result<()> {
+pub(crate) async fn watch(
+    loader: Loader,
+    path: PathBuf,
+    current: Current,
+    shutdown: CancellationToken,
+) -> notify::Result<()> {
     let (tx, mut rx) = mpsc::channel::<()>(1);
-    let file_name = loader.path.file_name().map(|n| n.to_owned());
+    let file_name = path.file_name().map(|n| n.to_owned());
     let mut watcher = RecommendedWatcher::new(
         move |event: notify::Result<notify::Event>| {
             // Errors and path-less events (overflow) may hide a change: reload to be sure.
@@ -84,7 +107,7 @@ pub(crate) async fn watch(loader: Loader, current: Current, shutdown: Cancellati
         },
         notify::Config::default(),
     )?;
-    watcher.watch(dir_of(&loader.path), RecursiveMode::NonRecursive)?;
+    watcher.watch(dir_of(&path), RecursiveMode::NonRecursive)?;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),

@@ -1,6 +1,7 @@
 //! The immutable, complete state the request path reads with one `ArcSwap` load: the compiled
-//! flags, and per injected flag its header name, the header value of each variant and the metric
-//! handle of each variant — all built once, so a request only clones reference-counted values.
+//! flags, and per injected flag its header name and, per variant, the header value, the evaluation
+//! counter and (for tracked flags) the stats series — all built once, so a request only clones
+//! reference-counted values.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -8,9 +9,19 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue};
 use metrics::Counter;
-use rampart_flags::FlagSet;
+use rampart_flags::{Flag, FlagSet};
+use rampart_stats::{Registry, SeriesStats};
 
 use crate::metrics::Metrics;
+
+/// What the proxy precomputes for one variant of an injected flag.
+#[derive(Debug)]
+pub(crate) struct VariantOut {
+    pub(crate) header: HeaderValue,
+    pub(crate) evaluations: Counter,
+    /// The stats series, when the flag is tracked and the series cap allowed one.
+    pub(crate) stats: Option<Arc<SeriesStats>>,
+}
 
 /// One flag the proxy evaluates and injects.
 #[derive(Debug)]
@@ -18,16 +29,19 @@ pub(crate) struct Injected {
     /// Index into `Snapshot::flags.flags()`.
     pub(crate) flag: usize,
     pub(crate) header: HeaderName,
-    /// Per variant index: the header value and the evaluation counter.
-    pub(crate) variants: Vec<(HeaderValue, Counter)>,
+    /// By variant index.
+    pub(crate) variants: Vec<VariantOut>,
     /// Evaluations that chose no variant (disabled, no default, error).
     pub(crate) unresolved: Counter,
+    /// Whether requests are recorded per variant (a ramp, or `metadata.track: true`).
+    pub(crate) tracked: bool,
 }
 
 /// A complete flag configuration as served.
 #[derive(Debug)]
 pub struct Snapshot {
-    /// Increases by one with every snapshot this proxy builds.
+    /// From the control plane: its version. From a local file: 1, 2, … per load (0 when a local
+    /// file only bootstraps a sidecar that follows a control plane).
     pub version: u64,
     pub flags: FlagSet,
     pub(crate) injected: Vec<Injected>,
@@ -43,34 +57,53 @@ pub enum SnapshotError {
     HeaderName { flag: String },
 }
 
+/// Whether a flag's requests are recorded per variant.
+pub(crate) fn tracked(flag: &Flag) -> bool {
+    flag.ramp().is_some() || flag.metadata().get("track").and_then(|v| v.as_bool()) == Some(true)
+}
+
+/// What a snapshot is built with besides the flags.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Outputs<'a> {
+    pub(crate) prefix: &'a str,
+    pub(crate) inject: Option<&'a [String]>,
+    pub(crate) metrics: &'a Metrics,
+    pub(crate) stats: &'a Registry,
+}
+
 impl Snapshot {
     /// Builds the snapshot of `flags`: every flag, or only those in `inject` when given.
-    pub(crate) fn build(
-        version: u64,
-        flags: FlagSet,
-        prefix: &str,
-        inject: Option<&[String]>,
-        metrics: &Metrics,
-    ) -> Result<Snapshot, SnapshotError> {
+    pub(crate) fn build(version: u64, flags: FlagSet, out: Outputs<'_>) -> Result<Snapshot, SnapshotError> {
         let mut injected = Vec::new();
         for (index, flag) in flags.flags().iter().enumerate() {
-            if inject.is_some_and(|keys| !keys.iter().any(|k| k == flag.key())) {
+            if out.inject.is_some_and(|keys| !keys.iter().any(|k| k == flag.key())) {
                 continue;
             }
-            let header = HeaderName::try_from(format!("{prefix}{}", flag.key().to_ascii_lowercase()))
+            let header = HeaderName::try_from(format!("{}{}", out.prefix, flag.key().to_ascii_lowercase()))
                 .map_err(|_| SnapshotError::HeaderName { flag: flag.key().to_owned() })?;
+            let tracked = tracked(flag);
             let variants = flag
                 .variants()
                 .iter()
                 .map(|v| {
-                    let value = HeaderValue::try_from(v.name()).map_err(|_| SnapshotError::HeaderValue {
+                    let header = HeaderValue::try_from(v.name()).map_err(|_| SnapshotError::HeaderValue {
                         flag: flag.key().to_owned(),
                         variant: v.name().to_owned(),
                     })?;
-                    Ok((value, metrics.evaluations(flag.key(), v.name())))
+                    Ok(VariantOut {
+                        header,
+                        evaluations: out.metrics.evaluations(flag.key(), v.name()),
+                        stats: if tracked { out.stats.get_or_create(flag.key(), v.name()) } else { None },
+                    })
                 })
                 .collect::<Result<_, _>>()?;
-            injected.push(Injected { flag: index, header, variants, unresolved: metrics.evaluations(flag.key(), "") });
+            injected.push(Injected {
+                flag: index,
+                header,
+                variants,
+                unresolved: out.metrics.evaluations(flag.key(), ""),
+                tracked,
+            });
         }
         Ok(Snapshot { version, flags, injected, loaded_at: SystemTime::now() })
     }

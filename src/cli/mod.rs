@@ -1,5 +1,6 @@
 //! Subcommand implementations of the `rampart` binary.
 
+pub(crate) mod control;
 pub(crate) mod flags;
 pub(crate) mod proxy;
 pub(crate) mod shutdown;

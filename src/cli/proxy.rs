@@ -34,7 +34,7 @@ pub(crate) fn run(args: &ProxyArgs) -> anyhow::Result<ExitCode> {
             tokio::net::TcpListener::bind(c.listen).await.with_context(|| format!("bind listen {}", c.listen))?;
         let admin = tokio::net::TcpListener::bind(c.admin).await.with_context(|| format!("bind admin {}", c.admin))?;
         tracing::info!(listen = %listener.local_addr()?, admin = %admin.local_addr()?, upstream = %c.upstream.authority,
-            flags = %c.flags.display(), workers, "rampart proxy serving");
+            flags = ?c.flags, control_plane = ?c.control_plane.as_ref().map(|cp| &cp.uri), workers, "rampart proxy serving");
         let token = CancellationToken::new();
         let signals = tokio::spawn(shutdown::on_signal(token.clone()));
         proxy.run(listener, admin, token.clone()).await;

@@ -10,7 +10,8 @@ fn defaults_and_relative_flags_path() {
     assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
     assert_eq!(c.admin, "127.0.0.1:9901".parse().unwrap());
     assert_eq!(c.upstream.authority.as_str(), "127.0.0.1:3000");
-    assert_eq!(c.flags, Path::new("/etc/rampart/flags.yaml"));
+    assert_eq!(c.flags.as_deref(), Some(Path::new("/etc/rampart/flags.yaml")));
+    assert!(c.control_plane.is_none());
     assert_eq!(c.header_prefix, "x-flag-");
     assert_eq!(
         c.context,
@@ -61,5 +62,21 @@ fn errors_are_located() {
     assert!(e.contains("under the flag-header prefix"), "{e}");
     let e = parse("flags = \"f\"\nupstream_timeout = \"soon\"\n").unwrap_err().to_string();
     assert!(e.starts_with("/etc/rampart/proxy.toml:2:"), "{e}");
-    assert!(parse("listen = \"127.0.0.1:1\"\n").unwrap_err().to_string().contains("missing field `flags`"));
+    let e = parse("listen = \"127.0.0.1:1\"\n").unwrap_err().to_string();
+    assert!(e.contains("flags: missing"), "{e}");
+    let e = parse("control_plane = \"nope\"\n").unwrap_err().to_string();
+    assert!(e.contains("control_plane: "), "{e}");
+}
+
+#[test]
+fn control_plane_settings() {
+    let c = parse("control_plane = \"http://127.0.0.1:8400\"\nservice = \"checkout\"\nreport_interval = \"250ms\"\n")
+        .unwrap();
+    let cp = c.control_plane.unwrap();
+    assert_eq!(cp.uri.authority().unwrap().as_str(), "127.0.0.1:8400");
+    assert_eq!(cp.service, "checkout");
+    assert_eq!(cp.report_interval, Duration::from_millis(250));
+    assert!(cp.proxy_id.ends_with(&format!("-{}", std::process::id())), "{}", cp.proxy_id);
+    assert_eq!(cp.cache, Path::new("/etc/rampart/rampart-flags.cache.json"));
+    assert!(c.flags.is_none(), "a control plane needs no local flags file");
 }

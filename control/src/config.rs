@@ -1,0 +1,100 @@
+//! The control plane's TOML configuration, validated before any port is bound.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    Syntax { path: PathBuf, line: usize, column: usize, message: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    #[serde(default = "default_grpc")]
+    grpc_listen: SocketAddr,
+    #[serde(default = "default_http")]
+    http_listen: SocketAddr,
+    flags: Option<PathBuf>,
+    #[serde(default = "default_store")]
+    store: PathBuf,
+}
+
+fn default_grpc() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8400))
+}
+fn default_http() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8401))
+}
+fn default_store() -> PathBuf {
+    PathBuf::from("rampart-control.db")
+}
+
+/// A validated control-plane configuration. Relative paths resolve against the config file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub grpc_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    /// Flags to start with when the store has none yet.
+    pub flags: Option<PathBuf>,
+    /// The SQLite database.
+    pub store: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { grpc_listen: default_grpc(), http_listen: default_http(), flags: None, store: default_store() }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_owned(), source })?;
+        Config::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: Raw = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start).min(text.len());
+            let before = &text[..offset];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+            ConfigError::Syntax { path: path.to_owned(), line, column, message: e.message().to_owned() }
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Ok(Config {
+            grpc_listen: raw.grpc_listen,
+            http_listen: raw.http_listen,
+            flags: raw.flags.map(|f| base.join(f)),
+            store: base.join(raw.store),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_errors() {
+        let c = Config::parse(Path::new("/srv/control.toml"), "flags = \"flags.yaml\"\n").unwrap();
+        assert_eq!(c.grpc_listen.port(), 8400);
+        assert_eq!(c.http_listen.port(), 8401);
+        assert_eq!(c.store, Path::new("/srv/rampart-control.db"));
+        assert_eq!(c.flags.as_deref(), Some(Path::new("/srv/flags.yaml")));
+        let e = Config::parse(Path::new("c.toml"), "store = 1\n").unwrap_err().to_string();
+        assert!(e.starts_with("c.toml:1:9: "), "{e}");
+        let e = Config::parse(Path::new("c.toml"), "\nstroe = \"x\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("c.toml:2:1: unknown field"), "{e}");
+    }
+}

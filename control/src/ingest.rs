@@ -1,0 +1,124 @@
+//! Applying stats reports exactly once, with group commit: one task takes every submitted report
+//! in arrival order, drops each whose `(proxy_id, epoch, seq)` is already applied, and commits the
+//! new totals with the new sequences in one transaction per batch. Only after the commit does it
+//! answer, so a sidecar's report is acknowledged exactly when it is durable.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rampart_proto::convert;
+use rampart_proto::rampart::v1::StatsReport;
+use rampart_stats::Delta;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::state::{Shared, lock, now_ms};
+use crate::store::{ProxyKey, TotalRow};
+
+/// Most reports committed in one transaction.
+const MAX_BATCH: usize = 1024;
+
+/// What became of a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Applied,
+    /// Already applied earlier: acknowledged, not counted again.
+    Duplicate,
+    /// Malformed: acknowledged and dropped (it can never apply), counted.
+    Invalid,
+    /// The store failed: not acknowledged, the sidecar resends it.
+    Failed,
+}
+
+#[derive(Debug)]
+pub(crate) struct Submission {
+    pub(crate) key: ProxyKey,
+    pub(crate) report: StatsReport,
+    pub(crate) reply: oneshot::Sender<Outcome>,
+}
+
+/// Runs until every sender is gone.
+pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Submission>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        apply(&shared, std::mem::take(&mut batch)).await;
+    }
+}
+
+async fn apply(shared: &Arc<Shared>, batch: Vec<Submission>) {
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut seqs: HashMap<ProxyKey, u64> = HashMap::new();
+    let mut totals: HashMap<(String, String), Delta> = HashMap::new();
+    {
+        let applied = lock(&shared.seqs);
+        let current = lock(&shared.totals);
+        for s in &batch {
+            let last = seqs.get(&s.key).or_else(|| applied.get(&s.key)).copied().unwrap_or(0);
+            if s.report.seq <= last {
+                outcomes.push(Outcome::Duplicate);
+                continue;
+            }
+            let deltas: Result<Vec<_>, _> = s.report.stats.iter().map(|v| convert::delta(v).map(|d| (v, d))).collect();
+            let Ok(deltas) = deltas else {
+                tracing::warn!(proxy = %s.key.0, seq = s.report.seq, "invalid stats report dropped");
+                outcomes.push(Outcome::Invalid);
+                continue;
+            };
+            for (v, d) in deltas {
+                let key = (v.flag.clone(), v.variant.clone());
+                let entry = totals.entry(key).or_insert_with_key(|k| current.get(k).cloned().unwrap_or_default());
+                entry.merge(&d);
+            }
+            seqs.insert(s.key.clone(), s.report.seq);
+            outcomes.push(Outcome::Applied);
+        }
+    }
+    if !seqs.is_empty() {
+        let store = shared.store.clone();
+        let (rows_totals, rows_seqs) = (totals, seqs);
+        let committed = tokio::task::spawn_blocking(move || {
+            let rows: Vec<TotalRow<'_>> =
+                rows_totals.iter().map(|((flag, variant), totals)| TotalRow { flag, variant, totals }).collect();
+            let seq_rows: Vec<(&ProxyKey, u64)> = rows_seqs.iter().map(|(k, v)| (k, *v)).collect();
+            let result = lock(&store).commit_batch(&rows, &seq_rows);
+            (result, rows_totals, rows_seqs)
+        })
+        .await;
+        match committed {
+            Ok((Ok(()), new_totals, new_seqs)) => {
+                lock(&shared.totals).extend(new_totals);
+                lock(&shared.seqs).extend(new_seqs);
+            }
+            Ok((Err(e), ..)) => {
+                tracing::error!(error = %e, "committing stats failed; sidecars will resend");
+                fail_applied(shared, &mut outcomes);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "commit task failed; sidecars will resend");
+                fail_applied(shared, &mut outcomes);
+            }
+        }
+    }
+    let now = now_ms();
+    shared.metrics.batch_size.record(batch.len() as f64);
+    for (s, outcome) in batch.into_iter().zip(outcomes) {
+        match outcome {
+            Outcome::Applied => {
+                shared.metrics.reports_applied.increment(1);
+                let delay = (now - s.report.window_end_ms).max(0) as f64 / 1000.0;
+                shared.metrics.ingest_delay.record(delay);
+            }
+            Outcome::Duplicate => shared.metrics.reports_duplicate.increment(1),
+            Outcome::Invalid => shared.metrics.reports_invalid.increment(1),
+            Outcome::Failed => {}
+        }
+        // A stream that went away no longer waits for its answer.
+        let _ = s.reply.send(outcome);
+    }
+}
+
+fn fail_applied(shared: &Shared, outcomes: &mut [Outcome]) {
+    shared.metrics.commit_failures.increment(1);
+    for o in outcomes.iter_mut().filter(|o| **o == Outcome::Applied) {
+        *o = Outcome::Failed;
+    }
+}

@@ -1,0 +1,135 @@
+//! Rampart's control plane: takes the stats streams of all sidecars, applies every report exactly
+//! once into per-variant aggregates, distributes versioned flag definitions, persists it all in
+//! SQLite, and serves the HTTP JSON API.
+//!
+//! [`Control::open`] opens the store and loads the state (failing before anything is bound);
+//! [`Control::run`] serves gRPC and HTTP on the given listeners until the shutdown token fires.
+
+mod api;
+pub mod config;
+mod flags;
+mod ingest;
+mod metrics;
+mod state;
+mod store;
+mod stream;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use rampart_flags::Format;
+use rampart_proto::rampart::v1::ramp_control_server::RampControlServer;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use crate::config::{Config, ConfigError};
+use crate::state::{Flags, Shared};
+pub use crate::store::StoreError;
+
+/// Why the control plane cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("initial flags: {0}")]
+    Flags(#[from] rampart_flags::LoadError),
+    #[error("initial flags {}: {source}", path.display())]
+    FlagsFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the store holds flags that no longer validate (version {version}): {source}")]
+    StoredFlags {
+        version: u64,
+        #[source]
+        source: rampart_flags::LoadError,
+    },
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("HTTP server: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+/// An opened control plane, ready to serve.
+#[derive(Debug)]
+pub struct Control {
+    shared: Arc<Shared>,
+}
+
+impl Control {
+    pub fn open(config: &Config) -> Result<Control, Error> {
+        let store = store::Store::open(&config.store)?;
+        let metrics = metrics::Metrics::new();
+        let flags = match store.latest_flags()? {
+            Some((version, text)) => {
+                let (set, json) = flags::parse("store", &text, Format::Json)
+                    .map_err(|source| Error::StoredFlags { version, source })?;
+                Flags { version, text: json, definition: set.definition().clone() }
+            }
+            None => {
+                let (set, json) = match &config.flags {
+                    Some(path) => {
+                        let text = std::fs::read_to_string(path)
+                            .map_err(|source| Error::FlagsFile { path: path.clone(), source })?;
+                        let name = path.display().to_string();
+                        flags::parse(&name, &text, Format::detect(&name, &text))?
+                    }
+                    None => flags::parse("empty", "{\"flags\": {}}", Format::Json)?,
+                };
+                store.insert_flags(1, &json, "file", state::now_ms())?;
+                Flags { version: 1, text: json, definition: set.definition().clone() }
+            }
+        };
+        metrics.flags_version.set(flags.version as f64);
+        let totals = store.load_totals()?.into_iter().map(|(f, v, d)| ((f, v), d)).collect();
+        let seqs: HashMap<_, _> = store.load_seqs()?.into_iter().collect();
+        let shared = Shared {
+            store: Arc::new(Mutex::new(store)),
+            totals: Mutex::new(totals),
+            seqs: Mutex::new(seqs),
+            proxies: Mutex::new(BTreeMap::new()),
+            flags: watch::Sender::new(Arc::new(flags)),
+            metrics,
+        };
+        Ok(Control { shared: Arc::new(shared) })
+    }
+
+    /// The flags version being distributed.
+    pub fn flags_version(&self) -> u64 {
+        self.shared.flags.borrow().version
+    }
+
+    /// Serves the sidecar streams on `grpc` and the API on `http` until `shutdown`.
+    pub async fn run(self, grpc: TcpListener, http: TcpListener, shutdown: CancellationToken) -> Result<(), Error> {
+        let tasks = TaskTracker::new();
+        let (ingest_tx, ingest_rx) = mpsc::channel(4096);
+        let ingest_task = tokio::spawn(ingest::run(self.shared.clone(), ingest_rx));
+        let service = stream::Service {
+            shared: self.shared.clone(),
+            ingest: ingest_tx,
+            tasks: tasks.clone(),
+            shutdown: shutdown.clone(),
+            next_stream: AtomicU64::new(1),
+        };
+        let grpc_server = tonic::transport::Server::builder()
+            .add_service(RampControlServer::new(service))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), shutdown.clone().cancelled_owned());
+        let http_server = axum::serve(http, api::router(self.shared.clone()))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let (g, h) = tokio::join!(grpc_server, http_server);
+        tasks.close();
+        tasks.wait().await;
+        // Every stream task has ended, so every ingest sender is gone and the task drains.
+        if let Err(e) = ingest_task.await {
+            tracing::error!(error = %e, "ingest task failed");
+        }
+        g?;
+        h?;
+        Ok(())
+    }
+}

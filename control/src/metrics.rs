@@ -1,0 +1,64 @@
+//! The control plane's Prometheus metrics, on a recorder of its own (no global registry).
+
+use std::sync::Arc;
+
+use metrics::{Counter, Gauge, Histogram, Key, Level, Metadata, Recorder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
+
+const META: Metadata<'static> = Metadata::new("rampart_control", Level::INFO, Some(module_path!()));
+const INGEST_DELAY: &str = "rampart_control_ingest_delay_seconds";
+const BATCH: &str = "rampart_control_commit_batch_reports";
+
+#[derive(Clone)]
+pub(crate) struct Metrics {
+    recorder: Arc<PrometheusRecorder>,
+    pub(crate) reports_applied: Counter,
+    pub(crate) reports_duplicate: Counter,
+    pub(crate) reports_invalid: Counter,
+    pub(crate) commit_failures: Counter,
+    /// From a report's window end to its commit.
+    pub(crate) ingest_delay: Histogram,
+    pub(crate) batch_size: Histogram,
+    pub(crate) connected: Gauge,
+    pub(crate) flags_version: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Metrics {
+        let builder = PrometheusBuilder::new();
+        let builder = builder
+            .set_buckets_for_metric(
+                Matcher::Full(INGEST_DELAY.to_owned()),
+                &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+            )
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(BATCH.to_owned()), &[1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0])
+            });
+        let recorder = match builder {
+            Ok(b) => b.build_recorder(),
+            Err(_) => PrometheusBuilder::new().build_recorder(),
+        };
+        let counter = |n: &'static str| recorder.register_counter(&Key::from_name(n), &META);
+        Metrics {
+            reports_applied: counter("rampart_control_reports_applied_total"),
+            reports_duplicate: counter("rampart_control_reports_duplicate_total"),
+            reports_invalid: counter("rampart_control_reports_invalid_total"),
+            commit_failures: counter("rampart_control_commit_failures_total"),
+            ingest_delay: recorder.register_histogram(&Key::from_name(INGEST_DELAY), &META),
+            batch_size: recorder.register_histogram(&Key::from_name(BATCH), &META),
+            connected: recorder.register_gauge(&Key::from_name("rampart_control_connected_proxies"), &META),
+            flags_version: recorder.register_gauge(&Key::from_name("rampart_control_flags_version"), &META),
+            recorder: Arc::new(recorder),
+        }
+    }
+
+    pub(crate) fn render(&self) -> String {
+        self.recorder.handle().render()
+    }
+}

@@ -1,0 +1,61 @@
+//! The control plane's in-memory state, mirrored from the store: aggregated totals, applied
+//! sequences, the current flags (a watch channel every stream follows) and the sidecars seen.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rampart_stats::Delta;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::store::{ProxyKey, Store};
+
+/// A flag definition as distributed: validated, versioned.
+#[derive(Debug)]
+pub(crate) struct Flags {
+    pub(crate) version: u64,
+    /// JSON text sent to sidecars.
+    pub(crate) text: String,
+    pub(crate) definition: serde_json::Value,
+}
+
+/// What the control plane knows about one sidecar.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct ProxyInfo {
+    pub(crate) proxy_id: String,
+    pub(crate) service: String,
+    pub(crate) epoch: u64,
+    pub(crate) connected: bool,
+    /// The flags version the sidecar reported serving.
+    pub(crate) flags_version: u64,
+    pub(crate) connected_ms: i64,
+    pub(crate) last_report_ms: Option<i64>,
+    pub(crate) last_seq: u64,
+    /// Identifies the stream, so a stale stream ending does not mark a newer one disconnected.
+    #[serde(skip)]
+    pub(crate) stream: u64,
+}
+
+pub(crate) type Totals = HashMap<(String, String), Delta>;
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) store: Arc<Mutex<Store>>,
+    pub(crate) totals: Mutex<Totals>,
+    pub(crate) seqs: Mutex<HashMap<ProxyKey, u64>>,
+    pub(crate) proxies: Mutex<BTreeMap<String, ProxyInfo>>,
+    pub(crate) flags: watch::Sender<Arc<Flags>>,
+    pub(crate) metrics: Metrics,
+}
+
+/// Locks a mutex, recovering the data if a panicking holder poisoned it: every critical section
+/// here leaves the data consistent before anything that can panic.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

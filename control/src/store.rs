@@ -1,0 +1,200 @@
+//! The embedded SQLite store: flag versions, the last applied report sequence per sidecar process,
+//! and the aggregated stats. Migrations live in `control/migrations/` and run in order, tracked by
+//! SQLite's `user_version`. Writes that must be atomic (a batch of reports and their sequences) go
+//! in one transaction.
+
+use std::path::Path;
+
+use rampart_stats::{Delta, SparseHistogram};
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// The migrations, in order; `user_version` counts how many have run.
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("store holds a histogram that does not decode: {0}")]
+    Corrupt(String),
+}
+
+/// A sidecar process: its id and the epoch it chose at start.
+pub(crate) type ProxyKey = (String, u64);
+
+/// One series' new totals.
+#[derive(Debug)]
+pub(crate) struct TotalRow<'a> {
+    pub(crate) flag: &'a str,
+    pub(crate) variant: &'a str,
+    pub(crate) totals: &'a Delta,
+}
+
+#[derive(Debug)]
+pub(crate) struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    pub(crate) fn open(path: &Path) -> Result<Store, StoreError> {
+        let open = |source| StoreError::Open { path: path.display().to_string(), source };
+        let mut conn = Connection::open(path).map_err(open)?;
+        // WAL + NORMAL: a committed transaction survives the process being killed.
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(open)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open)?;
+        migrate(&mut conn)?;
+        Ok(Store { conn })
+    }
+
+    /// The newest flag version and its definition.
+    pub(crate) fn latest_flags(&self) -> Result<Option<(u64, String)>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT version, definition FROM flag_versions ORDER BY version DESC LIMIT 1", [], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+            })
+            .optional()?)
+    }
+
+    pub(crate) fn insert_flags(
+        &self,
+        version: u64,
+        definition: &str,
+        source: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO flag_versions (version, definition, source, created_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![version as i64, definition, source, now_ms],
+        )?;
+        Ok(())
+    }
+
+    pub(crate) fn load_seqs(&self) -> Result<Vec<(ProxyKey, u64)>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT proxy_id, epoch, last_seq FROM proxy_seq")?;
+        let rows = stmt.query_map([], |r| Ok(((r.get(0)?, r.get::<_, i64>(1)? as u64), r.get::<_, i64>(2)? as u64)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub(crate) fn load_totals(&self) -> Result<Vec<(String, String, Delta)>, StoreError> {
+        let mut stmt =
+            self.conn.prepare("SELECT flag, variant, requests, errors, timeouts, histogram FROM variant_totals")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)? as u64,
+                r.get::<_, i64>(3)? as u64,
+                r.get::<_, i64>(4)? as u64,
+                r.get::<_, Vec<u8>>(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (flag, variant, requests, errors, timeouts, blob) = row?;
+            let latency = decode_histogram(&blob).map_err(|e| StoreError::Corrupt(format!("{flag}/{variant}: {e}")))?;
+            out.push((flag, variant, Delta { requests, errors, timeouts, latency }));
+        }
+        Ok(out)
+    }
+
+    /// Writes new totals and applied sequences in one transaction: all or nothing.
+    pub(crate) fn commit_batch(
+        &mut self,
+        totals: &[TotalRow<'_>],
+        seqs: &[(&ProxyKey, u64)],
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut put = tx.prepare_cached(
+                "INSERT INTO variant_totals (flag, variant, requests, errors, timeouts, histogram)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (flag, variant) DO UPDATE SET requests = ?3, errors = ?4, timeouts = ?5, histogram = ?6",
+            )?;
+            for row in totals {
+                let t = row.totals;
+                put.execute(params![
+                    row.flag,
+                    row.variant,
+                    t.requests as i64,
+                    t.errors as i64,
+                    t.timeouts as i64,
+                    encode_histogram(&t.latency)
+                ])?;
+            }
+            let mut seq = tx.prepare_cached(
+                "INSERT INTO proxy_seq (proxy_id, epoch, last_seq) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (proxy_id, epoch) DO UPDATE SET last_seq = ?3",
+            )?;
+            for ((id, epoch), last) in seqs {
+                seq.execute(params![id, *epoch as i64, *last as i64])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let done: usize = conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))? as usize;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// Histogram blob: little-endian (u32 bucket, u64 count) pairs.
+fn encode_histogram(h: &SparseHistogram) -> Vec<u8> {
+    let mut out = Vec::with_capacity(h.iter().len() * 12);
+    for (bucket, count) in h.iter() {
+        out.extend_from_slice(&bucket.to_le_bytes());
+        out.extend_from_slice(&count.to_le_bytes());
+    }
+    out
+}
+
+fn decode_histogram(blob: &[u8]) -> Result<SparseHistogram, String> {
+    if blob.len() % 12 != 0 {
+        return Err(format!("{} bytes is not a whole number of pairs", blob.len()));
+    }
+    let pairs = blob.chunks_exact(12).map(|c| {
+        let (b, n) = c.split_at(4);
+        (u32::from_le_bytes(b.try_into().unwrap_or_default()), u64::from_le_bytes(n.try_into().unwrap_or_default()))
+    });
+    SparseHistogram::from_pairs(pairs).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_round_trip_through_a_real_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let mut d = Delta { requests: 5, errors: 1, timeouts: 0, latency: SparseHistogram::default() };
+        d.latency.record(250);
+        {
+            let mut s = Store::open(&path).unwrap();
+            assert_eq!(s.latest_flags().unwrap(), None);
+            s.insert_flags(1, "{\"flags\":{}}", "test", 0).unwrap();
+            s.insert_flags(2, "{\"flags\":{\"a\":1}}", "test", 0).unwrap();
+            let key = ("p1".to_owned(), 7);
+            s.commit_batch(&[TotalRow { flag: "f", variant: "on", totals: &d }], &[(&key, 3)]).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.latest_flags().unwrap().unwrap().0, 2);
+        assert_eq!(s.load_seqs().unwrap(), [(("p1".to_owned(), 7), 3)]);
+        assert_eq!(s.load_totals().unwrap(), [("f".to_owned(), "on".to_owned(), d)]);
+    }
+}

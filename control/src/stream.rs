@@ -1,0 +1,134 @@
+//! `rampart.v1.RampControl/Connect`: one bidirectional stream per sidecar. Hello → Welcome (last
+//! applied sequence) and the current flags; then reports are applied (acknowledged once durable)
+//! and every new flags version is pushed as soon as it exists.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rampart_proto::rampart::v1::ramp_control_server::RampControl;
+use rampart_proto::rampart::v1::{
+    ControlMessage, FlagsSnapshot, ProxyMessage, StatsAck, Welcome, control_message, proxy_message,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::ingest::{Outcome, Submission};
+use crate::state::{Flags, ProxyInfo, Shared, lock, now_ms};
+
+#[derive(Debug)]
+pub(crate) struct Service {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) ingest: mpsc::Sender<Submission>,
+    pub(crate) tasks: TaskTracker,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) next_stream: AtomicU64,
+}
+
+type Outbound = Result<ControlMessage, Status>;
+
+fn flags_message(f: &Flags) -> ControlMessage {
+    ControlMessage {
+        msg: Some(control_message::Msg::Flags(FlagsSnapshot { version: f.version, definition: f.text.clone() })),
+    }
+}
+
+#[tonic::async_trait]
+impl RampControl for Service {
+    type ConnectStream = Pin<Box<dyn tokio_stream::Stream<Item = Outbound> + Send>>;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<ProxyMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let mut inbound = request.into_inner();
+        let hello = match inbound.message().await? {
+            Some(ProxyMessage { msg: Some(proxy_message::Msg::Hello(h)) }) if !h.proxy_id.is_empty() => h,
+            _ => return Err(Status::invalid_argument("the first message must be a Hello with a proxy_id")),
+        };
+        let key = (hello.proxy_id.clone(), hello.epoch);
+        let stream_id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let last_applied = lock(&self.shared.seqs).get(&key).copied().unwrap_or(0);
+        lock(&self.shared.proxies).insert(
+            hello.proxy_id.clone(),
+            ProxyInfo {
+                proxy_id: hello.proxy_id.clone(),
+                service: hello.service.clone(),
+                epoch: hello.epoch,
+                connected: true,
+                flags_version: hello.flags_version,
+                connected_ms: now_ms(),
+                last_report_ms: None,
+                last_seq: last_applied,
+                stream: stream_id,
+            },
+        );
+        self.shared.metrics.connected.increment(1.0);
+        tracing::info!(proxy = %hello.proxy_id, service = %hello.service, epoch = hello.epoch, last_applied, "sidecar connected");
+
+        let (tx, rx) = mpsc::channel::<Outbound>(64);
+        let mut flags = self.shared.flags.subscribe();
+        let current = flags.borrow_and_update().clone();
+        let welcome =
+            ControlMessage { msg: Some(control_message::Msg::Welcome(Welcome { last_applied_seq: last_applied })) };
+        // The channel is fresh and larger than two messages: these cannot fail for lack of room.
+        let _ = tx.try_send(Ok(welcome));
+        let _ = tx.try_send(Ok(flags_message(&current)));
+
+        let (shared, ingest, shutdown) = (self.shared.clone(), self.ingest.clone(), self.shutdown.clone());
+        self.tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    changed = flags.changed() => {
+                        if changed.is_err() { break; }
+                        let f = flags.borrow_and_update().clone();
+                        if tx.send(Ok(flags_message(&f))).await.is_err() { break; }
+                    }
+                    msg = inbound.message() => match msg {
+                        Ok(Some(ProxyMessage { msg: Some(proxy_message::Msg::Report(report)) })) => {
+                            let seq = report.seq;
+                            let (reply, answer) = oneshot::channel();
+                            if ingest.send(Submission { key: key.clone(), report, reply }).await.is_err() { break; }
+                            match answer.await {
+                                Ok(Outcome::Applied | Outcome::Duplicate | Outcome::Invalid) => {
+                                    if let Some(p) = lock(&shared.proxies).get_mut(&key.0).filter(|p| p.stream == stream_id) {
+                                        p.last_report_ms = Some(now_ms());
+                                        p.last_seq = p.last_seq.max(seq);
+                                    }
+                                    let ack = ControlMessage { msg: Some(control_message::Msg::Ack(StatsAck { seq })) };
+                                    if tx.send(Ok(ack)).await.is_err() { break; }
+                                }
+                                // Not durable: end the stream; the sidecar reconnects and resends.
+                                Ok(Outcome::Failed) | Err(_) => {
+                                    let _ = tx.send(Err(Status::unavailable("stats store unavailable; resend"))).await;
+                                    break;
+                                }
+                            }
+                        }
+                        Ok(Some(ProxyMessage { msg: Some(proxy_message::Msg::FlagsApplied(applied)) })) => {
+                            if let Some(p) = lock(&shared.proxies).get_mut(&key.0).filter(|p| p.stream == stream_id) {
+                                p.flags_version = applied.version;
+                            }
+                        }
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
+                        Err(status) => {
+                            tracing::debug!(proxy = %key.0, %status, "sidecar stream error");
+                            break;
+                        }
+                    }
+                }
+            }
+            if let Some(p) = lock(&shared.proxies).get_mut(&key.0).filter(|p| p.stream == stream_id) {
+                p.connected = false;
+            }
+            shared.metrics.connected.decrement(1.0);
+            tracing::info!(proxy = %key.0, "sidecar disconnected");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

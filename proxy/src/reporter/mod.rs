@@ -1,0 +1,254 @@
+//! The control stream, sidecar side: every interval the per-variant deltas become a numbered
+//! report, sent over `RampControl/Connect` and kept until acknowledged ([`pending`]); flags pushed
+//! by the control plane are applied atomically, cached on disk and confirmed. The stream
+//! reconnects with jittered exponential backoff; the sidecar serves its last flags meanwhile.
+
+mod pending;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rampart_flags::{FlagSet, Format};
+use rampart_proto::rampart::v1::ramp_control_client::RampControlClient;
+use rampart_proto::rampart::v1::{
+    ControlMessage, FlagsApplied, FlagsSnapshot, Hello, ProxyMessage, control_message, proxy_message,
+};
+use rampart_stats::Registry;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+
+use self::pending::Pending;
+use crate::cache::{self, Cached};
+use crate::config::ControlPlane;
+use crate::metrics::Metrics;
+use crate::reload::Loader;
+use crate::snapshot::Current;
+
+/// Reports kept unsent before new deltas are merged into the newest unsent one.
+const MAX_UNSENT: usize = 120;
+/// Reports sent and not yet acknowledged on one stream.
+const MAX_IN_FLIGHT: usize = 16;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long a shutting-down sidecar waits for its last reports to be acknowledged.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether the control stream is up, for `/readyz`.
+#[derive(Debug, Default)]
+pub(crate) struct Status {
+    pub(crate) connected: AtomicBool,
+}
+
+#[derive(Debug)]
+pub(crate) struct Reporter {
+    pub(crate) control: ControlPlane,
+    pub(crate) stats: Arc<Registry>,
+    pub(crate) loader: Loader,
+    pub(crate) current: Current,
+    pub(crate) metrics: Metrics,
+    pub(crate) status: Arc<Status>,
+    /// Random per process: a restarted sidecar starts a fresh sequence space.
+    pub(crate) epoch: u64,
+}
+
+/// Why a stream ended.
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error("connect: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("stream: {0}")]
+    Status(#[from] tonic::Status),
+    #[error("connect timed out")]
+    Timeout,
+    #[error("the control plane closed the stream")]
+    Closed,
+}
+
+impl Reporter {
+    /// Runs until `shutdown`; then sends what it can of the last interval and stops.
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
+        let mut pending = Pending::new(MAX_UNSENT, MAX_IN_FLIGHT);
+        let mut tick = tokio::time::interval(self.control.report_interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut window_start = unix_ms();
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let mut connected = false;
+            match self.stream(&mut pending, &mut tick, &mut window_start, &mut connected, &shutdown).await {
+                Ok(()) => return,
+                Err(e) => {
+                    self.set_connected(false);
+                    tracing::warn!(error = %e, pending = pending.len(), "control stream down; retrying");
+                }
+            }
+            if connected {
+                backoff = BACKOFF_MIN;
+            }
+            // Jittered backoff; stats keep being collected meanwhile.
+            let wait = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            let until = Instant::now() + wait;
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep_until(until) => break,
+                    _ = tick.tick() => self.collect(&mut pending, &mut window_start),
+                }
+            }
+        }
+    }
+
+    /// One stream, from connect to failure (`Err`) or shutdown (`Ok`).
+    async fn stream(
+        &self,
+        pending: &mut Pending,
+        tick: &mut tokio::time::Interval,
+        window_start: &mut i64,
+        connected: &mut bool,
+        shutdown: &CancellationToken,
+    ) -> Result<(), StreamError> {
+        let channel = Endpoint::from(self.control.uri.clone())
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect()
+            .await?;
+        let (tx, rx) = mpsc::channel::<ProxyMessage>(MAX_IN_FLIGHT * 2 + 8);
+        let hello = Hello {
+            proxy_id: self.control.proxy_id.clone(),
+            service: self.control.service.clone(),
+            flags_version: self.current.load().version,
+            epoch: self.epoch,
+        };
+        send(&tx, proxy_message::Msg::Hello(hello)).await?;
+        let mut client = RampControlClient::new(channel);
+        let response = tokio::time::timeout(Duration::from_secs(5), client.connect(ReceiverStream::new(rx)))
+            .await
+            .map_err(|_| StreamError::Timeout)??;
+        let mut inbound = response.into_inner();
+        self.set_connected(true);
+        *connected = true;
+        tracing::info!(control_plane = %self.control.uri, "control stream connected");
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    self.flush(pending, window_start, &tx, &mut inbound).await;
+                    return Ok(());
+                }
+                _ = tick.tick() => {
+                    self.collect(pending, window_start);
+                    for report in pending.to_send() {
+                        send(&tx, proxy_message::Msg::Report(report)).await?;
+                    }
+                }
+                msg = inbound.message() => {
+                    let Some(ControlMessage { msg }) = msg? else { return Err(StreamError::Closed) };
+                    match msg {
+                        Some(control_message::Msg::Welcome(w)) => {
+                            pending.welcome(w.last_applied_seq);
+                            for report in pending.to_send() {
+                                send(&tx, proxy_message::Msg::Report(report)).await?;
+                            }
+                        }
+                        Some(control_message::Msg::Ack(ack)) => {
+                            pending.ack(ack.seq);
+                            for report in pending.to_send() {
+                                send(&tx, proxy_message::Msg::Report(report)).await?;
+                            }
+                        }
+                        Some(control_message::Msg::Flags(snapshot)) => {
+                            if let Some(version) = self.apply_flags(&snapshot) {
+                                send(&tx, proxy_message::Msg::FlagsApplied(FlagsApplied { version })).await?;
+                            }
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// On shutdown: sends the last interval and waits a little for the acknowledgements, so a
+    /// drained sidecar's final requests are counted.
+    async fn flush(
+        &self,
+        pending: &mut Pending,
+        window_start: &mut i64,
+        tx: &mpsc::Sender<ProxyMessage>,
+        inbound: &mut tonic::Streaming<ControlMessage>,
+    ) {
+        self.collect(pending, window_start);
+        let deadline = Instant::now() + FLUSH_TIMEOUT;
+        while pending.len() > 0 {
+            for report in pending.to_send() {
+                if send(tx, proxy_message::Msg::Report(report)).await.is_err() {
+                    return;
+                }
+            }
+            match tokio::time::timeout_at(deadline, inbound.message()).await {
+                Ok(Ok(Some(ControlMessage { msg: Some(control_message::Msg::Ack(ack)) }))) => pending.ack(ack.seq),
+                Ok(Ok(Some(_))) => {}
+                _ => {
+                    tracing::warn!(pending = pending.len(), "shutting down with unacknowledged stats");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Takes this interval's deltas into a new pending report.
+    fn collect(&self, pending: &mut Pending, window_start: &mut i64) {
+        let end = unix_ms();
+        pending.push(self.stats.take_all(), self.stats.take_overflow(), *window_start, end);
+        *window_start = end;
+        self.metrics.pending_reports.set(pending.len() as f64);
+    }
+
+    /// Applies pushed flags: one atomic snapshot swap, then the disk cache. Returns the version
+    /// now served; `None` when the definitions are refused (the previous flags stay).
+    fn apply_flags(&self, snapshot: &FlagsSnapshot) -> Option<u64> {
+        if snapshot.version == self.current.load().version {
+            return Some(snapshot.version);
+        }
+        let built = FlagSet::from_text("control plane", &snapshot.definition, Format::Json)
+            .map_err(crate::reload::LoadError::from)
+            .and_then(|set| self.loader.build(snapshot.version, set, "control plane"));
+        match built {
+            Ok(s) => {
+                self.current.store(Arc::new(s));
+                self.metrics.reloads.increment(1);
+                self.metrics.flags_version.set(snapshot.version as f64);
+                tracing::info!(version = snapshot.version, "flags from the control plane applied");
+                let cached = Cached { version: snapshot.version, definition: snapshot.definition.clone() };
+                if let Err(e) = cache::write(&self.control.cache, &cached) {
+                    tracing::warn!(error = %e, "cannot write the flags cache");
+                }
+                Some(snapshot.version)
+            }
+            Err(e) => {
+                self.metrics.reload_failures.increment(1);
+                tracing::error!(version = snapshot.version, "flags from the control plane refused: {e}");
+                None
+            }
+        }
+    }
+
+    fn set_connected(&self, up: bool) {
+        self.status.connected.store(up, Ordering::Relaxed);
+        self.metrics.control_connected.set(if up { 1.0 } else { 0.0 });
+    }
+}
+
+async fn send(tx: &mpsc::Sender<ProxyMessage>, msg: proxy_message::Msg) -> Result<(), StreamError> {
+    tx.send(ProxyMessage { msg: Some(msg) }).await.map_err(|_| StreamError::Closed)
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,169 @@
+//! Reports not yet acknowledged by the control plane. Each interval's delta becomes a report with
+//! the next sequence number and stays here until acknowledged. While the control plane is away,
+//! reports pile up to `max_unsent`; past that, new deltas are merged into the newest report that
+//! was never sent (safe: nothing of it can have been applied), so memory stays bounded while no
+//! count is lost. Reports once sent are never merged: the control plane may have applied them.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use rampart_proto::convert;
+use rampart_proto::rampart::v1::StatsReport;
+use rampart_stats::Delta;
+
+#[derive(Debug)]
+struct Entry {
+    first_seq: u64,
+    seq: u64,
+    window_start_ms: i64,
+    window_end_ms: i64,
+    series: BTreeMap<(String, String), Delta>,
+    overflow: u64,
+    /// Sent on some stream at some time: may have been applied, must never be merged.
+    ever_sent: bool,
+    /// Sent on the current stream, awaiting its ack.
+    in_flight: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct Pending {
+    entries: VecDeque<Entry>,
+    next_seq: u64,
+    max_unsent: usize,
+    max_in_flight: usize,
+}
+
+impl Pending {
+    pub(crate) fn new(max_unsent: usize, max_in_flight: usize) -> Pending {
+        Pending {
+            entries: VecDeque::new(),
+            next_seq: 1,
+            max_unsent: max_unsent.max(1),
+            max_in_flight: max_in_flight.max(1),
+        }
+    }
+
+    /// Adds one interval's deltas (nothing when they are empty).
+    pub(crate) fn push(&mut self, deltas: Vec<(String, String, Delta)>, overflow: u64, start_ms: i64, end_ms: i64) {
+        if deltas.is_empty() && overflow == 0 {
+            return;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let unsent = self.entries.iter().filter(|e| !e.ever_sent).count();
+        if unsent >= self.max_unsent
+            && let Some(last) = self.entries.back_mut().filter(|e| !e.ever_sent)
+        {
+            for (flag, variant, d) in deltas {
+                last.series.entry((flag, variant)).or_default().merge(&d);
+            }
+            last.overflow += overflow;
+            last.seq = seq;
+            last.window_end_ms = end_ms;
+            return;
+        }
+        let series = deltas.into_iter().map(|(f, v, d)| ((f, v), d)).collect();
+        self.entries.push_back(Entry {
+            first_seq: seq,
+            seq,
+            window_start_ms: start_ms,
+            window_end_ms: end_ms,
+            series,
+            overflow,
+            ever_sent: false,
+            in_flight: false,
+        });
+    }
+
+    /// A new stream: drop what the control plane already applied; everything else is resent.
+    pub(crate) fn welcome(&mut self, last_applied: u64) {
+        self.ack(last_applied);
+        self.entries.iter_mut().for_each(|e| e.in_flight = false);
+    }
+
+    /// Everything up to `seq` is applied.
+    pub(crate) fn ack(&mut self, seq: u64) {
+        while self.entries.front().is_some_and(|e| e.seq <= seq) {
+            self.entries.pop_front();
+        }
+    }
+
+    /// The reports to send now, in order, within the in-flight window; marks them sent.
+    pub(crate) fn to_send(&mut self) -> Vec<StatsReport> {
+        let mut room = self.max_in_flight.saturating_sub(self.entries.iter().filter(|e| e.in_flight).count());
+        let mut out = Vec::new();
+        for e in self.entries.iter_mut().filter(|e| !e.in_flight) {
+            if room == 0 {
+                break;
+            }
+            room -= 1;
+            e.in_flight = true;
+            e.ever_sent = true;
+            out.push(StatsReport {
+                seq: e.seq,
+                first_seq: e.first_seq,
+                window_start_ms: e.window_start_ms,
+                window_end_ms: e.window_end_ms,
+                stats: e.series.iter().map(|((f, v), d)| convert::variant_stats(f, v, d)).collect(),
+                overflow: e.overflow,
+            });
+        }
+        out
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delta(requests: u64) -> Vec<(String, String, Delta)> {
+        vec![("f".into(), "on".into(), Delta { requests, ..Delta::default() })]
+    }
+
+    fn total(reports: &[StatsReport]) -> u64 {
+        reports.iter().flat_map(|r| &r.stats).map(|s| s.requests).sum()
+    }
+
+    #[test]
+    fn sequences_acks_and_resend() {
+        let mut p = Pending::new(10, 2);
+        p.push(delta(1), 0, 0, 1);
+        p.push(Vec::new(), 0, 1, 2); // empty: no report, no sequence used
+        p.push(delta(2), 0, 2, 3);
+        p.push(delta(3), 0, 3, 4);
+        let sent = p.to_send();
+        assert_eq!(sent.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2], "window of two in flight");
+        assert!(p.to_send().is_empty());
+        p.ack(1);
+        assert_eq!(p.to_send().iter().map(|r| r.seq).collect::<Vec<_>>(), [3]);
+        // The stream breaks; the control plane had applied 2: only 3 is resent.
+        p.welcome(2);
+        assert_eq!(p.to_send().iter().map(|r| r.seq).collect::<Vec<_>>(), [3]);
+        p.ack(3);
+        assert_eq!(p.len(), 0);
+    }
+
+    #[test]
+    fn bounded_while_disconnected_without_losing_counts() {
+        let mut p = Pending::new(3, 8);
+        p.push(delta(1), 0, 0, 1);
+        let first = p.to_send(); // seq 1 went out, then the stream broke
+        assert_eq!(first.len(), 1);
+        for i in 2..=100 {
+            p.push(delta(i), 1, i as i64, i as i64 + 1);
+        }
+        assert!(p.len() <= 4, "bounded: {}", p.len());
+        p.welcome(0); // seq 1 was not applied
+        let resent = p.to_send();
+        assert_eq!(resent[0].seq, 1, "the sent report is resent as it was, never merged");
+        assert_eq!(total(&resent), (1..=100).sum::<u64>());
+        assert_eq!(resent.iter().map(|r| r.overflow).sum::<u64>(), 99);
+        let last = resent.last().unwrap();
+        assert_eq!(last.seq, 100);
+        assert!(last.first_seq < last.seq, "merged reports carry their first sequence");
+        assert!(resent.windows(2).all(|w| w[0].seq < w[1].seq));
+    }
+}
