@@ -18,6 +18,9 @@ static ENGINE: LazyLock<Engine> = LazyLock::new(|| operators::register(Engine::b
 
 /// How deep `$ref`s may nest in one another before the definition is rejected as cyclic.
 const MAX_REF_DEPTH: usize = 16;
+/// Most JSON nodes a rule may expand to: evaluators that each refer to the next several times
+/// grow exponentially, and a few hundred bytes must not exhaust memory.
+const MAX_EXPANDED_NODES: usize = 100_000;
 
 /// A compiled targeting rule.
 #[derive(Debug)]
@@ -44,6 +47,8 @@ pub(crate) enum RuleError {
     RefCycle,
     /// `$ref` whose value is not a string.
     BadRef,
+    /// `$ref`s expand past [`MAX_EXPANDED_NODES`].
+    TooLarge,
     /// The JSONLogic compiler's message.
     Compile(String),
 }
@@ -87,10 +92,12 @@ impl Targeting {
 
 /// Replaces every `{"$ref": name}` in `rule` with `evaluators[name]` (recursively).
 pub(crate) fn expand_refs(rule: &Value, evaluators: &Map<String, Value>) -> Result<Value, RuleError> {
-    expand(rule, evaluators, 0)
+    let mut budget = MAX_EXPANDED_NODES;
+    expand(rule, evaluators, 0, &mut budget)
 }
 
-fn expand(rule: &Value, evaluators: &Map<String, Value>, depth: usize) -> Result<Value, RuleError> {
+fn expand(rule: &Value, evaluators: &Map<String, Value>, depth: usize, budget: &mut usize) -> Result<Value, RuleError> {
+    *budget = budget.checked_sub(1).ok_or(RuleError::TooLarge)?;
     match rule {
         Value::Object(map) if map.len() == 1 && map.contains_key("$ref") => {
             let Some(name) = map["$ref"].as_str() else { return Err(RuleError::BadRef) };
@@ -98,17 +105,17 @@ fn expand(rule: &Value, evaluators: &Map<String, Value>, depth: usize) -> Result
             if depth >= MAX_REF_DEPTH {
                 return Err(RuleError::RefCycle);
             }
-            expand(target, evaluators, depth + 1)
+            expand(target, evaluators, depth + 1, budget)
         }
         Value::Object(map) => {
             let mut out = Map::with_capacity(map.len());
             for (k, v) in map {
-                out.insert(k.clone(), expand(v, evaluators, depth)?);
+                out.insert(k.clone(), expand(v, evaluators, depth, budget)?);
             }
             Ok(Value::Object(out))
         }
         Value::Array(items) => {
-            items.iter().map(|v| expand(v, evaluators, depth)).collect::<Result<_, _>>().map(Value::Array)
+            items.iter().map(|v| expand(v, evaluators, depth, budget)).collect::<Result<_, _>>().map(Value::Array)
         }
         other => Ok(other.clone()),
     }

@@ -177,6 +177,7 @@ fn targeting(path: &str, rule: Option<&Value>, evaluators: &Map<String, Value>, 
                 RuleError::MissingRef(name) => format!("$ref to missing evaluator \"{name}\" (not in $evaluators)"),
                 RuleError::RefCycle => "$ref cycle: evaluators refer to each other without end".to_owned(),
                 RuleError::BadRef => "$ref must name an evaluator (a string)".to_owned(),
+                RuleError::TooLarge => "$refs expand to more than 100000 nodes".to_owned(),
                 RuleError::Compile(msg) => format!("invalid JSONLogic rule: {msg}"),
             };
             p.add(path, message);
