@@ -143,7 +143,7 @@ impl Reporter {
                 }
                 _ = tick.tick() => {
                     self.collect(pending, window_start);
-                    for report in pending.to_send() {
+                    for report in pending.next_to_send() {
                         send(&tx, proxy_message::Msg::Report(report)).await?;
                     }
                 }
@@ -152,13 +152,13 @@ impl Reporter {
                     match msg {
                         Some(control_message::Msg::Welcome(w)) => {
                             pending.welcome(w.last_applied_seq);
-                            for report in pending.to_send() {
+                            for report in pending.next_to_send() {
                                 send(&tx, proxy_message::Msg::Report(report)).await?;
                             }
                         }
                         Some(control_message::Msg::Ack(ack)) => {
                             pending.ack(ack.seq);
-                            for report in pending.to_send() {
+                            for report in pending.next_to_send() {
                                 send(&tx, proxy_message::Msg::Report(report)).await?;
                             }
                         }
@@ -186,7 +186,7 @@ impl Reporter {
         self.collect(pending, window_start);
         let deadline = Instant::now() + FLUSH_TIMEOUT;
         while pending.len() > 0 {
-            for report in pending.to_send() {
+            for report in pending.next_to_send() {
                 if send(tx, proxy_message::Msg::Report(report)).await.is_err() {
                     return;
                 }

@@ -88,7 +88,7 @@ impl Pending {
     }
 
     /// The reports to send now, in order, within the in-flight window; marks them sent.
-    pub(crate) fn to_send(&mut self) -> Vec<StatsReport> {
+    pub(crate) fn next_to_send(&mut self) -> Vec<StatsReport> {
         let mut room = self.max_in_flight.saturating_sub(self.entries.iter().filter(|e| e.in_flight).count());
         let mut out = Vec::new();
         for e in self.entries.iter_mut().filter(|e| !e.in_flight) {
@@ -134,14 +134,14 @@ mod tests {
         p.push(Vec::new(), 0, 1, 2); // empty: no report, no sequence used
         p.push(delta(2), 0, 2, 3);
         p.push(delta(3), 0, 3, 4);
-        let sent = p.to_send();
+        let sent = p.next_to_send();
         assert_eq!(sent.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2], "window of two in flight");
-        assert!(p.to_send().is_empty());
+        assert!(p.next_to_send().is_empty());
         p.ack(1);
-        assert_eq!(p.to_send().iter().map(|r| r.seq).collect::<Vec<_>>(), [3]);
+        assert_eq!(p.next_to_send().iter().map(|r| r.seq).collect::<Vec<_>>(), [3]);
         // The stream breaks; the control plane had applied 2: only 3 is resent.
         p.welcome(2);
-        assert_eq!(p.to_send().iter().map(|r| r.seq).collect::<Vec<_>>(), [3]);
+        assert_eq!(p.next_to_send().iter().map(|r| r.seq).collect::<Vec<_>>(), [3]);
         p.ack(3);
         assert_eq!(p.len(), 0);
     }
@@ -150,14 +150,14 @@ mod tests {
     fn bounded_while_disconnected_without_losing_counts() {
         let mut p = Pending::new(3, 8);
         p.push(delta(1), 0, 0, 1);
-        let first = p.to_send(); // seq 1 went out, then the stream broke
+        let first = p.next_to_send(); // seq 1 went out, then the stream broke
         assert_eq!(first.len(), 1);
         for i in 2..=100 {
             p.push(delta(i), 1, i as i64, i as i64 + 1);
         }
         assert!(p.len() <= 4, "bounded: {}", p.len());
         p.welcome(0); // seq 1 was not applied
-        let resent = p.to_send();
+        let resent = p.next_to_send();
         assert_eq!(resent[0].seq, 1, "the sent report is resent as it was, never merged");
         assert_eq!(total(&resent), (1..=100).sum::<u64>());
         assert_eq!(resent.iter().map(|r| r.overflow).sum::<u64>(), 99);
