@@ -23,11 +23,11 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/proxies", get(proxies))
         .route("/api/v1/flags", get(get_flags).put(put_flags))
         .route("/api/v1/stats/{flag}", get(stats))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint".to_owned()) })
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(shared)
 }
 
-fn error(status: StatusCode, message: String) -> Response {
+fn error(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(json!({"error": message}))).into_response()
 }
 
@@ -49,7 +49,7 @@ async fn get_flags(State(shared): State<Arc<Shared>>) -> Response {
 /// located problem; the current flags stay.
 async fn put_flags(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let Ok(text) = std::str::from_utf8(&body) else {
-        return error(StatusCode::BAD_REQUEST, "the body must be UTF-8".to_owned());
+        return error(StatusCode::BAD_REQUEST, "the body must be UTF-8");
     };
     let yaml = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.contains("yaml"));
     let format = if yaml { Format::Yaml } else { Format::Json };
@@ -65,8 +65,8 @@ async fn put_flags(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
     let published = tokio::task::spawn_blocking(move || flags::publish(&shared2, &set, json_text, "api")).await;
     match published {
         Ok(Ok(version)) => axum::Json(json!({ "version": version })).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }
 
@@ -92,7 +92,7 @@ async fn stats(State(shared): State<Arc<Shared>>, Path(flag): Path<String>) -> R
     }
     let known = shared.flags.borrow().definition.get("flags").and_then(|f| f.get(&flag)).is_some();
     if variants.is_empty() && !known {
-        return error(StatusCode::NOT_FOUND, format!("no flag \"{flag}\" and no stats for it"));
+        return error(StatusCode::NOT_FOUND, &format!("no flag \"{flag}\" and no stats for it"));
     }
     axum::Json(json!({"flag": flag, "variants": Value::from(serde_json::Map::from_iter(variants))})).into_response()
 }

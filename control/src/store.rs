@@ -164,7 +164,7 @@ fn encode_histogram(h: &SparseHistogram) -> Vec<u8> {
 }
 
 fn decode_histogram(blob: &[u8]) -> Result<SparseHistogram, String> {
-    if blob.len() % 12 != 0 {
+    if !blob.len().is_multiple_of(12) {
         return Err(format!("{} bytes is not a whole number of pairs", blob.len()));
     }
     let pairs = blob.chunks_exact(12).map(|c| {
