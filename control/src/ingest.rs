@@ -41,6 +41,8 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Submission>)
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         apply(&shared, std::mem::take(&mut batch)).await;
+        // The ingest histograms are recorded here, so their upkeep is done here too.
+        shared.metrics.upkeep();
     }
 }
 

@@ -58,6 +58,11 @@ impl Metrics {
         }
     }
 
+    /// Folds recorded histogram samples into buckets (they are kept raw until then).
+    pub(crate) fn upkeep(&self) {
+        self.recorder.handle().run_upkeep();
+    }
+
     pub(crate) fn render(&self) -> String {
         self.recorder.handle().render()
     }

@@ -29,11 +29,20 @@ pub(crate) struct Admin {
     pub(crate) control: Option<Arc<Status>>,
 }
 
+/// How often recorded histogram samples are folded into their buckets, so memory stays bounded
+/// whether or not anyone scrapes `/metrics`.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
     let tasks = TaskTracker::new();
+    let mut upkeep = tokio::time::interval(UPKEEP_EVERY);
     loop {
         let stream = tokio::select! {
             () = shutdown.cancelled() => break,
+            _ = upkeep.tick() => {
+                admin.metrics.upkeep();
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {

@@ -80,6 +80,11 @@ impl Metrics {
         self.responses[class].increment(1);
     }
 
+    /// Folds recorded histogram samples into buckets (they are kept raw until then).
+    pub(crate) fn upkeep(&self) {
+        self.recorder.handle().run_upkeep();
+    }
+
     /// The Prometheus text exposition.
     pub(crate) fn render(&self) -> String {
         self.recorder.handle().render()
