@@ -1,0 +1,82 @@
+//! Another process's resource use, read from `/proc`: CPU time (`utime + stime` of all its threads)
+//! and peak resident memory (`VmHWM`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Clock ticks per second of the `/proc/PID/stat` times. Linux reports them in `USER_HZ`, which
+/// is 100 on every architecture it exports to user space (`sysconf(_SC_CLK_TCK)` would need `unsafe`).
+const USER_HZ: u64 = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProcError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: unexpected format", path.display())]
+    Format { path: PathBuf },
+}
+
+/// One reading of a process.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sample {
+    /// User + system CPU time of every thread so far.
+    pub(crate) cpu: Duration,
+    /// Peak resident set size so far, in bytes.
+    pub(crate) peak_rss: u64,
+}
+
+pub(crate) fn sample(pid: u32) -> Result<Sample, ProcError> {
+    Ok(Sample { cpu: cpu_time(pid)?, peak_rss: peak_rss(pid)? })
+}
+
+fn read(path: PathBuf) -> Result<(PathBuf, String), ProcError> {
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok((path, text)),
+        Err(source) => Err(ProcError::Read { path, source }),
+    }
+}
+
+fn cpu_time(pid: u32) -> Result<Duration, ProcError> {
+    let (path, text) = read(PathBuf::from(format!("/proc/{pid}/stat")))?;
+    parse_stat(&text).ok_or(ProcError::Format { path })
+}
+
+/// `utime + stime` from a `/proc/PID/stat` line. The command name (field 2) may hold spaces and
+/// parentheses, so the fields are counted from the last `)`: utime and stime are fields 14 and 15.
+fn parse_stat(text: &str) -> Option<Duration> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let mut fields = rest.split_ascii_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    let ticks = utime + stime;
+    Some(Duration::from_secs(ticks / USER_HZ) + Duration::from_millis((ticks % USER_HZ) * 1000 / USER_HZ))
+}
+
+fn peak_rss(pid: u32) -> Result<u64, ProcError> {
+    let (path, text) = read(PathBuf::from(format!("/proc/{pid}/status")))?;
+    parse_hwm(&text).ok_or(ProcError::Format { path })
+}
+
+fn parse_hwm(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_and_status() {
+        let stat = "1234 (tokio (rt) x) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 37 0 0 20 0 3 0 5 0 0";
+        assert_eq!(parse_stat(stat), Some(Duration::from_millis(2870)));
+        assert_eq!(parse_hwm("Name:\tx\nVmHWM:\t   10240 kB\nVmRSS:\t 1 kB\n"), Some(10 << 20));
+        let me = sample(std::process::id()).unwrap();
+        assert!(me.peak_rss > 0);
+    }
+}
