@@ -8,4 +8,14 @@ pub mod rampart {
     }
 }
 
+/// `flagd.evaluation.v1`: flagd's flag-evaluation API, served by the sidecar to OpenFeature SDKs.
+pub mod flagd {
+    pub mod evaluation {
+        pub mod v1 {
+            #![allow(clippy::all, unreachable_pub, missing_debug_implementations)]
+            tonic::include_proto!("flagd.evaluation.v1");
+        }
+    }
+}
+
 pub mod convert;

@@ -66,6 +66,38 @@ struct Raw {
     drain_timeout: Duration,
     #[serde(default = "defaults::idle_timeout", with = "humantime_serde")]
     pool_idle_timeout: Duration,
+    #[serde(default)]
+    queries: RawQueries,
+}
+
+/// `[queries]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueries {
+    #[serde(default = "defaults::grpc")]
+    grpc: String,
+    #[serde(default = "defaults::ofrep")]
+    ofrep: String,
+    unix_socket: Option<PathBuf>,
+    #[serde(default = "defaults::keep_alive", with = "humantime_serde")]
+    keep_alive: Duration,
+    #[serde(default)]
+    context: toml::Table,
+    #[serde(default)]
+    headers: toml::Table,
+}
+
+impl Default for RawQueries {
+    fn default() -> Self {
+        RawQueries {
+            grpc: defaults::grpc(),
+            ofrep: defaults::ofrep(),
+            unix_socket: None,
+            keep_alive: defaults::keep_alive(),
+            context: toml::Table::new(),
+            headers: toml::Table::new(),
+        }
+    }
 }
 
 mod defaults {
@@ -114,6 +146,15 @@ mod defaults {
     }
     pub(super) fn idle_timeout() -> Duration {
         Duration::from_secs(90)
+    }
+    pub(super) fn grpc() -> String {
+        "127.0.0.1:8013".to_owned()
+    }
+    pub(super) fn ofrep() -> String {
+        "127.0.0.1:8016".to_owned()
+    }
+    pub(super) fn keep_alive() -> Duration {
+        Duration::from_secs(20)
     }
 }
 
@@ -172,6 +213,23 @@ pub struct ControlPlane {
     pub cache: PathBuf,
 }
 
+/// The flag query servers (flagd gRPC + Connect, OFREP) and how they build the context.
+#[derive(Debug, Clone)]
+pub struct Queries {
+    /// flagd's gRPC evaluation service and Connect unary JSON; `None` when `"off"`.
+    pub grpc: Option<SocketAddr>,
+    /// OFREP; `None` when `"off"`.
+    pub ofrep: Option<SocketAddr>,
+    /// The gRPC/Connect service on a unix socket too.
+    pub unix_socket: Option<PathBuf>,
+    /// Interval of `keep_alive` events on an `EventStream`.
+    pub keep_alive: Duration,
+    /// Attributes added to every query's context (they override the caller's).
+    pub context: serde_json::Map<String, serde_json::Value>,
+    /// Request header → context key, applied last (a header overrides the caller and `context`).
+    pub headers: Vec<(HeaderName, String)>,
+}
+
 /// A validated sidecar configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -198,6 +256,7 @@ pub struct Config {
     pub upstream_timeout: Duration,
     pub drain_timeout: Duration,
     pub pool_idle_timeout: Duration,
+    pub queries: Queries,
 }
 
 impl Config {
@@ -302,6 +361,7 @@ impl Config {
         if raw.flags.is_none() && control_plane.is_none() {
             return Err(invalid("flags", "missing: a flags file is needed unless control_plane is set".to_owned()));
         }
+        let queries = queries(raw.queries, base, &invalid)?;
         Ok(Config {
             path: path.to_owned(),
             listen: raw.listen,
@@ -321,8 +381,60 @@ impl Config {
             upstream_timeout: raw.upstream_timeout,
             drain_timeout: raw.drain_timeout,
             pool_idle_timeout: raw.pool_idle_timeout,
+            queries,
         })
     }
+}
+
+/// Validates `[queries]`.
+fn queries(
+    raw: RawQueries,
+    base: &Path,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Queries, ConfigError> {
+    let addr = |key: &str, text: &str| -> Result<Option<SocketAddr>, ConfigError> {
+        if text == "off" {
+            return Ok(None);
+        }
+        text.parse()
+            .map(Some)
+            .map_err(|_| invalid(key, format!("\"{text}\" is not an address like 127.0.0.1:8013 (or \"off\")")))
+    };
+    let grpc = addr("queries.grpc", &raw.grpc)?;
+    let ofrep = addr("queries.ofrep", &raw.ofrep)?;
+    if grpc.is_some() && grpc == ofrep {
+        return Err(invalid("queries.ofrep", "must differ from queries.grpc".to_owned()));
+    }
+    if raw.keep_alive.is_zero() {
+        return Err(invalid("queries.keep_alive", "must be above zero".to_owned()));
+    }
+    let mut context = serde_json::Map::new();
+    for (name, value) in raw.context {
+        let json = serde_json::to_value(&value)
+            .ok()
+            .filter(|v| !v.is_null())
+            .ok_or_else(|| invalid(&format!("queries.context.{name}"), "cannot be a context value".to_owned()))?;
+        context.insert(name, json);
+    }
+    let mut headers = Vec::new();
+    for (name, value) in raw.headers {
+        let key = format!("queries.headers.{name}");
+        let header = HeaderName::try_from(name.as_str())
+            .map_err(|_| invalid(&key, format!("\"{name}\" is not a valid header name")))?;
+        let target = value
+            .as_str()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| invalid(&key, "must name a context key, e.g. \"targetingKey\"".to_owned()))?;
+        headers.push((header, target.to_owned()));
+    }
+    Ok(Queries {
+        grpc,
+        ofrep,
+        unix_socket: raw.unix_socket.map(|p| base.join(p)),
+        keep_alive: raw.keep_alive,
+        context,
+        headers,
+    })
 }
 
 /// Host name and process id: unique per sidecar process on a host.

@@ -11,6 +11,7 @@ mod extract;
 mod forward;
 mod inject;
 mod metrics;
+mod query;
 mod reload;
 mod reporter;
 mod server;
@@ -30,6 +31,7 @@ use tokio_util::task::TaskTracker;
 
 pub use crate::config::{Config, ConfigError};
 pub use crate::inject::{Tracked, inject_flags};
+pub use crate::query::QueryListeners;
 pub use crate::reload::LoadError;
 pub use crate::snapshot::Snapshot;
 
@@ -58,6 +60,7 @@ impl Proxy {
             inject: config.inject.clone(),
             metrics: metrics.clone(),
             stats: stats.clone(),
+            events: query::Events::default(),
         };
         let first = match &config.control_plane {
             None => loader.load(1)?,
@@ -95,8 +98,20 @@ impl Proxy {
 
     /// Serves client traffic on `listener` and the admin endpoints on `admin` until `shutdown`,
     /// watching the flags file meanwhile; returns once in-flight requests drained (or the drain
-    /// deadline passed).
+    /// deadline passed). Serves no flag queries: see [`Proxy::run_with_queries`].
     pub async fn run(self, listener: TcpListener, admin: TcpListener, shutdown: CancellationToken) {
+        self.run_with_queries(listener, admin, QueryListeners::default(), shutdown).await;
+    }
+
+    /// As [`Proxy::run`], and answers flag queries (flagd gRPC + Connect, OFREP) on `queries`
+    /// (bind them with [`QueryListeners::bind`]) from the same snapshot as the request path.
+    pub async fn run_with_queries(
+        self,
+        listener: TcpListener,
+        admin: TcpListener,
+        queries: QueryListeners,
+        shutdown: CancellationToken,
+    ) {
         let c = &self.config;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -131,6 +146,8 @@ impl Proxy {
         let tasks = TaskTracker::new();
         let background = CancellationToken::new();
         tasks.spawn(admin::serve(admin, admin_state, background.clone()));
+        let engine = query::Engine::new(self.current.clone(), self.loader.events.clone(), &c.queries, shutdown.clone());
+        tasks.spawn(query::serve(Arc::new(engine), queries));
         match (&c.control_plane, &c.flags) {
             (Some(control), _) => {
                 let reporter = reporter::Reporter {

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use rampart_stats::Registry;
 
 use crate::metrics::Metrics;
+use crate::query::Events;
 use crate::snapshot::{Current, Outputs, Snapshot};
 
 /// Quiet time after the last file event before reloading: one save is often several events.
@@ -27,6 +28,8 @@ pub(crate) struct Loader {
     pub(crate) inject: Option<Vec<String>>,
     pub(crate) metrics: Metrics,
     pub(crate) stats: Arc<Registry>,
+    /// Told of every snapshot stored, for the flag query `EventStream`s.
+    pub(crate) events: Events,
 }
 
 /// Why the flags could not be (re)loaded.
@@ -57,6 +60,13 @@ impl Loader {
             .map_err(|source| LoadError::Snapshot { source_name: source_name.to_owned(), source })
     }
 
+    /// Makes `snapshot` the live one (one store) and announces what changed.
+    pub(crate) fn publish(&self, current: &Current, snapshot: Snapshot) {
+        let new = Arc::new(snapshot);
+        let old = current.swap(new.clone());
+        self.events.publish(&old, &new);
+    }
+
     /// The snapshot of the flags file.
     pub(crate) fn load(&self, version: u64) -> Result<Snapshot, LoadError> {
         let path = self.path.as_ref().ok_or(LoadError::NoFlags)?;
@@ -69,7 +79,7 @@ impl Loader {
         let version = current.load().version + 1;
         match self.load(version) {
             Ok(snapshot) => {
-                current.store(Arc::new(snapshot));
+                self.publish(current, snapshot);
                 self.metrics.reloads.increment(1);
                 self.metrics.flags_version.set(version as f64);
                 tracing::info!(version, "flags file reloaded");

@@ -80,3 +80,26 @@ fn control_plane_settings() {
     assert_eq!(cp.cache, Path::new("/etc/rampart/rampart-flags.cache.json"));
     assert!(c.flags.is_none(), "a control plane needs no local flags file");
 }
+
+#[test]
+fn query_servers_default_to_flagds_ports_and_can_be_turned_off() {
+    let c = parse("flags = \"f.yaml\"\n").unwrap();
+    assert_eq!(c.queries.grpc, Some("127.0.0.1:8013".parse().unwrap()));
+    assert_eq!(c.queries.ofrep, Some("127.0.0.1:8016".parse().unwrap()));
+    assert_eq!(c.queries.keep_alive, Duration::from_secs(20));
+    let c = parse(
+        "flags = \"f.yaml\"\n[queries]\ngrpc = \"off\"\nunix_socket = \"flagd.sock\"\n\
+         [queries.context]\ntier = \"gold\"\nshard = 3\n[queries.headers]\nX-User-Id = \"targetingKey\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.queries.grpc, None);
+    assert_eq!(c.queries.unix_socket.as_deref(), Some(Path::new("/etc/rampart/flagd.sock")));
+    assert_eq!(c.queries.context.get("shard"), Some(&serde_json::json!(3)));
+    assert_eq!(c.queries.headers, [(HeaderName::from_static("x-user-id"), "targetingKey".to_owned())]);
+    let e = parse("flags = \"f\"\n[queries]\ngrpc = \"8013\"\n").unwrap_err().to_string();
+    assert!(e.contains("queries.grpc: \"8013\" is not an address"), "{e}");
+    let e = parse("flags = \"f\"\n[queries.headers]\nx-a = 1\n").unwrap_err().to_string();
+    assert!(e.contains("queries.headers.x-a: must name a context key"), "{e}");
+    let e = parse("flags = \"f\"\n[queries]\nports = 1\n").unwrap_err().to_string();
+    assert!(e.contains("unknown field `ports`"), "{e}");
+}

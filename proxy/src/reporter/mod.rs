@@ -221,7 +221,7 @@ impl Reporter {
             .and_then(|set| self.loader.build(snapshot.version, set, "control plane"));
         match built {
             Ok(s) => {
-                self.current.store(Arc::new(s));
+                self.loader.publish(&self.current, s);
                 self.metrics.reloads.increment(1);
                 self.metrics.flags_version.set(snapshot.version as f64);
                 tracing::info!(version = snapshot.version, "flags from the control plane applied");

@@ -261,3 +261,50 @@ pub fn replace_file(path: &Path, text: &str) {
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
+
+/// A sidecar that also answers flag queries: flagd gRPC + Connect on `grpc` (and on the unix
+/// socket `socket`), OFREP on `ofrep`, all on ephemeral ports.
+pub struct QuerySidecar {
+    pub sc: Sidecar,
+    pub grpc: SocketAddr,
+    pub ofrep: SocketAddr,
+    pub socket: PathBuf,
+}
+
+/// Starts a sidecar with query listeners; `extra` may hold a `[queries]` table (addresses in it
+/// are ignored: the listeners are bound here).
+pub async fn sidecar_with_queries(upstream: SocketAddr, flags: &str, extra: &str) -> QuerySidecar {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("flags.yaml"), flags).unwrap();
+    let config = format!("upstream = \"http://{upstream}\"\nflags = \"flags.yaml\"\n{extra}\n");
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, &config).unwrap();
+    let proxy = Proxy::new(Config::load(&path).unwrap()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ofrep = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let socket = dir.path().join("flagd.sock");
+    let unix = tokio::net::UnixListener::bind(&socket).unwrap();
+    let (addr, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
+    let (grpc_addr, ofrep_addr) = (grpc.local_addr().unwrap(), ofrep.local_addr().unwrap());
+    let queries = rampart_proxy::QueryListeners { grpc: Some(grpc), ofrep: Some(ofrep), unix: Some(unix) };
+    let stop = CancellationToken::new();
+    let done = tokio::spawn(proxy.run_with_queries(listener, admin, queries, stop.clone()));
+    let sc = Sidecar { addr, admin: admin_addr, dir, stop, done };
+    QuerySidecar { sc, grpc: grpc_addr, ofrep: ofrep_addr, socket }
+}
+
+/// POSTs JSON `body` to `url` with `headers`; returns status, response headers and parsed body
+/// (`null` when empty).
+pub async fn post_json(url: &str, body: &str, headers: &[(&str, &str)]) -> (StatusCode, http::HeaderMap, Value) {
+    let mut req = Request::post(url).header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client().request(req.body(full(body.to_owned())).unwrap()).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    let json = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+    (parts.status, parts.headers, json)
+}

@@ -1,0 +1,283 @@
+//! Flag queries from the local application: flagd's gRPC evaluation service (and Connect unary JSON
+//! on the same port, and optionally a unix socket) and OFREP. Queries read the same live snapshot
+//! and run the same evaluator as the request path, so a context gets the same variant on both.
+
+mod connect;
+mod convert;
+mod events;
+mod grpc;
+mod ofrep;
+
+use std::cell::RefCell;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use rampart_flags::{Bump, Context, ErrorCode, Flag, FlagSet, Reason, Resolution};
+use serde_json::{Map, Value};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub(crate) use self::events::Events;
+use crate::config::Queries;
+use crate::snapshot::{Current, Snapshot};
+
+/// Time open query connections get to finish once the sidecar shuts down.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// The query servers' sockets, bound before [`crate::Proxy::run_with_queries`] (absent ones are
+/// not served).
+#[derive(Debug, Default)]
+pub struct QueryListeners {
+    /// flagd gRPC and Connect unary JSON.
+    pub grpc: Option<TcpListener>,
+    /// OFREP.
+    pub ofrep: Option<TcpListener>,
+    /// flagd gRPC and Connect on a unix socket.
+    pub unix: Option<UnixListener>,
+}
+
+impl QueryListeners {
+    /// Binds what `[queries]` configures; a stale unix socket file is replaced.
+    pub async fn bind(queries: &Queries) -> io::Result<QueryListeners> {
+        let tcp = |addr| async move {
+            match addr {
+                Some(a) => TcpListener::bind(a).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let unix = match &queries.unix_socket {
+            Some(path) => {
+                match std::fs::remove_file(path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+                Some(UnixListener::bind(path)?)
+            }
+            None => None,
+        };
+        Ok(QueryListeners { grpc: tcp(queries.grpc).await?, ofrep: tcp(queries.ofrep).await?, unix })
+    }
+}
+
+/// Why a query has no value for the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum QueryError {
+    #[error("Flag not found")]
+    NotFound,
+    /// flagd answers a disabled flag with an error (gRPC `NOT_FOUND`), not with a value.
+    #[error("Flag is disabled")]
+    Disabled,
+    #[error("Type mismatch error")]
+    TypeMismatch,
+    #[error("Invalid context provided")]
+    InvalidContext,
+    #[error("evaluation failed: {0}")]
+    Evaluation(ErrorCode),
+}
+
+/// What the query servers share.
+#[derive(Debug)]
+pub(crate) struct Engine {
+    pub(crate) current: Current,
+    pub(crate) events: Events,
+    /// Static attributes from `[queries.context]`.
+    statics: Map<String, Value>,
+    /// `[queries.headers]`: request header → context key.
+    headers: Vec<(HeaderName, String)>,
+    pub(crate) keep_alive: Duration,
+    pub(crate) shutdown: CancellationToken,
+    /// Owns the `EventStream` producers.
+    pub(crate) tasks: TaskTracker,
+}
+
+impl Engine {
+    pub(crate) fn new(current: Current, events: Events, queries: &Queries, shutdown: CancellationToken) -> Engine {
+        Engine {
+            current,
+            events,
+            statics: queries.context.clone(),
+            headers: queries.headers.clone(),
+            keep_alive: queries.keep_alive,
+            shutdown,
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// The evaluation context of a query, merged as flagd merges it: the caller's context, then the
+    /// configured static attributes, then mapped request headers (later wins).
+    pub(crate) fn context(&self, caller: Map<String, Value>, headers: &HeaderMap) -> Value {
+        let mut ctx = caller;
+        for (k, v) in &self.statics {
+            ctx.insert(k.clone(), v.clone());
+        }
+        for (header, key) in &self.headers {
+            if let Some(v) = headers.get(header).and_then(|v| v.to_str().ok()) {
+                ctx.insert(key.clone(), Value::String(v.to_owned()));
+            }
+        }
+        Value::Object(ctx)
+    }
+}
+
+thread_local! {
+    /// Scratch arena for query contexts, reset per query.
+    static ARENA: RefCell<Bump> = RefCell::new(Bump::with_capacity(4096));
+}
+
+/// Runs `f` with a reset arena (a fresh one if this thread's is in use).
+fn with_arena<R>(f: impl FnOnce(&Bump) -> R) -> R {
+    ARENA.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut arena) => {
+            arena.reset();
+            f(&arena)
+        }
+        Err(_) => f(&Bump::new()),
+    })
+}
+
+/// Evaluates `key` in `snapshot` for `ctx` with the request path's evaluator. Disabled flags and
+/// evaluation failures are errors, as flagd reports them.
+pub(crate) fn resolve<'s>(
+    snapshot: &'s Snapshot,
+    key: &str,
+    ctx: &Value,
+) -> Result<(&'s Flag, Resolution<'s>), QueryError> {
+    let flag = snapshot.flags.get(key).ok_or(QueryError::NotFound)?;
+    let resolution = with_arena(|arena| {
+        let ctx = Context::from_json(ctx, arena).map_err(|_| QueryError::InvalidContext)?;
+        Ok(flag.evaluate(&ctx, arena))
+    })?;
+    check(resolution).map(|r| (flag, r))
+}
+
+/// One flag of a bulk evaluation and its outcome.
+pub(crate) type Evaluated<'s> = (&'s Flag, Result<Resolution<'s>, QueryError>);
+
+/// Evaluates every enabled flag for `ctx` (one context build for all).
+pub(crate) fn resolve_all<'s>(snapshot: &'s Snapshot, ctx: &Value) -> Result<Vec<Evaluated<'s>>, QueryError> {
+    with_arena(|arena| {
+        let ctx = Context::from_json(ctx, arena).map_err(|_| QueryError::InvalidContext)?;
+        Ok(snapshot.flags.flags().iter().filter(|f| f.enabled()).map(|f| (f, check(f.evaluate(&ctx, arena)))).collect())
+    })
+}
+
+fn check(r: Resolution<'_>) -> Result<Resolution<'_>, QueryError> {
+    match r.reason {
+        Reason::Disabled => Err(QueryError::Disabled),
+        Reason::Error => Err(QueryError::Evaluation(r.error.unwrap_or(ErrorCode::General))),
+        _ => Ok(r),
+    }
+}
+
+/// A flag's metadata as flagd reports it: the set's metadata, overridden by the flag's own.
+pub(crate) fn metadata(set: &FlagSet, flag: &Flag) -> Map<String, Value> {
+    let mut m = set.metadata().clone();
+    for (k, v) in flag.metadata() {
+        m.insert(k.clone(), v.clone());
+    }
+    m
+}
+
+/// Serves the query listeners until `engine.shutdown`; returns once their connections closed.
+pub(crate) async fn serve(engine: Arc<Engine>, listeners: QueryListeners) {
+    let servers = TaskTracker::new();
+    let shutdown = engine.shutdown.clone();
+    if let Some(l) = listeners.grpc {
+        let (engine, stop) = (engine.clone(), shutdown.clone());
+        servers.spawn(async move {
+            accept_tcp(l, move || grpc::service(engine.clone()), stop).await;
+        });
+    }
+    if let Some(l) = listeners.unix {
+        let (engine, stop) = (engine.clone(), shutdown.clone());
+        servers.spawn(async move {
+            let conns = TaskTracker::new();
+            loop {
+                let stream = tokio::select! {
+                    () = stop.cancelled() => break,
+                    a = l.accept() => match a {
+                        Ok((s, _)) => s,
+                        Err(e) => { tracing::warn!(error = %e, "query socket accept failed"); continue }
+                    },
+                };
+                conns.spawn(connection(stream, grpc::service(engine.clone()), stop.clone()));
+            }
+            conns.close();
+            conns.wait().await;
+        });
+    }
+    if let Some(l) = listeners.ofrep {
+        let (engine, stop) = (engine.clone(), shutdown.clone());
+        servers.spawn(async move {
+            accept_tcp(l, move || ofrep::service(engine.clone()), stop).await;
+        });
+    }
+    servers.close();
+    servers.wait().await;
+    engine.tasks.close();
+    engine.tasks.wait().await;
+}
+
+async fn accept_tcp<S, B>(listener: TcpListener, make: impl Fn() -> S, stop: CancellationToken)
+where
+    S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conns = TaskTracker::new();
+    loop {
+        let stream = tokio::select! {
+            () = stop.cancelled() => break,
+            a = listener.accept() => match a {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "query accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "set_nodelay failed");
+        }
+        conns.spawn(connection(stream, make(), stop.clone()));
+    }
+    conns.close();
+    conns.wait().await;
+}
+
+/// One HTTP/1.1 or HTTP/2 connection, shut down gracefully (bounded by [`DRAIN`]) on `stop`.
+async fn connection<I, S, B>(io: I, service: S, stop: CancellationToken)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res { tracing::debug!(error = %e, "query connection error") }
+            return;
+        }
+        () = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+    }
+    if tokio::time::timeout(DRAIN, conn).await.is_err() {
+        tracing::debug!("query connection closed at the drain deadline");
+    }
+}
