@@ -6,15 +6,18 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::Query;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use rampart_flags::Format;
 use serde_json::{Value, json};
 
 use crate::flags;
-use crate::state::{Shared, lock};
+use crate::ramp::decide::Policy;
+use crate::ramp::engine::{self, RampError, StartRequest};
+use crate::state::{Shared, lock, now_ms};
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -23,6 +26,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/proxies", get(proxies))
         .route("/api/v1/flags", get(get_flags).put(put_flags))
         .route("/api/v1/stats/{flag}", get(stats))
+        .route("/api/v1/ramps", get(list_ramps).post(start_ramp))
+        .route("/api/v1/ramps/{flag}", get(ramp_status))
+        .route("/api/v1/ramps/{flag}/{action}", post(operate_ramp))
+        .route("/api/v1/dora", get(dora))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(shared)
 }
@@ -53,7 +60,15 @@ async fn put_flags(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
     };
     let yaml = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.contains("yaml"));
     let format = if yaml { Format::Yaml } else { Format::Json };
-    let (set, json_text) = match flags::parse("request body", text, format) {
+    // While a ramp runs the engine owns its flag's percent, whatever the new definitions say.
+    let parsed = flags::parse("request body", text, format).and_then(|(set, _)| {
+        let mut doc = set.definition().clone();
+        engine::impose_active_ramps(&shared, &mut doc);
+        let set = rampart_flags::FlagSet::from_value("request body", doc)?;
+        let json = set.definition().to_string();
+        Ok((set, json))
+    });
+    let (set, json_text) = match parsed {
         Ok(parsed) => parsed,
         Err(e) => {
             let problems: Vec<String> = e.to_string().lines().map(str::to_owned).collect();
@@ -95,4 +110,145 @@ async fn stats(State(shared): State<Arc<Shared>>, Path(flag): Path<String>) -> R
         return error(StatusCode::NOT_FOUND, &format!("no flag \"{flag}\" and no stats for it"));
     }
     axum::Json(json!({"flag": flag, "variants": Value::from(serde_json::Map::from_iter(variants))})).into_response()
+}
+
+/// `POST /api/v1/ramps` body.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartBody {
+    flag: String,
+    treatment: String,
+    steps: Option<Vec<f64>>,
+    /// e.g. "60s", "2m".
+    min_dwell: Option<String>,
+    alpha: Option<f64>,
+    min_samples: Option<u64>,
+    max_error_increase: Option<f64>,
+    max_slow_share_increase: Option<f64>,
+    change_id: Option<String>,
+    /// RFC 3339, e.g. "2026-11-26T09:30:00+01:00".
+    commit_time: Option<String>,
+}
+
+fn ramp_error(e: &RampError) -> Response {
+    let status = match e {
+        RampError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        RampError::NotFound(_) => StatusCode::NOT_FOUND,
+        RampError::Conflict(_) => StatusCode::CONFLICT,
+        RampError::Publish(_) | RampError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, &e.to_string())
+}
+
+fn parse_start(body: &[u8]) -> Result<StartRequest, String> {
+    let b: StartBody = serde_json::from_slice(body).map_err(|e| format!("invalid ramp request: {e}"))?;
+    let mut policy = Policy::default();
+    if let Some(d) = &b.min_dwell {
+        policy.min_dwell = humantime::parse_duration(d).map_err(|e| format!("min_dwell \"{d}\": {e}"))?;
+    }
+    if let Some(a) = b.alpha {
+        policy.alpha = a;
+    }
+    if let Some(n) = b.min_samples {
+        policy.min_samples = n;
+    }
+    if let Some(m) = b.max_error_increase {
+        policy.max_error_increase = m;
+    }
+    if let Some(m) = b.max_slow_share_increase {
+        policy.max_slow_share_increase = m;
+    }
+    let commit_ms = match &b.commit_time {
+        None => None,
+        Some(t) => {
+            let at = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                .map_err(|e| format!("commit_time \"{t}\" is not RFC 3339: {e}"))?;
+            Some(
+                i64::try_from(at.unix_timestamp_nanos() / 1_000_000)
+                    .map_err(|_| "commit_time out of range".to_owned())?,
+            )
+        }
+    };
+    Ok(StartRequest {
+        flag: b.flag,
+        treatment: b.treatment,
+        steps: b.steps.unwrap_or_else(|| vec![1.0, 5.0, 25.0, 50.0, 100.0]),
+        policy,
+        change_id: b.change_id,
+        commit_ms,
+    })
+}
+
+async fn start_ramp(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let req = match parse_start(&body) {
+        Ok(r) => r,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+    };
+    let shared2 = shared.clone();
+    let started = tokio::task::spawn_blocking(move || {
+        let ramp = engine::start(&shared2, req)?;
+        Ok::<_, RampError>(engine::status(&shared2, &ramp, 20)?)
+    })
+    .await;
+    match started {
+        Ok(Ok(status)) => (StatusCode::CREATED, axum::Json(status)).into_response(),
+        Ok(Err(e)) => ramp_error(&e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+async fn list_ramps(State(shared): State<Arc<Shared>>) -> Response {
+    let ramps: Vec<_> = lock(&shared.ramps).values().cloned().collect();
+    let list: Vec<Value> = ramps
+        .iter()
+        .map(|r| {
+            json!({"id": r.id, "flag": r.flag, "treatment": r.treatment, "state": r.state.as_str(),
+                   "step": r.step + 1, "percent": r.percent(), "started_ms": r.started_ms, "finished_ms": r.finished_ms})
+        })
+        .collect();
+    axum::Json(json!({ "ramps": list })).into_response()
+}
+
+async fn ramp_status(State(shared): State<Arc<Shared>>, Path(flag): Path<String>) -> Response {
+    let latest = lock(&shared.ramps).values().rev().find(|r| r.flag == flag).cloned();
+    let Some(ramp) = latest else { return error(StatusCode::NOT_FOUND, &format!("no ramp for flag \"{flag}\"")) };
+    let shared2 = shared.clone();
+    match tokio::task::spawn_blocking(move || engine::status(&shared2, &ramp, 50)).await {
+        Ok(Ok(status)) => axum::Json(status).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+async fn operate_ramp(State(shared): State<Arc<Shared>>, Path((flag, action)): Path<(String, String)>) -> Response {
+    let shared2 = shared.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        let ramp = engine::operate(&shared2, &flag, &action)?;
+        Ok::<_, RampError>(engine::status(&shared2, &ramp, 20)?)
+    })
+    .await;
+    match done {
+        Ok(Ok(status)) => axum::Json(status).into_response(),
+        Ok(Err(e)) => ramp_error(&e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+/// DORA over the last `window_ms`.
+pub(crate) fn dora_now(shared: &Shared, window_ms: i64) -> crate::dora::Dora {
+    crate::dora::compute(lock(&shared.ramps).values(), now_ms(), window_ms)
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct DoraQuery {
+    window: Option<String>,
+}
+
+async fn dora(State(shared): State<Arc<Shared>>, Query(q): Query<DoraQuery>) -> Response {
+    let window = q.window.as_deref().unwrap_or("30d");
+    let Ok(span) = humantime::parse_duration(window) else {
+        return error(StatusCode::BAD_REQUEST, &format!("window \"{window}\" is not a duration like 30d or 12h"));
+    };
+    let window_ms = i64::try_from(span.as_millis()).unwrap_or(i64::MAX);
+    axum::Json(dora_now(&shared, window_ms)).into_response()
 }

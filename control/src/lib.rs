@@ -7,9 +7,11 @@
 
 mod api;
 pub mod config;
+mod dora;
 mod flags;
 mod ingest;
 mod metrics;
+pub mod ramp;
 mod state;
 mod store;
 mod stream;
@@ -49,10 +51,33 @@ pub enum Error {
         #[source]
         source: rampart_flags::LoadError,
     },
+    #[error("the store holds a ramp record that does not decode: {0}")]
+    StoredRamp(#[source] serde_json::Error),
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
     #[error("HTTP server: {0}")]
     Http(#[from] std::io::Error),
+}
+
+/// Runs the ramp engine: one tick per second until `shutdown`.
+async fn ramp_engine(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let shared = shared.clone();
+        let ticked = tokio::task::spawn_blocking(move || {
+            ramp::engine::tick(&shared, state::now_ms());
+            shared.metrics.set_dora(&api::dora_now(&shared, 30 * 86_400_000));
+        })
+        .await;
+        if let Err(e) = ticked {
+            tracing::error!(error = %e, "ramp engine tick failed");
+        }
+    }
 }
 
 /// An opened control plane, ready to serve.
@@ -88,12 +113,19 @@ impl Control {
         metrics.flags_version.set(flags.version as f64);
         let totals = store.load_totals()?.into_iter().map(|(f, v, d)| ((f, v), d)).collect();
         let seqs: HashMap<_, _> = store.load_seqs()?.into_iter().collect();
+        let ramps = store
+            .load_ramps()?
+            .iter()
+            .map(|record| serde_json::from_str::<ramp::model::Ramp>(record).map(|r| (r.id, r)))
+            .collect::<Result<BTreeMap<_, _>, _>>()
+            .map_err(Error::StoredRamp)?;
         let shared = Shared {
             store: Arc::new(Mutex::new(store)),
             totals: Mutex::new(totals),
             seqs: Mutex::new(seqs),
             proxies: Mutex::new(BTreeMap::new()),
             flags: watch::Sender::new(Arc::new(flags)),
+            ramps: Mutex::new(ramps),
             metrics,
         };
         Ok(Control { shared: Arc::new(shared) })
@@ -121,6 +153,7 @@ impl Control {
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), shutdown.clone().cancelled_owned());
         let http_server = axum::serve(http, api::router(self.shared.clone()))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        tasks.spawn(ramp_engine(self.shared.clone(), shutdown.clone()));
         let (g, h) = tokio::join!(grpc_server, http_server);
         tasks.close();
         tasks.wait().await;

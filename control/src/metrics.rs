@@ -21,6 +21,9 @@ pub(crate) struct Metrics {
     pub(crate) batch_size: Histogram,
     pub(crate) connected: Gauge,
     pub(crate) flags_version: Gauge,
+    /// DORA over the last 30 days: frequency/day, lead time s, failure rate, recovery s, detect s,
+    /// bad-variant requests.
+    dora: [Gauge; 6],
 }
 
 impl std::fmt::Debug for Metrics {
@@ -54,7 +57,30 @@ impl Metrics {
             batch_size: recorder.register_histogram(&Key::from_name(BATCH), &META),
             connected: recorder.register_gauge(&Key::from_name("rampart_control_connected_proxies"), &META),
             flags_version: recorder.register_gauge(&Key::from_name("rampart_control_flags_version"), &META),
+            dora: [
+                "rampart_dora_deployment_frequency_per_day",
+                "rampart_dora_lead_time_seconds",
+                "rampart_dora_change_failure_rate",
+                "rampart_dora_recovery_time_seconds",
+                "rampart_dora_time_to_detect_seconds",
+                "rampart_dora_bad_variant_requests",
+            ]
+            .map(|n| recorder.register_gauge(&Key::from_name(n), &META)),
             recorder: Arc::new(recorder),
+        }
+    }
+
+    pub(crate) fn set_dora(&self, d: &crate::dora::Dora) {
+        let values = [
+            Some(d.deployment_frequency_per_day),
+            d.lead_time_s,
+            d.change_failure_rate,
+            d.recovery_time_s,
+            d.time_to_detect_s,
+            Some(d.bad_variant_requests as f64),
+        ];
+        for (gauge, value) in self.dora.iter().zip(values) {
+            gauge.set(value.unwrap_or(0.0));
         }
     }
 

@@ -8,6 +8,7 @@ use rampart_stats::Delta;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
+use crate::ramp::model::Ramp;
 use crate::store::{ProxyKey, Store};
 
 /// A flag definition as distributed: validated, versioned.
@@ -45,6 +46,8 @@ pub(crate) struct Shared {
     pub(crate) seqs: Mutex<HashMap<ProxyKey, u64>>,
     pub(crate) proxies: Mutex<BTreeMap<String, ProxyInfo>>,
     pub(crate) flags: watch::Sender<Arc<Flags>>,
+    /// Every ramp ever started, by id.
+    pub(crate) ramps: Mutex<BTreeMap<i64, Ramp>>,
     pub(crate) metrics: Metrics,
 }
 

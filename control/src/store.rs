@@ -9,7 +9,8 @@ use rampart_stats::{Delta, SparseHistogram};
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// The migrations, in order; `user_version` counts how many have run.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] =
+    &[include_str!("../migrations/0001_init.sql"), include_str!("../migrations/0002_ramps.sql")];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -139,6 +140,98 @@ impl Store {
         }
         tx.commit()?;
         Ok(())
+    }
+}
+
+/// A decision row as stored.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub(crate) struct DecisionRow {
+    pub(crate) at_ms: i64,
+    pub(crate) step: u32,
+    pub(crate) percent: f64,
+    pub(crate) action: String,
+    pub(crate) reason: String,
+    pub(crate) numbers: serde_json::Value,
+}
+
+/// An event row as stored.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub(crate) struct EventRow {
+    pub(crate) at_ms: i64,
+    pub(crate) kind: String,
+    pub(crate) detail: String,
+}
+
+impl Store {
+    /// Inserts or replaces a ramp's record.
+    pub(crate) fn put_ramp(
+        &self,
+        id: i64,
+        flag: &str,
+        state: &str,
+        started_ms: i64,
+        record: &str,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO ramps (id, flag, state, started_ms, record) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (id) DO UPDATE SET state = ?3, record = ?5",
+            params![id, flag, state, started_ms, record],
+        )?;
+        Ok(())
+    }
+
+    pub(crate) fn load_ramps(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT record FROM ramps ORDER BY id")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub(crate) fn add_decision(&self, ramp: i64, d: &DecisionRow) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO ramp_decisions (ramp_id, at_ms, step, percent, action, reason, numbers)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![ramp, d.at_ms, d.step, d.percent, d.action, d.reason, d.numbers.to_string()])?;
+        Ok(())
+    }
+
+    pub(crate) fn add_event(&self, ramp: i64, e: &EventRow) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("INSERT INTO ramp_events (ramp_id, at_ms, kind, detail) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![ramp, e.at_ms, e.kind, e.detail])?;
+        Ok(())
+    }
+
+    /// The ramp's decisions that changed something, plus its latest `recent` decisions, in time order.
+    pub(crate) fn decisions(&self, ramp: i64, recent: u32) -> Result<Vec<DecisionRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT at_ms, step, percent, action, reason, numbers FROM ramp_decisions WHERE ramp_id = ?1
+               AND (action != 'HOLD' OR rowid IN
+                    (SELECT rowid FROM ramp_decisions WHERE ramp_id = ?1 ORDER BY at_ms DESC, rowid DESC LIMIT ?2))
+             ORDER BY at_ms, rowid",
+        )?;
+        let rows = stmt.query_map(params![ramp, recent], |r| {
+            let numbers: String = r.get(5)?;
+            Ok(DecisionRow {
+                at_ms: r.get(0)?,
+                step: r.get(1)?,
+                percent: r.get(2)?,
+                action: r.get(3)?,
+                reason: r.get(4)?,
+                numbers: serde_json::from_str(&numbers).unwrap_or(serde_json::Value::Null),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub(crate) fn events(&self, ramp: i64) -> Result<Vec<EventRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT at_ms, kind, detail FROM ramp_events WHERE ramp_id = ?1 ORDER BY at_ms, rowid")?;
+        let rows =
+            stmt.query_map(params![ramp], |r| Ok(EventRow { at_ms: r.get(0)?, kind: r.get(1)?, detail: r.get(2)? }))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 }
 

@@ -1,0 +1,301 @@
+//! The live ramp engine: every second, each running ramp observes its flag's aggregated totals,
+//! decides, and carries the decision out — a new percent is published to every sidecar at once, a
+//! rollback sets the treatment to 0% — with every decision, event and state change persisted.
+//! Also the operator's actions (start, pause, resume, abort).
+
+use std::sync::Arc;
+
+use rampart_flags::FlagSet;
+use rampart_stats::Delta;
+use serde_json::{Value, json};
+
+use super::decide::{Action, Decision, Policy};
+use super::model::{Ramp, State, Transition};
+use crate::flags::{self, PublishError};
+use crate::state::{Shared, lock, now_ms};
+use crate::store::{DecisionRow, EventRow, StoreError};
+
+/// How long after a rollback the exposure count keeps absorbing late-arriving stats.
+const EXPOSURE_SETTLE_MS: i64 = 30_000;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RampError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no ramp for flag \"{0}\"")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What an operator asks for when starting a ramp.
+#[derive(Debug, Clone)]
+pub(crate) struct StartRequest {
+    pub(crate) flag: String,
+    pub(crate) treatment: String,
+    pub(crate) steps: Vec<f64>,
+    pub(crate) policy: Policy,
+    pub(crate) change_id: Option<String>,
+    pub(crate) commit_ms: Option<i64>,
+}
+
+fn totals(shared: &Shared, flag: &str, variant: &str) -> Delta {
+    lock(&shared.totals).get(&(flag.to_owned(), variant.to_owned())).cloned().unwrap_or_default()
+}
+
+/// Sets `flag`'s ramp block to `percent` of `treatment` and publishes the new flags version.
+fn set_percent(shared: &Shared, flag: &str, treatment: &str, percent: f64) -> Result<u64, RampError> {
+    let mut doc = shared.flags.borrow().definition.clone();
+    let Some(def) = doc.get_mut("flags").and_then(|f| f.get_mut(flag)).and_then(Value::as_object_mut) else {
+        return Err(RampError::Conflict(format!("flag \"{flag}\" is no longer defined")));
+    };
+    let bucket_by = def.get("ramp").and_then(|r| r.get("bucketBy")).cloned();
+    let mut ramp = json!({"treatment": treatment, "percent": percent});
+    if let Some(b) = bucket_by {
+        ramp["bucketBy"] = b;
+    }
+    def.insert("ramp".to_owned(), ramp);
+    let set = FlagSet::from_value("ramp engine", doc).map_err(PublishError::from)?;
+    let json = set.definition().to_string();
+    Ok(flags::publish(shared, &set, json, "ramp")?)
+}
+
+/// Overrides the ramp blocks in `doc` with the engine's, for every active ramp: while a ramp runs,
+/// the engine owns its flag's percent, whatever a replacement definition says.
+pub(crate) fn impose_active_ramps(shared: &Shared, doc: &mut Value) {
+    for r in lock(&shared.ramps).values().filter(|r| r.state.active()) {
+        if let Some(def) = doc.get_mut("flags").and_then(|f| f.get_mut(&r.flag)).and_then(Value::as_object_mut) {
+            let bucket_by = def.get("ramp").and_then(|x| x.get("bucketBy")).cloned();
+            let mut ramp = json!({"treatment": r.treatment, "percent": r.percent()});
+            if let Some(b) = bucket_by {
+                ramp["bucketBy"] = b;
+            }
+            def.insert("ramp".to_owned(), ramp);
+        }
+    }
+}
+
+fn persist(shared: &Shared, ramp: &Ramp) -> Result<(), StoreError> {
+    let record = serde_json::to_string(ramp).unwrap_or_default();
+    lock(&shared.store).put_ramp(ramp.id, &ramp.flag, ramp.state.as_str(), ramp.started_ms, &record)
+}
+
+fn event(shared: &Shared, ramp: &Ramp, kind: &str, detail: String) -> Result<(), StoreError> {
+    tracing::info!(flag = %ramp.flag, ramp = ramp.id, kind, "{detail}");
+    lock(&shared.store).add_event(ramp.id, &EventRow { at_ms: now_ms(), kind: kind.to_owned(), detail })
+}
+
+/// Starts a ramp: validates, sets the first step's percent, persists.
+pub(crate) fn start(shared: &Shared, req: StartRequest) -> Result<Ramp, RampError> {
+    let bad = |m: String| Err(RampError::BadRequest(m));
+    let current = shared.flags.borrow().clone();
+    let Some(def) = current.definition.get("flags").and_then(|f| f.get(&req.flag)) else {
+        return bad(format!("no flag \"{}\"", req.flag));
+    };
+    let Some(control) = def.get("defaultVariant").and_then(Value::as_str) else {
+        return bad(format!("flag \"{}\" has no defaultVariant to serve as the control", req.flag));
+    };
+    if def.get("variants").and_then(|v| v.get(&req.treatment)).is_none() {
+        return bad(format!("\"{}\" is not a variant of flag \"{}\"", req.treatment, req.flag));
+    }
+    if req.treatment == control {
+        return bad(format!("the treatment must differ from the control (defaultVariant \"{control}\")"));
+    }
+    if req.steps.is_empty()
+        || req.steps.iter().any(|s| !(*s > 0.0 && *s <= 100.0))
+        || !req.steps.windows(2).all(|w| w[0] < w[1])
+        || req.steps.last() != Some(&100.0)
+    {
+        return bad("steps must rise strictly within (0, 100] and end at 100".to_owned());
+    }
+    if !(req.policy.alpha > 0.0 && req.policy.alpha < 1.0) {
+        return bad("alpha must be in (0, 1)".to_owned());
+    }
+    let mut ramps = lock(&shared.ramps);
+    if let Some(active) = ramps.values().find(|r| r.flag == req.flag && r.state.active()) {
+        return Err(RampError::Conflict(format!("flag \"{}\" already has a {} ramp", req.flag, active.state.as_str())));
+    }
+    let id = ramps.keys().next_back().map_or(1, |last| last + 1);
+    let now = now_ms();
+    let (t, c) = (totals(shared, &req.flag, &req.treatment), totals(shared, &req.flag, control));
+    let mut ramp = Ramp::new(id, &req.flag, &req.treatment, control, req.steps, req.policy, now, (&t, &c));
+    ramp.change_id = req.change_id;
+    ramp.commit_ms = req.commit_ms;
+    let version = set_percent(shared, &ramp.flag, &ramp.treatment, ramp.percent())?;
+    persist(shared, &ramp)?;
+    event(
+        shared,
+        &ramp,
+        "started",
+        format!("{} → {}% of {} (flags version {version})", ramp.flag, ramp.percent(), ramp.treatment),
+    )?;
+    ramps.insert(id, ramp.clone());
+    Ok(ramp)
+}
+
+/// The operator's pause, resume and abort.
+pub(crate) fn operate(shared: &Shared, flag: &str, op: &str) -> Result<Ramp, RampError> {
+    let mut ramps = lock(&shared.ramps);
+    let Some(ramp) = ramps.values_mut().rev().find(|r| r.flag == flag) else {
+        return Err(RampError::NotFound(flag.to_owned()));
+    };
+    let now = now_ms();
+    match (op, ramp.state) {
+        ("pause", State::Running) => ramp.state = State::Paused,
+        ("resume", State::Paused) => {
+            ramp.state = State::Running;
+            // The dwell restarts: time paused is not time observed at this step.
+            ramp.step_started_ms = now;
+        }
+        ("abort", State::Running | State::Paused) => {
+            ramp.state = State::Aborted;
+            ramp.finished_ms = Some(now);
+            set_percent(shared, &ramp.flag, &ramp.treatment, 0.0)?;
+        }
+        ("pause" | "resume" | "abort", state) => {
+            return Err(RampError::Conflict(format!("cannot {op} a {} ramp", state.as_str())));
+        }
+        _ => return Err(RampError::BadRequest(format!("unknown action \"{op}\" (pause, resume or abort)"))),
+    }
+    persist(shared, ramp)?;
+    event(shared, ramp, op, format!("{op} by the operator at {}%", ramp.percent()))?;
+    Ok(ramp.clone())
+}
+
+/// One engine tick at `now`.
+pub(crate) fn tick(shared: &Arc<Shared>, now: i64) {
+    let ids: Vec<i64> = lock(&shared.ramps)
+        .values()
+        .filter(|r| {
+            r.state == State::Running
+                || (r.state == State::RolledBack && r.finished_ms.is_some_and(|f| now - f < EXPOSURE_SETTLE_MS))
+        })
+        .map(|r| r.id)
+        .collect();
+    for id in ids {
+        if let Err(e) = tick_one(shared, id, now) {
+            tracing::error!(ramp = id, error = %e, "ramp tick failed; retrying next tick");
+        }
+    }
+}
+
+fn tick_one(shared: &Shared, id: i64, now: i64) -> Result<(), RampError> {
+    let mut ramps = lock(&shared.ramps);
+    let Some(ramp) = ramps.get_mut(&id) else { return Ok(()) };
+    let (t, c) = (totals(shared, &ramp.flag, &ramp.treatment), totals(shared, &ramp.flag, &ramp.control));
+    if ramp.state == State::RolledBack {
+        return settle_rollback(shared, ramp, &t, now);
+    }
+    let before = ramp.clone();
+    let decision = ramp.observe(now, &t, &c);
+    let transition = ramp.apply(&decision, now);
+    let result = carry_out(shared, ramp, &decision, transition, now);
+    if result.is_err() {
+        // Nothing half-done: the ramp stays as it was and the tick is retried.
+        *ramp = before;
+    }
+    result
+}
+
+fn carry_out(
+    shared: &Shared,
+    ramp: &mut Ramp,
+    decision: &Decision,
+    transition: Option<Transition>,
+    now: i64,
+) -> Result<(), RampError> {
+    match transition {
+        Some(Transition::Percent(p)) => {
+            let version = set_percent(shared, &ramp.flag, &ramp.treatment, p)?;
+            event(shared, ramp, "advanced", format!("→ {p}% (flags version {version}): {}", decision.reason))?;
+        }
+        Some(Transition::Completed) => {
+            event(shared, ramp, "completed", format!("100% and non-inferior: {}", decision.reason))?;
+        }
+        Some(Transition::RolledBack) => {
+            let version = set_percent(shared, &ramp.flag, &ramp.treatment, 0.0)?;
+            ramp.rollback_version = Some(version);
+            event(shared, ramp, "rolled_back", format!("→ 0% (flags version {version}): {}", decision.reason))?;
+        }
+        None => {}
+    }
+    let row = DecisionRow {
+        at_ms: now,
+        step: u32::try_from(ramp.step + 1).unwrap_or(u32::MAX),
+        percent: ramp.percent(),
+        action: match decision.action {
+            Action::Advance if transition == Some(Transition::Completed) => "COMPLETE".to_owned(),
+            Action::Advance => "ADVANCE".to_owned(),
+            Action::Hold => "HOLD".to_owned(),
+            Action::Rollback => "ROLLBACK".to_owned(),
+        },
+        reason: decision.reason.clone(),
+        numbers: serde_json::to_value(&decision.numbers).unwrap_or(Value::Null),
+    };
+    lock(&shared.store).add_decision(ramp.id, &row)?;
+    persist(shared, ramp)?;
+    Ok(())
+}
+
+/// After a rollback: notes when every connected sidecar serves the rollback version, and keeps
+/// counting the treatment requests that were served before it took effect.
+fn settle_rollback(shared: &Shared, ramp: &mut Ramp, treatment: &Delta, now: i64) -> Result<(), RampError> {
+    let exposed = treatment.requests.saturating_sub(ramp.base_treatment.requests);
+    let mut changed = ramp.exposed_requests != Some(exposed);
+    ramp.exposed_requests = Some(exposed);
+    if ramp.rollback_acked_ms.is_none()
+        && let Some(version) = ramp.rollback_version
+    {
+        let proxies = lock(&shared.proxies);
+        let connected: Vec<_> = proxies.values().filter(|p| p.connected).collect();
+        if !connected.is_empty() && connected.iter().all(|p| p.flags_version >= version) {
+            ramp.rollback_acked_ms = Some(now);
+            changed = true;
+            drop(proxies);
+            let after = now - ramp.rollback_ms.unwrap_or(now);
+            event(
+                shared,
+                ramp,
+                "rollback_acknowledged",
+                format!("every connected sidecar serves version {version} ({after} ms after the decision)"),
+            )?;
+        }
+    }
+    if changed {
+        persist(shared, ramp)?;
+    }
+    Ok(())
+}
+
+/// The status of a ramp as the API and CLI show it.
+pub(crate) fn status(shared: &Shared, ramp: &Ramp, recent: u32) -> Result<Value, StoreError> {
+    let store = lock(&shared.store);
+    let decisions = store.decisions(ramp.id, recent)?;
+    let events = store.events(ramp.id)?;
+    Ok(json!({
+        "id": ramp.id,
+        "flag": ramp.flag,
+        "treatment": ramp.treatment,
+        "control": ramp.control,
+        "state": ramp.state.as_str(),
+        "step": ramp.step + 1,
+        "steps": ramp.steps,
+        "percent": ramp.percent(),
+        "policy": ramp.policy,
+        "change_id": ramp.change_id,
+        "commit_ms": ramp.commit_ms,
+        "started_ms": ramp.started_ms,
+        "step_started_ms": ramp.step_started_ms,
+        "finished_ms": ramp.finished_ms,
+        "first_exposure_ms": ramp.first_exposure_ms,
+        "rollback_ms": ramp.rollback_ms,
+        "rollback_acked_ms": ramp.rollback_acked_ms,
+        "exposed_requests": ramp.exposed_requests,
+        "decisions": decisions,
+        "events": events,
+    }))
+}
