@@ -1,6 +1,6 @@
 //! Heap allocations per request: a counting global allocator around the evaluation loop of every
-//! shape × size, printed as a markdown table. Exits non-zero when a shape without JSONLogic
-//! targeting (static, ramp) allocates at all: their target is zero allocations per request.
+//! shape × size, and around the proxy's `inject_flags`, printed as markdown tables. Exits non-zero
+//! when flags without JSONLogic targeting allocate at all: their target is zero per request.
 
 // A `#[global_allocator]` needs `unsafe impl GlobalAlloc`. The workspace forbids `unsafe_code`, and
 // `forbid` cannot be lifted by `#[allow]`, so this package's Cargo.toml copies the workspace lints
@@ -12,8 +12,10 @@ use std::hint::black_box;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use rampart_benches::sidecar::{Fixture, ProxyFlags, REQUEST_HEADERS, request};
 use rampart_benches::{SIZES, Shape, evaluate_all};
 use rampart_flags::Bump;
+use rampart_proxy::inject_flags;
 
 /// Requests run before counting: lets the arena grow to its steady-state chunk and any lazy
 /// statics (the JSONLogic engine) initialise.
@@ -103,6 +105,88 @@ fn counter_works() -> bool {
     counted().0 > before
 }
 
+/// How the request handed to `inject_flags` is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RequestMap {
+    /// As hyper's parser leaves it: the `HeaderMap` reserved for exactly the received headers.
+    AsParsed,
+    /// With room reserved for one header per flag beforehand: isolates the map's growth.
+    Reserved,
+    /// Reserved, plus a client-sent `x-flag-…` header the proxy must strip.
+    ReservedSpoofed,
+}
+
+impl RequestMap {
+    const ALL: [RequestMap; 3] = [RequestMap::AsParsed, RequestMap::Reserved, RequestMap::ReservedSpoofed];
+
+    fn name(self) -> &'static str {
+        match self {
+            RequestMap::AsParsed => "as parsed",
+            RequestMap::Reserved => "pre-reserved",
+            RequestMap::ReservedSpoofed => "pre-reserved + spoofed x-flag header",
+        }
+    }
+
+    fn request(self, flags: usize) -> http::Request<()> {
+        match self {
+            RequestMap::AsParsed => request(0, false),
+            RequestMap::Reserved => request(flags, false),
+            RequestMap::ReservedSpoofed => request(flags, true),
+        }
+    }
+}
+
+/// Allocations inside `inject_flags` alone over `MEASURED` requests, each request built (and
+/// dropped) outside the counted region.
+fn measure_inject(flags: ProxyFlags, layout: RequestMap) -> Measured {
+    // The upstream is never contacted: only the snapshot and the context mapping are used.
+    let fixture = Fixture::new(flags, std::net::SocketAddr::from(([127, 0, 0, 1], 9)));
+    let proxy = fixture.proxy();
+    let snapshot = proxy.snapshot();
+    let config = proxy.config();
+    let run = |n: u64| {
+        let (mut allocs, mut bytes) = (0, 0);
+        for _ in 0..n {
+            let mut req = layout.request(flags.len());
+            let before = counted();
+            let tracked = inject_flags(&snapshot, &config.context, &config.header_prefix, black_box(&mut req));
+            let after = counted();
+            black_box(tracked);
+            allocs += after.0 - before.0;
+            bytes += after.1 - before.1;
+            black_box(&req);
+        }
+        (allocs, bytes)
+    };
+    let first = run(1).0;
+    run(WARM_UP);
+    let (allocs, bytes) = run(MEASURED);
+    Measured { first, allocs, bytes }
+}
+
+/// The `inject_flags` table; returns the failures (untargeted flags allocating on a pre-reserved map).
+fn inject_table() -> Vec<String> {
+    let mut failed = Vec::new();
+    println!("\n`inject_flags` alone (strip client flag headers, build the context from `x-user-id` and");
+    println!("`x-user-email`, evaluate, insert one header per flag), {MEASURED} requests after {WARM_UP}");
+    println!("warm-up; each request has {} headers and is built outside the counted region.\n", REQUEST_HEADERS.len());
+    println!("| flags | request map | allocs/request | bytes/request | first request |");
+    println!("|---|---|---:|---:|---:|");
+    for flags in ProxyFlags::ALL {
+        for layout in RequestMap::ALL {
+            let m = measure_inject(flags, layout);
+            let per_req = m.allocs as f64 / MEASURED as f64;
+            let bytes = m.bytes as f64 / MEASURED as f64;
+            let name = format!("{} × {}", flags.kind(), flags.len());
+            println!("| {name} | {} | {per_req:.3} | {bytes:.1} | {} |", layout.name(), m.first);
+            if !flags.uses_jsonlogic() && layout == RequestMap::Reserved && m.allocs > 0 {
+                failed.push(format!("inject_flags {name} ({})", layout.name()));
+            }
+        }
+    }
+    failed
+}
+
 fn main() -> ExitCode {
     if !counter_works() {
         eprintln!("FAIL: the counting allocator did not see a Box allocation");
@@ -127,11 +211,12 @@ fn main() -> ExitCode {
             }
         }
     }
+    failed.extend(inject_table());
     if failed.is_empty() {
-        println!("\nOK: shapes without JSONLogic targeting allocate nothing.");
+        println!("\nOK: flags without JSONLogic targeting allocate nothing.");
         ExitCode::SUCCESS
     } else {
-        eprintln!("\nFAIL: shapes without JSONLogic targeting allocated: {}", failed.join(", "));
+        eprintln!("\nFAIL: flags without JSONLogic targeting allocated: {}", failed.join(", "));
         ExitCode::FAILURE
     }
 }

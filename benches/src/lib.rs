@@ -1,6 +1,8 @@
 //! Shared fixtures for the benches: flag sets of a given size and shape, the request context they
-//! are evaluated against, and the per-request loop the proxy runs (build the context, evaluate
-//! every flag).
+//! are evaluated against, the per-request loop the proxy runs (build the context, evaluate every
+//! flag); the sidecar's config, flag files and requests in [`sidecar`].
+
+pub mod sidecar;
 
 use rampart_flags::{Bump, Context, FlagSet};
 use serde_json::{Map, Value, json};
