@@ -29,6 +29,10 @@ enum Command {
     Proxy(cli::proxy::ProxyArgs),
     /// Run the control plane: aggregates sidecar stats, distributes flags, serves the API.
     Control(cli::control::ControlArgs),
+    /// Operate ramps on the control plane: start, status, pause, resume, abort.
+    Ramp(cli::ramp::RampArgs),
+    /// DORA metrics from the control plane's ramp history.
+    Dora(cli::ramp::DoraArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +42,8 @@ fn main() -> ExitCode {
         Command::Eval(args) => cli::flags::eval(&args),
         Command::Proxy(args) => cli::proxy::run(&args),
         Command::Control(args) => cli::control::run(&args),
+        Command::Ramp(args) => cli::ramp::ramp(&args),
+        Command::Dora(args) => cli::ramp::dora(&args),
     };
     match result {
         Ok(code) => code,

@@ -113,6 +113,7 @@ impl RampControl for Service {
                             if let Some(p) = lock(&shared.proxies).get_mut(&key.0).filter(|p| p.stream == stream_id) {
                                 p.flags_version = applied.version;
                             }
+                            crate::ramp::engine::flags_applied(&shared, now_ms());
                         }
                         Ok(Some(_)) => {}
                         Ok(None) => break,

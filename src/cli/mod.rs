@@ -2,5 +2,7 @@
 
 pub(crate) mod control;
 pub(crate) mod flags;
+pub(crate) mod http;
 pub(crate) mod proxy;
+pub(crate) mod ramp;
 pub(crate) mod shutdown;

@@ -241,34 +241,47 @@ fn carry_out(
     Ok(())
 }
 
-/// After a rollback: notes when every connected sidecar serves the rollback version, and keeps
-/// counting the treatment requests that were served before it took effect.
+/// After a rollback: keeps counting the treatment requests served before it took effect (their
+/// stats arrive a report interval late), and notes the acknowledgement if none came yet.
 fn settle_rollback(shared: &Shared, ramp: &mut Ramp, treatment: &Delta, now: i64) -> Result<(), RampError> {
     let exposed = treatment.requests.saturating_sub(ramp.base_treatment.requests);
-    let mut changed = ramp.exposed_requests != Some(exposed);
-    ramp.exposed_requests = Some(exposed);
-    if ramp.rollback_acked_ms.is_none()
-        && let Some(version) = ramp.rollback_version
-    {
-        let proxies = lock(&shared.proxies);
-        let connected: Vec<_> = proxies.values().filter(|p| p.connected).collect();
-        if !connected.is_empty() && connected.iter().all(|p| p.flags_version >= version) {
-            ramp.rollback_acked_ms = Some(now);
-            changed = true;
-            drop(proxies);
-            let after = now - ramp.rollback_ms.unwrap_or(now);
-            event(
-                shared,
-                ramp,
-                "rollback_acknowledged",
-                format!("every connected sidecar serves version {version} ({after} ms after the decision)"),
-            )?;
-        }
-    }
-    if changed {
+    if ramp.exposed_requests != Some(exposed) {
+        ramp.exposed_requests = Some(exposed);
         persist(shared, ramp)?;
     }
+    acknowledge(shared, ramp, now)
+}
+
+/// Notes the moment every connected sidecar serves the rollback's flags version.
+fn acknowledge(shared: &Shared, ramp: &mut Ramp, now: i64) -> Result<(), RampError> {
+    let (None, Some(version)) = (ramp.rollback_acked_ms, ramp.rollback_version) else { return Ok(()) };
+    let all = {
+        let proxies = lock(&shared.proxies);
+        let mut connected = proxies.values().filter(|p| p.connected).peekable();
+        connected.peek().is_some() && connected.all(|p| p.flags_version >= version)
+    };
+    if all {
+        ramp.rollback_acked_ms = Some(now);
+        persist(shared, ramp)?;
+        let after = now - ramp.rollback_ms.unwrap_or(now);
+        event(
+            shared,
+            ramp,
+            "rollback_acknowledged",
+            format!("every connected sidecar serves version {version}, {after} ms after the decision"),
+        )?;
+    }
     Ok(())
+}
+
+/// A sidecar confirmed a flags version: rollbacks waiting for it may now be acknowledged.
+pub(crate) fn flags_applied(shared: &Shared, now: i64) {
+    let mut ramps = lock(&shared.ramps);
+    for ramp in ramps.values_mut().filter(|r| r.rollback_version.is_some() && r.rollback_acked_ms.is_none()) {
+        if let Err(e) = acknowledge(shared, ramp, now) {
+            tracing::error!(ramp = ramp.id, error = %e, "recording a rollback acknowledgement failed");
+        }
+    }
 }
 
 /// The status of a ramp as the API and CLI show it.

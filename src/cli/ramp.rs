@@ -1,0 +1,174 @@
+//! `rampart ramp start|status|pause|resume|abort` and `rampart dora`: the operator's interface,
+//! over the control plane's HTTP API.
+
+use std::process::ExitCode;
+
+use http::Method;
+use serde_json::{Value, json};
+
+use super::http::{DEFAULT_CONTROL_PLANE, call, expect_ok};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RampArgs {
+    #[command(subcommand)]
+    command: RampCommand,
+    /// The control plane's HTTP API.
+    #[arg(long, global = true, env = "RAMPART_CONTROL_PLANE", default_value = DEFAULT_CONTROL_PLANE)]
+    control_plane: String,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum RampCommand {
+    /// Start ramping FLAG's treatment variant.
+    Start {
+        flag: String,
+        #[arg(long)]
+        treatment: String,
+        /// Percent steps, ending at 100.
+        #[arg(long, value_delimiter = ',', default_value = "1,5,25,50,100")]
+        steps: Vec<f64>,
+        /// Least time at each step, e.g. 60s or 2m.
+        #[arg(long, default_value = "60s")]
+        min_dwell: String,
+        /// The ramp's false-rollback / false-promotion budget.
+        #[arg(long, default_value_t = 0.05)]
+        alpha: f64,
+        /// Least treatment requests at each step before advancing.
+        #[arg(long)]
+        min_samples: Option<u64>,
+        /// The change being deployed (commit, PR), for DORA.
+        #[arg(long)]
+        change_id: Option<String>,
+        /// When the change was committed (RFC 3339), for lead time.
+        #[arg(long)]
+        commit_time: Option<String>,
+    },
+    /// Show a ramp (the latest per flag), or all ramps.
+    Status {
+        flag: Option<String>,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop deciding; the treatment stays at its percent.
+    Pause { flag: String },
+    /// Decide again (the dwell at the current step restarts).
+    Resume { flag: String },
+    /// End the ramp and turn the treatment off.
+    Abort { flag: String },
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct DoraArgs {
+    /// The period, e.g. 30d, 7d, 12h.
+    #[arg(long, default_value = "30d")]
+    window: String,
+    #[arg(long)]
+    json: bool,
+    #[arg(long, env = "RAMPART_CONTROL_PLANE", default_value = DEFAULT_CONTROL_PLANE)]
+    control_plane: String,
+}
+
+pub(crate) fn ramp(args: &RampArgs) -> anyhow::Result<ExitCode> {
+    let base = args.control_plane.as_str();
+    match &args.command {
+        RampCommand::Start { flag, treatment, steps, min_dwell, alpha, min_samples, change_id, commit_time } => {
+            let body = json!({
+                "flag": flag, "treatment": treatment, "steps": steps, "min_dwell": min_dwell, "alpha": alpha,
+                "min_samples": min_samples, "change_id": change_id, "commit_time": commit_time,
+            });
+            let body = strip_nulls(body);
+            let status = expect_ok(call(Method::POST, base, "/api/v1/ramps", Some(&body))?)?;
+            println!("started: {}", summary(&status));
+        }
+        RampCommand::Status { flag: Some(flag), json } => {
+            let status = expect_ok(call(Method::GET, base, &format!("/api/v1/ramps/{flag}"), None)?)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_status(&status);
+            }
+        }
+        RampCommand::Status { flag: None, json } => {
+            let list = expect_ok(call(Method::GET, base, "/api/v1/ramps", None)?)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                for r in list["ramps"].as_array().into_iter().flatten() {
+                    println!("{}", summary(r));
+                }
+            }
+        }
+        RampCommand::Pause { flag } | RampCommand::Resume { flag } | RampCommand::Abort { flag } => {
+            let action = match &args.command {
+                RampCommand::Pause { .. } => "pause",
+                RampCommand::Resume { .. } => "resume",
+                _ => "abort",
+            };
+            let status = expect_ok(call(Method::POST, base, &format!("/api/v1/ramps/{flag}/{action}"), None)?)?;
+            println!("{}", summary(&status));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn dora(args: &DoraArgs) -> anyhow::Result<ExitCode> {
+    let d = expect_ok(call(Method::GET, &args.control_plane, &format!("/api/v1/dora?window={}", args.window), None)?)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&d)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let secs = |v: &Value| v.as_f64().map_or("–".to_owned(), |s| format!("{s:.1} s"));
+    println!("DORA over {}", args.window);
+    println!("  deployments started       {}", d["deployments"]);
+    println!(
+        "  deployment frequency      {:.2} per day ({} completed)",
+        d["deployment_frequency_per_day"].as_f64().unwrap_or(0.0),
+        d["completed"]
+    );
+    println!("  lead time for changes     {}", secs(&d["lead_time_s"]));
+    let cfr = d["change_failure_rate"].as_f64().map_or("–".to_owned(), |r| format!("{:.1}%", r * 100.0));
+    println!("  change failure rate       {cfr} ({} rolled back)", d["rolled_back"]);
+    println!("  recovery time             {}", secs(&d["recovery_time_s"]));
+    println!("  time to detect            {}", secs(&d["time_to_detect_s"]));
+    println!("  bad-variant requests      {}", d["bad_variant_requests"]);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn strip_nulls(mut v: Value) -> Value {
+    if let Some(map) = v.as_object_mut() {
+        map.retain(|_, value| !value.is_null());
+    }
+    v
+}
+
+fn summary(r: &Value) -> String {
+    format!(
+        "{} → {}: {} at step {} ({}%)",
+        r["flag"].as_str().unwrap_or("?"),
+        r["treatment"].as_str().unwrap_or("?"),
+        r["state"].as_str().unwrap_or("?"),
+        r["step"],
+        r["percent"]
+    )
+}
+
+fn print_status(s: &Value) {
+    println!("{}", summary(s));
+    for e in s["events"].as_array().into_iter().flatten() {
+        println!(
+            "  event    {:>13}  {:<22} {}",
+            e["at_ms"],
+            e["kind"].as_str().unwrap_or(""),
+            e["detail"].as_str().unwrap_or("")
+        );
+    }
+    if let Some(last) = s["decisions"].as_array().and_then(|d| d.last()) {
+        println!(
+            "  latest   {:>13}  {:<22} {}",
+            last["at_ms"],
+            last["action"].as_str().unwrap_or(""),
+            last["reason"].as_str().unwrap_or("")
+        );
+    }
+}

@@ -1,0 +1,240 @@
+//! Ramps end to end with real processes: a control plane, two sidecars, an upstream that fails
+//! for the treatment. A ramp started with the CLI is rolled back automatically and the sidecars
+//! stop sending the treatment; a ramp survives a SIGKILL of the control plane at the same step
+//! with its history, and the sidecars' flags agree.
+
+mod process;
+#[path = "../proxy/tests/support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use process::Running;
+use serde_json::Value;
+use support::*;
+use tokio::net::TcpListener;
+
+const FLAGS: &str = r#"
+flags:
+  new-checkout:
+    state: ENABLED
+    variants: { "on": true, "off": false }
+    defaultVariant: "off"
+"#;
+
+/// An upstream that answers 500 to every request whose `x-flag-new-checkout` is `on` while
+/// `broken` is set, 200 otherwise, and reports the variant it saw in the body.
+async fn checkout_upstream(broken: Arc<AtomicBool>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let broken = broken.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let variant = req.headers().get("x-flag-new-checkout").map(|v| v.to_str().unwrap_or("").to_owned());
+                    let fail = variant.as_deref() == Some("on") && broken.load(Ordering::Relaxed);
+                    let mut resp = Response::new(Full::new(Bytes::from(variant.unwrap_or_default())));
+                    if fail {
+                        *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                    }
+                    async move { Ok::<_, Infallible>(resp) }
+                });
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    addr
+}
+
+fn start_control(dir: &Path, grpc: &str, http: &str) -> Running {
+    let config = dir.join("control.toml");
+    std::fs::write(
+        &config,
+        format!("grpc_listen = \"{grpc}\"\nhttp_listen = \"{http}\"\nflags = \"flags.yaml\"\nstore = \"control.db\"\n"),
+    )
+    .unwrap();
+    process::start(&["control"], &config, "rampart control serving")
+}
+
+fn start_sidecar(dir: &Path, name: &str, upstream: SocketAddr, control: SocketAddr) -> Running {
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nupstream = \"http://{upstream}\"\n\
+             control_plane = \"http://{control}\"\nproxy_id = \"{name}\"\nreport_interval = \"200ms\"\n\
+             flags_cache = \"{name}.cache.json\"\n[context]\ntargetingKey = [\"header:x-user-id\"]\n"
+        ),
+    )
+    .unwrap();
+    process::start(&["proxy"], &config, "rampart proxy serving")
+}
+
+/// Runs the `rampart` CLI against the control plane; returns its stdout.
+fn cli(http: SocketAddr, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(args)
+        .env("RAMPART_CONTROL_PLANE", format!("http://{http}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "rampart {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn status(http: SocketAddr) -> Value {
+    serde_json::from_str(&cli(http, &["ramp", "status", "new-checkout", "--json"])).unwrap()
+}
+
+async fn flags_version(admin: SocketAddr) -> u64 {
+    let (_, body) = get(&format!("http://{admin}/flags"), &[]).await;
+    serde_json::from_str::<Value>(&body).unwrap()["version"].as_u64().unwrap()
+}
+
+async fn ramp_percent(admin: SocketAddr) -> Option<f64> {
+    let (_, body) = get(&format!("http://{admin}/flags"), &[]).await;
+    serde_json::from_str::<Value>(&body).unwrap()["flags"]["flags"]["new-checkout"]["ramp"]["percent"].as_f64()
+}
+
+/// Sends traffic from many users through the sidecars until `stop`, at most `limit` requests.
+fn traffic(
+    sidecars: Vec<SocketAddr>,
+    stop: Arc<AtomicBool>,
+    limit: usize,
+) -> tokio::task::JoinHandle<BTreeMap<String, u64>> {
+    tokio::spawn(async move {
+        let mut seen = BTreeMap::new();
+        for i in 0..limit {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let (_, body) =
+                get(&format!("http://{}/buy", sidecars[i % sidecars.len()]), &[("x-user-id", &format!("u{i}"))]).await;
+            *seen.entry(body).or_insert(0) += 1;
+        }
+        seen
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_treatment_is_rolled_back_and_the_sidecars_stop_sending_it() {
+    let broken = Arc::new(AtomicBool::new(true));
+    let up = checkout_upstream(broken.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("flags.yaml"), FLAGS).unwrap();
+    let control = start_control(dir.path(), "127.0.0.1:0", "127.0.0.1:0");
+    let (grpc, http) = (control.addr("grpc"), control.addr("http"));
+    let a = start_sidecar(dir.path(), "a", up, grpc);
+    let b = start_sidecar(dir.path(), "b", up, grpc);
+    for admin in [a.addr("admin"), b.addr("admin")] {
+        assert!(eventually(Duration::from_secs(10), || async { flags_version(admin).await >= 1 }).await);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = traffic(vec![a.addr("listen"), b.addr("listen")], stop.clone(), 200_000);
+
+    let started = cli(
+        http,
+        &[
+            "ramp",
+            "start",
+            "new-checkout",
+            "--treatment",
+            "on",
+            "--steps",
+            "10,50,100",
+            "--min-dwell",
+            "5s",
+            "--change-id",
+            "pr-42",
+            "--commit-time",
+            "2026-11-26T09:30:00+01:00",
+        ],
+    );
+    assert!(started.starts_with("started: new-checkout → on: running at step 1 (10"), "{started}");
+
+    let rolled_back = eventually(Duration::from_secs(60), || async {
+        let s = status(http);
+        s["state"] == "rolled_back" && s["rollback_acked_ms"].is_i64()
+    })
+    .await;
+    let s = status(http);
+    assert!(rolled_back, "{s:#}");
+    assert_eq!(s["percent"], 0.0);
+    let decision = s["decisions"].as_array().unwrap().iter().find(|d| d["action"] == "ROLLBACK").unwrap().clone();
+    assert!(!decision["reason"].as_str().unwrap().is_empty());
+    assert!(decision["numbers"]["treatment_requests"].as_u64().unwrap() > 0);
+    let (decided, acked) = (s["rollback_ms"].as_i64().unwrap(), s["rollback_acked_ms"].as_i64().unwrap());
+    println!("rollback decision → last sidecar acknowledgement: {} ms (target ≤ 1 s)", acked - decided);
+    println!("rollback reason: {}", decision["reason"]);
+
+    // From now on no request carries the treatment.
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    let after = traffic(vec![a.addr("listen"), b.addr("listen")], Arc::new(AtomicBool::new(false)), 200).await.unwrap();
+    assert_eq!(after.keys().collect::<Vec<_>>(), ["off"], "{after:?}");
+
+    let dora: Value = serde_json::from_str(&cli(http, &["dora", "--json"])).unwrap();
+    assert_eq!(dora["rolled_back"], 1);
+    assert_eq!(dora["change_failure_rate"], 1.0);
+    assert!(dora["bad_variant_requests"].as_u64().unwrap() > 0);
+    assert!(dora["recovery_time_s"].as_f64().unwrap() > 0.0);
+    let text = cli(http, &["dora"]);
+    assert!(text.contains("change failure rate       100.0%"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ramp_resumes_at_its_step_with_its_history_after_a_sigkill() {
+    let up = checkout_upstream(Arc::new(AtomicBool::new(false))).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("flags.yaml"), FLAGS).unwrap();
+    let mut control = start_control(dir.path(), "127.0.0.1:0", "127.0.0.1:0");
+    let (grpc, http) = (control.addr("grpc"), control.addr("http"));
+    let a = start_sidecar(dir.path(), "a", up, grpc);
+    let b = start_sidecar(dir.path(), "b", up, grpc);
+    for admin in [a.addr("admin"), b.addr("admin")] {
+        assert!(eventually(Duration::from_secs(10), || async { flags_version(admin).await >= 1 }).await);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = traffic(vec![a.addr("listen"), b.addr("listen")], stop.clone(), 400_000);
+    cli(http, &["ramp", "start", "new-checkout", "--treatment", "on", "--steps", "30,60,100", "--min-dwell", "1s"]);
+    // A healthy treatment advances to the second step once its bounds show non-inferiority.
+    let advanced = eventually(Duration::from_secs(120), || async { status(http)["step"] == 2 }).await;
+    assert!(advanced, "{:#}", status(http));
+    cli(http, &["ramp", "pause", "new-checkout"]);
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    let before = status(http);
+
+    control.kill();
+    let _control = start_control(dir.path(), &grpc.to_string(), &http.to_string());
+    let after = status(http);
+    assert_eq!(after["state"], "paused");
+    assert_eq!(after["step"], 2);
+    assert_eq!(after["percent"], 60.0);
+    assert_eq!(after["events"], before["events"], "the history survives");
+    assert!(after["decisions"].as_array().unwrap().iter().any(|d| d["action"] == "ADVANCE"));
+    for admin in [a.addr("admin"), b.addr("admin")] {
+        assert!(eventually(Duration::from_secs(10), || async { ramp_percent(admin).await == Some(60.0) }).await);
+    }
+    // The restarted control plane carries on: resume, then abort turns the treatment off.
+    assert!(cli(http, &["ramp", "resume", "new-checkout"]).contains("running at step 2"));
+    assert!(cli(http, &["ramp", "abort", "new-checkout"]).contains("aborted"));
+    for admin in [a.addr("admin"), b.addr("admin")] {
+        assert!(eventually(Duration::from_secs(5), || async { ramp_percent(admin).await == Some(0.0) }).await);
+    }
+}
