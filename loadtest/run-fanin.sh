@@ -6,6 +6,7 @@
 #   loadtest/run-fanin.sh [extra rampart-loadtest fanin flags…]
 #   STREAMS=1000 SERIES=20 DURATION=30s GRPC_PORT=18400 HTTP_PORT=18401 loadtest/run-fanin.sh
 #   NO_BUILD=1 …   # use the binaries already in target/release
+#   RAMPART=/path/to/rampart …   # another control-plane binary (e.g. a patched build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,7 @@ GRPC_PORT=${GRPC_PORT:-18400}
 HTTP_PORT=${HTTP_PORT:-18401}
 CONTROL_CPU=${CONTROL_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
+RAMPART=${RAMPART:-target/release/rampart}
 
 [[ -n ${NO_BUILD:-} ]] || cargo build --release --quiet -p rampart -p rampart-loadtest
 
@@ -36,7 +38,7 @@ http_listen = "127.0.0.1:$HTTP_PORT"
 store = "control.db"
 TOML
 
-RUST_LOG=${RUST_LOG:-warn} taskset -c "$CONTROL_CPU" target/release/rampart control --config "$work/control.toml" \
+RUST_LOG=${RUST_LOG:-warn} taskset -c "$CONTROL_CPU" "$RAMPART" control --config "$work/control.toml" \
     2>"$work/control.log" &
 control_pid=$!
 

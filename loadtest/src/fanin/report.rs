@@ -154,9 +154,12 @@ impl Summary {
         if let Some(h) = &self.batch {
             // Interpolated quantiles mean little for small integers: say how full the commits were.
             let pct = |le| 100.0 * h.share_at_most(le).unwrap_or(f64::NAN);
-            let max = h.buckets.iter().find(|&&(_, c)| c >= h.count).map_or(f64::NAN, |&(le, _)| le);
+            let max = match h.buckets.iter().find(|&&(_, c)| c >= h.count) {
+                Some(&(le, _)) if le.is_finite() => format!("≤{le}"),
+                _ => format!(">{}", h.buckets.iter().rev().find(|b| b.0.is_finite()).map_or(0.0, |b| b.0)),
+            };
             println!(
-                "control {BATCH}: {} commits, mean {:.2} reports/commit; 1 report {:.1}%, ≤5 {:.1}%, largest ≤{}",
+                "control {BATCH}: {} commits, mean {:.2} reports/commit; 1 report {:.1}%, ≤5 {:.1}%, largest {}",
                 h.count,
                 h.mean().unwrap_or(f64::NAN),
                 pct(1.0),
