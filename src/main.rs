@@ -21,6 +21,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The whole loop in one command: a service with a hidden regression, the control plane, a
+    /// sidecar and traffic; a ramp starts and is rolled back automatically.
+    Demo(cli::demo::DemoArgs),
     /// Validate a flag-definition file (flagd format, JSON or YAML).
     Check(cli::flags::CheckArgs),
     /// Evaluate one flag of a file against a context and print the resolution as JSON.
@@ -38,6 +41,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(args) => cli::demo::run(&args),
         Command::Check(args) => cli::flags::check(&args),
         Command::Eval(args) => cli::flags::eval(&args),
         Command::Proxy(args) => cli::proxy::run(&args),

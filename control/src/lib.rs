@@ -24,7 +24,6 @@ use rampart_flags::Format;
 use rampart_proto::rampart::v1::ramp_control_server::RampControlServer;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -150,7 +149,12 @@ impl Control {
         };
         let grpc_server = tonic::transport::Server::builder()
             .add_service(RampControlServer::new(service))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), shutdown.clone().cancelled_owned());
+            // tonic ignores its own `tcp_nodelay` with an external listener: set it per accepted
+            // stream, or small acks wait on delayed ACKs (+40 ms at the tail, measured by the fan-in load).
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
+                shutdown.clone().cancelled_owned(),
+            );
         let http_server = axum::serve(http, api::router(self.shared.clone()))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         tasks.spawn(ramp_engine(self.shared.clone(), shutdown.clone()));

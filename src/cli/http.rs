@@ -1,46 +1,62 @@
-//! A small JSON-over-HTTP client for the operator commands, talking to the control plane's API.
+//! A small JSON-over-HTTP client for the operator commands and the demo, talking to the control
+//! plane's API.
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 /// The control plane's HTTP API when `--control-plane` is not given.
 pub(crate) const DEFAULT_CONTROL_PLANE: &str = "http://127.0.0.1:8401";
 
+/// A client for [`call_async`].
+pub(crate) type JsonClient = Client<HttpConnector, Full<Bytes>>;
+
+pub(crate) fn client() -> JsonClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
 /// Sends `body` (JSON) with `method` to `base` + `path`; returns the status and the JSON answer.
-pub(crate) fn call(
+pub(crate) async fn call_async(
+    client: &JsonClient,
     method: Method,
     base: &str,
     path: &str,
     body: Option<&Value>,
 ) -> anyhow::Result<(StatusCode, Value)> {
     let url = format!("{}{path}", base.trim_end_matches('/'));
+    let payload = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+    let req = Request::builder()
+        .method(method)
+        .uri(&url)
+        .header("content-type", "application/json")
+        .body(Full::new(payload))
+        .with_context(|| format!("bad control-plane URL {url}"))?;
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(10), client.request(req))
+        .await
+        .with_context(|| format!("{url}: no answer within 10 s"))?
+        .with_context(|| format!("cannot reach the control plane at {base}"))?;
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    match serde_json::from_slice(&bytes) {
+        Ok(json) => Ok((status, json)),
+        Err(_) => bail!("{url}: {status}: {}", String::from_utf8_lossy(&bytes)),
+    }
+}
+
+/// [`call_async`] for the one-shot commands, on a runtime of its own.
+pub(crate) fn call(
+    method: Method,
+    base: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> anyhow::Result<(StatusCode, Value)> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async {
-        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-        let payload = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-        let req = Request::builder()
-            .method(method)
-            .uri(&url)
-            .header("content-type", "application/json")
-            .body(Full::new(payload))
-            .with_context(|| format!("bad control-plane URL {url}"))?;
-        let resp = tokio::time::timeout(std::time::Duration::from_secs(10), client.request(req))
-            .await
-            .with_context(|| format!("{url}: no answer within 10 s"))?
-            .with_context(|| format!("cannot reach the control plane at {base}"))?;
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        let json: Value = match serde_json::from_slice(&bytes) {
-            Ok(v) => v,
-            Err(_) => bail!("{url}: {status}: {}", String::from_utf8_lossy(&bytes)),
-        };
-        Ok((status, json))
-    })
+    runtime.block_on(async { call_async(&client(), method, base, path, body).await })
 }
 
 /// The answer, or an error carrying the API's `error` message.

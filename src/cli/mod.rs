@@ -1,6 +1,7 @@
 //! Subcommand implementations of the `rampart` binary.
 
 pub(crate) mod control;
+pub(crate) mod demo;
 pub(crate) mod flags;
 pub(crate) mod http;
 pub(crate) mod proxy;
