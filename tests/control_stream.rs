@@ -51,7 +51,8 @@ fn start_sidecar(dir: &Path, name: &str, upstream: SocketAddr, control: SocketAd
             "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nupstream = \"http://{upstream}\"\n\
              control_plane = \"http://{control}\"\nservice = \"shop\"\nproxy_id = \"{name}\"\n\
              report_interval = \"200ms\"\nflags_cache = \"{name}.cache.json\"\n\
-             [context]\ntargetingKey = [\"header:x-user-id\"]\n"
+             [context]\ntargetingKey = [\"header:x-user-id\"]\n\
+             [queries]\ngrpc = \"127.0.0.1:0\"\nofrep = \"127.0.0.1:0\"\n"
         ),
     )
     .unwrap();

@@ -22,7 +22,8 @@ fn start(upstream: SocketAddr, extra: &str) -> (Running, tempfile::TempDir) {
     )
     .unwrap();
     let config = format!(
-        "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nupstream = \"http://{upstream}\"\nflags = \"flags.yaml\"\n{extra}\n"
+        "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nupstream = \"http://{upstream}\"\nflags = \"flags.yaml\"\n{extra}\n\
+         [queries]\ngrpc = \"127.0.0.1:0\"\nofrep = \"127.0.0.1:0\"\n"
     );
     std::fs::write(dir.path().join("proxy.toml"), config).unwrap();
     (process::start(&["proxy"], &dir.path().join("proxy.toml"), "rampart proxy serving"), dir)
@@ -93,4 +94,24 @@ async fn a_gigabyte_each_way_keeps_memory_flat() {
 
     let peak = peak_rss_kib(proxy.pid());
     assert!(peak < 64 * 1024, "peak RSS {peak} KiB after 2 GiB streamed: bodies must not be buffered");
+}
+
+#[tokio::test]
+async fn the_binary_answers_flag_queries_over_ofrep() {
+    let up = upstream().await;
+    let (proxy, _dir) = start(up.addr, "");
+    let req = http::Request::post(format!("http://{}/ofrep/v1/evaluate/flags/f", proxy.addr("ofrep")))
+        .header("content-type", "application/json")
+        .body(
+            http_body_util::Full::new(bytes::Bytes::from_static(b"{\"context\":{\"targetingKey\":\"u1\"}}"))
+                .map_err(|never| match never {})
+                .boxed(),
+        )
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: serde_json::Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["variant"], "a");
+    assert_eq!(body["value"], 1);
 }

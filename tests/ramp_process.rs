@@ -79,7 +79,8 @@ fn start_sidecar(dir: &Path, name: &str, upstream: SocketAddr, control: SocketAd
         format!(
             "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nupstream = \"http://{upstream}\"\n\
              control_plane = \"http://{control}\"\nproxy_id = \"{name}\"\nreport_interval = \"200ms\"\n\
-             flags_cache = \"{name}.cache.json\"\n[context]\ntargetingKey = [\"header:x-user-id\"]\n"
+             flags_cache = \"{name}.cache.json\"\n[context]\ntargetingKey = [\"header:x-user-id\"]\n\
+             [queries]\ngrpc = \"127.0.0.1:0\"\nofrep = \"127.0.0.1:0\"\n"
         ),
     )
     .unwrap();

@@ -402,7 +402,8 @@ fn queries(
     };
     let grpc = addr("queries.grpc", &raw.grpc)?;
     let ofrep = addr("queries.ofrep", &raw.ofrep)?;
-    if grpc.is_some() && grpc == ofrep {
+    // Port 0 asks the system for a free port each, so two of them never clash.
+    if grpc.is_some_and(|a| a.port() != 0) && grpc == ofrep {
         return Err(invalid("queries.ofrep", "must differ from queries.grpc".to_owned()));
     }
     if raw.keep_alive.is_zero() {

@@ -33,11 +33,16 @@ pub(crate) fn run(args: &ProxyArgs) -> anyhow::Result<ExitCode> {
         let listener =
             tokio::net::TcpListener::bind(c.listen).await.with_context(|| format!("bind listen {}", c.listen))?;
         let admin = tokio::net::TcpListener::bind(c.admin).await.with_context(|| format!("bind admin {}", c.admin))?;
-        tracing::info!(listen = %listener.local_addr()?, admin = %admin.local_addr()?, upstream = %c.upstream.authority,
-            flags = ?c.flags, control_plane = ?c.control_plane.as_ref().map(|cp| &cp.uri), workers, "rampart proxy serving");
+        let queries = rampart_proxy::QueryListeners::bind(&c.queries).await.context("bind [queries]")?;
+        let local = |l: &Option<tokio::net::TcpListener>| {
+            l.as_ref().and_then(|l| l.local_addr().ok()).map_or("off".to_owned(), |a| a.to_string())
+        };
+        tracing::info!(listen = %listener.local_addr()?, admin = %admin.local_addr()?, grpc = %local(&queries.grpc),
+            ofrep = %local(&queries.ofrep), upstream = %c.upstream.authority, flags = ?c.flags,
+            control_plane = ?c.control_plane.as_ref().map(|cp| &cp.uri), workers, "rampart proxy serving");
         let token = CancellationToken::new();
         let signals = tokio::spawn(shutdown::on_signal(token.clone()));
-        proxy.run(listener, admin, token.clone()).await;
+        proxy.run_with_queries(listener, admin, queries, token.clone()).await;
         token.cancel();
         signals.await.context("signal task")?.context("signal handler")?;
         anyhow::Ok(ExitCode::SUCCESS)
