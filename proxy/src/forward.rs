@@ -115,8 +115,12 @@ impl Forwarder {
     /// was evaluated with.
     fn record(&self, snapshot: &Snapshot, tracked: &Tracked, outcome: Outcome, micros: Option<u64>) {
         for &(i, v) in tracked {
-            let stats =
-                snapshot.injected.get(i as usize).and_then(|inj| inj.variants.get(v as usize)).map(|out| &out.stats);
+            let Some(inj) = snapshot.injected.get(i as usize) else { continue };
+            if !inj.tracked {
+                // Returned only because a route matches on it.
+                continue;
+            }
+            let stats = inj.variants.get(v as usize).map(|out| &out.stats);
             match stats {
                 Some(Some(series)) => series.record(outcome, micros),
                 _ => {

@@ -19,12 +19,16 @@ thread_local! {
     static ARENA: RefCell<Bump> = RefCell::new(Bump::with_capacity(4096));
 }
 
-/// The tracked flags a request was assigned: `(injected index, variant index)`, recorded once the
-/// response is known. Inline up to 16 tracked (ramped) flags; more spill to the heap.
+/// The assignments the rest of the request path needs: `(injected index, variant index)` of every
+/// flag that is tracked (`Injected::tracked`: recorded once the response is known) or that a route
+/// matches on (`Injected::routed`: routing compares these integers, see `route.rs`). Whoever fills
+/// it (evaluation here, or assignments reused from a propagated header) must push an entry for
+/// every tracked *or* routed flag that got a variant; consumers filter by those two bits. Inline
+/// up to 16 entries; more spill to the heap.
 pub type Tracked = SmallVec<[(u32, u32); 16]>;
 
 /// Strips headers under `prefix` from `req`, then evaluates and injects `snapshot`'s flags.
-/// Returns the assignments of tracked flags.
+/// Returns the assignments of tracked and routed flags (see [`Tracked`]).
 pub fn inject_flags<B>(snapshot: &Snapshot, context: &[Attribute], prefix: &str, req: &mut Request<B>) -> Tracked {
     strip_prefixed(req.headers_mut(), prefix);
     let mut tracked = Tracked::new();
@@ -55,7 +59,7 @@ pub fn inject_flags<B>(snapshot: &Snapshot, context: &[Attribute], prefix: &str,
                 Some((v, out)) => {
                     headers.insert(inj.header.clone(), out.header.clone());
                     out.evaluations.increment(1);
-                    if inj.tracked {
+                    if inj.tracked || inj.routed {
                         // Both fit: a snapshot has far fewer than 2^32 flags or variants.
                         tracked.push((i as u32, v as u32));
                     }

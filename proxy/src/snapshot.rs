@@ -35,6 +35,9 @@ pub(crate) struct Injected {
     pub(crate) unresolved: Counter,
     /// Whether requests are recorded per variant (a ramp, or `metadata.track: true`).
     pub(crate) tracked: bool,
+    /// Whether a route matches on this flag's variant (its assignment is then returned by
+    /// `inject_flags` even when the flag is not tracked).
+    pub(crate) routed: bool,
 }
 
 /// A complete flag configuration as served.
@@ -103,6 +106,7 @@ impl Snapshot {
                 variants,
                 unresolved: out.metrics.evaluations(flag.key(), ""),
                 tracked,
+                routed: false,
             });
         }
         Ok(Snapshot { version, flags, injected, loaded_at: SystemTime::now() })
