@@ -16,6 +16,8 @@ pub enum ConfigError {
     },
     #[error("{}:{line}:{column}: {message}", path.display())]
     Syntax { path: PathBuf, line: usize, column: usize, message: String },
+    #[error("{}: {key}: {message}", path.display())]
+    Invalid { path: PathBuf, key: String, message: String },
 }
 
 #[derive(Debug, Deserialize)]
@@ -28,6 +30,26 @@ struct Raw {
     flags: Option<PathBuf>,
     #[serde(default = "default_store")]
     store: PathBuf,
+    tls: Option<RawTls>,
+    /// A file of bearer tokens, one per line, any of which a sidecar may present.
+    tokens_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+    /// Sidecars presenting a certificate from this CA are accepted without a token.
+    client_ca: Option<PathBuf>,
+}
+
+/// TLS for the sidecar streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
 }
 
 fn default_grpc() -> SocketAddr {
@@ -49,11 +71,23 @@ pub struct Config {
     pub flags: Option<PathBuf>,
     /// The SQLite database.
     pub store: PathBuf,
+    /// TLS on the gRPC listener.
+    pub tls: Option<Tls>,
+    /// Bearer tokens accepted from sidecars. When tokens or a client CA are configured, a stream
+    /// must present a valid client certificate or one of these.
+    pub tokens: Vec<String>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { grpc_listen: default_grpc(), http_listen: default_http(), flags: None, store: default_store() }
+        Config {
+            grpc_listen: default_grpc(),
+            http_listen: default_http(),
+            flags: None,
+            store: default_store(),
+            tls: None,
+            tokens: Vec::new(),
+        }
     }
 }
 
@@ -72,11 +106,47 @@ impl Config {
             ConfigError::Syntax { path: path.to_owned(), line, column, message: e.message().to_owned() }
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
+        let invalid =
+            |key: &str, message: String| ConfigError::Invalid { path: path.to_owned(), key: key.to_owned(), message };
+        let tokens = match raw.tokens_file {
+            None => Vec::new(),
+            Some(f) => {
+                let file = base.join(f);
+                let text = std::fs::read_to_string(&file)
+                    .map_err(|e| invalid("tokens_file", format!("{}: {e}", file.display())))?;
+                let tokens: Vec<String> = text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned)
+                    .collect();
+                if tokens.is_empty() {
+                    return Err(invalid("tokens_file", format!("{} holds no token", file.display())));
+                }
+                tokens
+            }
+        };
+        let tls = raw.tls.map(|t| Tls {
+            cert: base.join(t.cert),
+            key: base.join(t.key),
+            client_ca: t.client_ca.map(|c| base.join(c)),
+        });
+        for (key, file) in tls.iter().flat_map(|t| {
+            [("tls.cert", Some(&t.cert)), ("tls.key", Some(&t.key)), ("tls.client_ca", t.client_ca.as_ref())]
+        }) {
+            if let Some(file) = file
+                && let Err(e) = std::fs::metadata(file)
+            {
+                return Err(invalid(key, format!("{}: {e}", file.display())));
+            }
+        }
         Ok(Config {
             grpc_listen: raw.grpc_listen,
             http_listen: raw.http_listen,
             flags: raw.flags.map(|f| base.join(f)),
             store: base.join(raw.store),
+            tls,
+            tokens,
         })
     }
 }

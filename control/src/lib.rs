@@ -6,6 +6,7 @@
 //! [`Control::run`] serves gRPC and HTTP on the given listeners until the shutdown token fires.
 
 mod api;
+mod auth;
 pub mod config;
 mod dora;
 mod flags;
@@ -52,6 +53,12 @@ pub enum Error {
     },
     #[error("the store holds a ramp record that does not decode: {0}")]
     StoredRamp(#[source] serde_json::Error),
+    #[error("TLS file {}: {source}", path.display())]
+    TlsFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
     #[error("HTTP server: {0}")]
@@ -83,6 +90,23 @@ async fn ramp_engine(shared: Arc<Shared>, shutdown: CancellationToken) {
 #[derive(Debug)]
 pub struct Control {
     shared: Arc<Shared>,
+    tls: Option<config::Tls>,
+    tokens: Vec<String>,
+}
+
+impl config::Tls {
+    /// tonic's server TLS: our certificate, and the client CA (certificates optional: a sidecar may
+    /// present a bearer token instead).
+    fn server_config(&self) -> Result<tonic::transport::ServerTlsConfig, Error> {
+        let read =
+            |p: &std::path::Path| std::fs::read(p).map_err(|source| Error::TlsFile { path: p.to_owned(), source });
+        let identity = tonic::transport::Identity::from_pem(read(&self.cert)?, read(&self.key)?);
+        let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.client_ca {
+            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?)).client_auth_optional(true);
+        }
+        Ok(tls)
+    }
 }
 
 impl Control {
@@ -127,7 +151,11 @@ impl Control {
             ramps: Mutex::new(ramps),
             metrics,
         };
-        Ok(Control { shared: Arc::new(shared) })
+        if let Some(tls) = &config.tls {
+            // Fail before binding anything when the files do not load.
+            tls.server_config()?;
+        }
+        Ok(Control { shared: Arc::new(shared), tls: config.tls.clone(), tokens: config.tokens.clone() })
     }
 
     /// The flags version being distributed.
@@ -147,8 +175,16 @@ impl Control {
             shutdown: shutdown.clone(),
             next_stream: AtomicU64::new(1),
         };
-        let grpc_server = tonic::transport::Server::builder()
-            .add_service(RampControlServer::new(service))
+        let auth = auth::Auth {
+            client_certs: self.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+            tokens: self.tokens.clone(),
+        };
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &self.tls {
+            builder = builder.tls_config(tls.server_config()?)?;
+        }
+        let grpc_server = builder
+            .add_service(RampControlServer::with_interceptor(service, move |req| auth.check(req)))
             // tonic ignores its own `tcp_nodelay` with an external listener: set it per accepted
             // stream, or small acks wait on delayed ACKs (+40 ms at the tail, measured by the fan-in load).
             .serve_with_incoming_shutdown(
