@@ -6,10 +6,16 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+mod compare;
 mod fanin;
+mod http;
+mod load;
 mod loopback;
 mod procfs;
+mod procs;
 mod prometheus;
+mod scenario;
+mod upstream;
 
 /// Load generators for Rampart's figures (loopback targets only).
 #[derive(Debug, Parser)]
@@ -24,6 +30,17 @@ enum Mode {
     /// Simulated sidecars: N concurrent control streams, one stats report per interval each;
     /// measures the ack latency and the control plane's CPU and memory.
     Fanin(fanin::Args),
+    /// HTTP load: open loop at a fixed rate (latency from the intended start) or closed loop
+    /// (saturation); HTTP/1.1 or h2c.
+    Load(load::Args),
+    /// Side by side: direct, Rampart, nginx and HAProxy, interleaved rounds, pinned to cores;
+    /// writes JSON and a markdown table.
+    Compare(compare::Args),
+    /// A ramp end to end: control plane, sidecars, an upstream whose treatment misbehaves (or
+    /// not, `--aa`); time to detect, time to stop, requests served by the bad variant.
+    Scenario(scenario::Args),
+    /// The fast upstream (`200 ok`) as its own process, for `compare`.
+    Upstream(upstream::Args),
 }
 
 fn main() -> ExitCode {
@@ -38,12 +55,21 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    // Worker threads follow the CPU affinity (`taskset`), so a pinned run stays on its core.
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
+    // fanin: worker threads follow the CPU affinity (`taskset`), so a pinned run stays on its
+    // core. The HTTP modes run on one thread: the load generator owns one core, and a
+    // single-threaded runtime drives it with the least overhead.
+    let runtime = match cli.mode {
+        Mode::Fanin(_) => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+    }
+    .context("cannot start the runtime")?;
     runtime.block_on(async move {
         match cli.mode {
             Mode::Fanin(args) => fanin::run(args).await,
+            Mode::Load(args) => load::run(args).await,
+            Mode::Compare(args) => compare::run(args).await,
+            Mode::Scenario(args) => scenario::run(args).await,
+            Mode::Upstream(args) => upstream::run(args).await,
         }
     })
 }
