@@ -36,6 +36,8 @@ enum Command {
     Ramp(cli::ramp::RampArgs),
     /// DORA metrics from the control plane's ramp history.
     Dora(cli::ramp::DoraArgs),
+    /// Sign a QA override token that forces variants (header `x-rampart-override`).
+    Sign(cli::sign::SignArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Command::Control(args) => cli::control::run(&args),
         Command::Ramp(args) => cli::ramp::ramp(&args),
         Command::Dora(args) => cli::ramp::dora(&args),
+        Command::Sign(args) => cli::sign::run(&args),
     };
     match result {
         Ok(code) => code,

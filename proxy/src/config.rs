@@ -10,6 +10,9 @@ use http::header::HeaderName;
 use http::uri::{Authority, Scheme};
 use serde::Deserialize;
 
+mod propagation;
+pub use propagation::Propagation;
+
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -68,6 +71,7 @@ struct Raw {
     pool_idle_timeout: Duration,
     #[serde(default)]
     queries: RawQueries,
+    propagation: Option<propagation::RawPropagation>,
 }
 
 /// `[queries]` as written.
@@ -257,6 +261,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub queries: Queries,
+    /// Signed assignments across hops; `None` strips the propagation headers.
+    pub propagation: Option<Propagation>,
 }
 
 impl Config {
@@ -362,6 +368,7 @@ impl Config {
             return Err(invalid("flags", "missing: a flags file is needed unless control_plane is set".to_owned()));
         }
         let queries = queries(raw.queries, base, &invalid)?;
+        let propagation = raw.propagation.map(|p| p.validate(base, &prefix, &invalid)).transpose()?;
         Ok(Config {
             path: path.to_owned(),
             listen: raw.listen,
@@ -382,6 +389,7 @@ impl Config {
             drain_timeout: raw.drain_timeout,
             pool_idle_timeout: raw.pool_idle_timeout,
             queries,
+            propagation,
         })
     }
 }

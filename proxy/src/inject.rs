@@ -12,6 +12,7 @@ use smallvec::SmallVec;
 
 use crate::config::Attribute;
 use crate::extract;
+use crate::propagate;
 use crate::snapshot::Snapshot;
 
 thread_local! {
@@ -31,8 +32,12 @@ pub type Tracked = SmallVec<[(u32, u32); 16]>;
 /// Returns the assignments of tracked and routed flags (see [`Tracked`]).
 pub fn inject_flags<B>(snapshot: &Snapshot, context: &[Attribute], prefix: &str, req: &mut Request<B>) -> Tracked {
     strip_prefixed(req.headers_mut(), prefix);
+    let propagation = snapshot.propagation.as_ref();
+    if propagation.is_none() {
+        propagate::strip_unconfigured(req.headers_mut());
+    }
     let mut tracked = Tracked::new();
-    if snapshot.injected.is_empty() {
+    if snapshot.injected.is_empty() && propagation.is_none() {
         return tracked;
     }
     ARENA.with(|cell| {
@@ -45,11 +50,13 @@ pub fn inject_flags<B>(snapshot: &Snapshot, context: &[Attribute], prefix: &str,
         };
         arena.reset();
         let arena = &*arena;
+        // Variants from a verified upstream hop or override token are used, not evaluated.
+        let received = propagation.map(|p| p.receive(req.headers_mut(), arena)).unwrap_or_default();
         let ctx = extract::context(context, req, arena);
         let flags = snapshot.flags.flags();
-        let chosen = arena.alloc_slice_fill_iter(
-            snapshot.injected.iter().map(|inj| flags[inj.flag].evaluate(&ctx, arena).variant.map(|v| v.index())),
-        );
+        let chosen = arena.alloc_slice_fill_iter(snapshot.injected.iter().enumerate().map(|(i, inj)| {
+            received.given(i).or_else(|| flags[inj.flag].evaluate(&ctx, arena).variant.map(|v| v.index()))
+        }));
         let headers = req.headers_mut();
         // One more for `x-forwarded-for`, added later. hyper sizes a parsed map to the headers it
         // received, so this usually grows it: one allocation per request, outside our control.
@@ -58,7 +65,9 @@ pub fn inject_flags<B>(snapshot: &Snapshot, context: &[Attribute], prefix: &str,
             match choice.and_then(|v| inj.variants.get(v).map(|out| (v, out))) {
                 Some((v, out)) => {
                     headers.insert(inj.header.clone(), out.header.clone());
-                    out.evaluations.increment(1);
+                    if received.given(i).is_none() {
+                        out.evaluations.increment(1);
+                    }
                     if inj.tracked || inj.routed {
                         // Both fit: a snapshot has far fewer than 2^32 flags or variants.
                         tracked.push((i as u32, v as u32));
@@ -66,6 +75,9 @@ pub fn inject_flags<B>(snapshot: &Snapshot, context: &[Attribute], prefix: &str,
                 }
                 None => inj.unresolved.increment(1),
             }
+        }
+        if let Some(p) = propagation {
+            p.emit(headers, chosen, &received);
         }
     });
     tracked

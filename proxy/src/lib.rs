@@ -11,6 +11,7 @@ mod extract;
 mod forward;
 mod inject;
 mod metrics;
+pub mod propagate;
 mod query;
 mod reload;
 mod reporter;
@@ -61,6 +62,7 @@ impl Proxy {
             metrics: metrics.clone(),
             stats: stats.clone(),
             events: query::Events::default(),
+            propagation: config.propagation.clone(),
         };
         let first = match &config.control_plane {
             None => loader.load(1)?,

@@ -74,6 +74,12 @@ impl Metrics {
         self.recorder.register_counter(&key, &META)
     }
 
+    /// The counter `name` with one `label = value` (propagation: per flag, per rejection reason).
+    pub(crate) fn labelled(&self, name: &'static str, label: &'static str, value: &str) -> Counter {
+        let key = Key::from_parts(name, vec![Label::new(label, value.to_owned())]);
+        self.recorder.register_counter(&key, &META)
+    }
+
     /// Counts a response by its status class.
     pub(crate) fn response(&self, status: http::StatusCode) {
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;

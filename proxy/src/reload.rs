@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use rampart_stats::Registry;
 
+use crate::config::Propagation;
 use crate::metrics::Metrics;
+use crate::propagate::Prepared;
 use crate::query::Events;
 use crate::snapshot::{Current, Outputs, Snapshot};
 
@@ -30,6 +32,7 @@ pub(crate) struct Loader {
     pub(crate) stats: Arc<Registry>,
     /// Told of every snapshot stored, for the flag query `EventStream`s.
     pub(crate) events: Events,
+    pub(crate) propagation: Option<Propagation>,
 }
 
 /// Why the flags could not be (re)loaded.
@@ -57,6 +60,11 @@ impl Loader {
             stats: &self.stats,
         };
         Snapshot::build(version, flags, outputs)
+            .map(|mut s| {
+                s.propagation =
+                    self.propagation.as_ref().map(|p| Prepared::build(p, &s.flags, &s.injected, &self.metrics));
+                s
+            })
             .map_err(|source| LoadError::Snapshot { source_name: source_name.to_owned(), source })
     }
 

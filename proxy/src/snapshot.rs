@@ -13,6 +13,7 @@ use rampart_flags::{Flag, FlagSet};
 use rampart_stats::{Registry, SeriesStats};
 
 use crate::metrics::Metrics;
+use crate::propagate::Prepared;
 
 /// What the proxy precomputes for one variant of an injected flag.
 #[derive(Debug)]
@@ -49,6 +50,8 @@ pub struct Snapshot {
     pub flags: FlagSet,
     pub(crate) injected: Vec<Injected>,
     pub loaded_at: SystemTime,
+    /// Signed assignments across hops, prepared for these flags (`[propagation]`).
+    pub(crate) propagation: Option<Prepared>,
 }
 
 /// Why a snapshot could not be built from valid flags.
@@ -109,7 +112,7 @@ impl Snapshot {
                 routed: false,
             });
         }
-        Ok(Snapshot { version, flags, injected, loaded_at: SystemTime::now() })
+        Ok(Snapshot { version, flags, injected, loaded_at: SystemTime::now(), propagation: None })
     }
 }
 

@@ -7,3 +7,4 @@ pub(crate) mod http;
 pub(crate) mod proxy;
 pub(crate) mod ramp;
 pub(crate) mod shutdown;
+pub(crate) mod sign;

@@ -103,3 +103,32 @@ fn query_servers_default_to_flagds_ports_and_can_be_turned_off() {
     let e = parse("flags = \"f\"\n[queries]\nports = 1\n").unwrap_err().to_string();
     assert!(e.contains("unknown field `ports`"), "{e}");
 }
+
+#[test]
+fn propagation_settings_and_located_errors() {
+    let key = "key = \"0123456789abcdef0123456789abcdef\"";
+    assert!(parse("flags = \"f\"\n").unwrap().propagation.is_none());
+    let p = parse(&format!("flags = \"f\"\n[propagation]\n{key}\n")).unwrap().propagation.unwrap();
+    assert_eq!((p.header.as_str(), p.override_header.as_str()), ("x-rampart-assignments", "x-rampart-override"));
+    assert_eq!(p.ttl, Duration::from_secs(60));
+    assert!(p.trust && p.emit && p.overrides);
+    let p = parse(&format!("flags = \"f\"\n[propagation]\n{key}\nheader = \"X-Hop\"\nttl = \"5s\"\ntrust = false\n"))
+        .unwrap()
+        .propagation
+        .unwrap();
+    assert_eq!((p.header.as_str(), p.ttl, p.trust, p.emit), ("x-hop", Duration::from_secs(5), false, true));
+
+    let e = |extra: &str| parse(&format!("flags = \"f\"\n[propagation]\n{extra}\n")).unwrap_err().to_string();
+    assert_eq!(
+        e("key = \"short\""),
+        "/etc/rampart/proxy.toml: propagation.key: the key is 5 bytes; at least 32 are needed"
+    );
+    assert!(e("").ends_with("propagation: needs key or key_file"), "{}", e(""));
+    assert!(e(&format!("{key}\nkey_file = \"k\"")).ends_with("propagation: set key or key_file, not both"));
+    let missing = e("key_file = \"rampart.key\"");
+    assert!(missing.starts_with("/etc/rampart/proxy.toml: propagation.key_file: cannot read /etc/rampart/rampart.key"));
+    assert!(e(&format!("{key}\nheader = \"x-flag-hop\"")).contains("propagation.header: \"x-flag-hop\" is under"));
+    assert!(e(&format!("{key}\noverride_header = \"x-rampart-assignments\"")).contains("must differ"));
+    assert!(e(&format!("{key}\nttl = \"0s\"")).contains("propagation.ttl: must be at least 1s"));
+    assert!(e(&format!("{key}\nsecret = 1")).starts_with("/etc/rampart/proxy.toml:4:1: unknown field `secret`"));
+}
