@@ -13,6 +13,10 @@ use serde::Deserialize;
 mod propagation;
 pub use propagation::Propagation;
 
+mod routing;
+
+pub use routing::{Balance, Cluster, DEFAULT_CLUSTER, Route};
+
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -71,6 +75,10 @@ struct Raw {
     pool_idle_timeout: Duration,
     #[serde(default)]
     queries: RawQueries,
+    #[serde(default)]
+    clusters: std::collections::BTreeMap<String, routing::RawCluster>,
+    #[serde(default)]
+    routes: Vec<routing::RawRoute>,
     propagation: Option<propagation::RawPropagation>,
 }
 
@@ -261,6 +269,10 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub queries: Queries,
+    /// Upstream clusters; index 0 is `default` (the top-level `upstream` unless `[clusters.default]`).
+    pub clusters: Vec<Cluster>,
+    /// Ordered routes: the first match picks the cluster; no match → `default`.
+    pub routes: Vec<Route>,
     /// Signed assignments across hops; `None` strips the propagation headers.
     pub propagation: Option<Propagation>,
 }
@@ -368,6 +380,8 @@ impl Config {
             return Err(invalid("flags", "missing: a flags file is needed unless control_plane is set".to_owned()));
         }
         let queries = queries(raw.queries, base, &invalid)?;
+        let written = (&upstream, raw.upstream != defaults::upstream());
+        let (clusters, routes) = routing::validate(raw.clusters, raw.routes, written, raw.upstream_timeout, &invalid)?;
         let propagation = raw.propagation.map(|p| p.validate(base, &prefix, &invalid)).transpose()?;
         Ok(Config {
             path: path.to_owned(),
@@ -389,6 +403,8 @@ impl Config {
             drain_timeout: raw.drain_timeout,
             pool_idle_timeout: raw.pool_idle_timeout,
             queries,
+            clusters,
+            routes,
             propagation,
         })
     }

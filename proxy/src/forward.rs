@@ -1,11 +1,12 @@
 //! The request path: one snapshot load, strip client-sent flag headers, evaluate and inject every
-//! flag in scope, forward over a pooled keep-alive client with both bodies streamed, and answer
-//! upstream failures with 502/504 and a short reason.
+//! flag in scope, forward to the cluster the first matching route picks, over pooled keep-alive
+//! connections with both bodies streamed, and answer upstream failures with 502/504 and a short
+//! reason.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -13,19 +14,20 @@ use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Attribute, Upstream};
+use crate::cluster::Failure;
+use crate::config::Attribute;
 use crate::inject::{Tracked, inject_flags};
 use crate::metrics::Metrics;
+use crate::pool::UpstreamBody;
+use crate::route::Router;
 use crate::snapshot::{Current, Snapshot};
 use rampart_stats::{Outcome, Registry};
 
 /// What the proxy answers with: the upstream's streamed body, or a short error text.
-pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub(crate) type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded.
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -43,11 +45,9 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 #[derive(Debug)]
 pub(crate) struct Forwarder {
     pub(crate) current: Current,
-    pub(crate) client: Client<HttpConnector, Incoming>,
-    pub(crate) upstream: Upstream,
+    pub(crate) router: Router,
     pub(crate) context: Vec<Attribute>,
     pub(crate) prefix: String,
-    pub(crate) timeout: Duration,
     pub(crate) metrics: Metrics,
     pub(crate) stats: Arc<Registry>,
     /// Owns the tunnels of upgraded (WebSocket) connections.
@@ -63,6 +63,7 @@ impl Forwarder {
     ) -> Result<Response<ProxyBody>, Infallible> {
         let snapshot = self.current.load_full();
         let tracked = inject_flags(&snapshot, &self.context, &self.prefix, &mut req);
+        let route = self.router.select(&snapshot.routes, &tracked, &req);
         let upgrade = prepare_upgrade(&mut req);
         remove_hop_by_hop(req.headers_mut());
         if let Some(protocol) = &upgrade {
@@ -76,15 +77,16 @@ impl Forwarder {
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
         let started = Instant::now();
-        let result = tokio::time::timeout(self.timeout, self.client.request(req)).await;
+        let result = tokio::time::timeout(route.timeout, route.cluster.send(req, route.retries)).await;
         let elapsed = started.elapsed();
-        let mut resp = match result {
-            Ok(Ok(resp)) => resp,
+        let (mut resp, lease) = match result {
+            Ok(Ok(sent)) => sent,
             Ok(Err(e)) => {
                 self.metrics.upstream_failures.increment(1);
                 self.record(&snapshot, &tracked, Outcome::Error, None);
-                tracing::debug!(error = %e, connect = e.is_connect(), "upstream request failed");
-                let reason = if e.is_connect() { "upstream unreachable\n" } else { "upstream connection failed\n" };
+                let connect = matches!(e, Failure::Connect(_));
+                tracing::debug!(error = %e, cluster = route.cluster.name(), "upstream request failed");
+                let reason = if connect { "upstream unreachable\n" } else { "upstream connection failed\n" };
                 return Ok(self.error(StatusCode::BAD_GATEWAY, reason));
             }
             Err(_) => {
@@ -108,7 +110,9 @@ impl Forwarder {
             remove_hop_by_hop(resp.headers_mut());
         }
         self.metrics.response(resp.status());
-        Ok(resp.map(Either::Left))
+        // An upgraded connection is never reused.
+        let lease = (resp.status() != StatusCode::SWITCHING_PROTOCOLS).then_some(lease);
+        Ok(resp.map(|body| Either::Left(UpstreamBody::new(body, lease))))
     }
 
     /// Records the request's outcome for every tracked flag it was assigned, on the snapshot it
@@ -131,14 +135,11 @@ impl Forwarder {
         }
     }
 
-    /// Points the request at the upstream, keeping path and query.
+    /// Sets the request's URI to the origin form an HTTP/1.1 upstream expects (path and query);
+    /// the cluster adds `Host` when the client sent none.
     fn set_upstream_uri(&self, req: &mut Request<Incoming>) -> Result<(), StatusCode> {
         let path = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.upstream.scheme.clone());
-        parts.authority = Some(self.upstream.authority.clone());
-        parts.path_and_query = Some(path);
-        *req.uri_mut() = Uri::from_parts(parts).map_err(|_| StatusCode::BAD_REQUEST)?;
+        *req.uri_mut() = Uri::from(path);
         // The upstream speaks HTTP/1.1 whatever the client spoke.
         *req.version_mut() = http::Version::HTTP_11;
         Ok(())

@@ -6,24 +6,24 @@
 
 mod admin;
 mod cache;
+mod cluster;
 pub mod config;
 mod extract;
 mod forward;
 mod inject;
 mod metrics;
+mod pool;
 pub mod propagate;
 mod query;
 mod reload;
 mod reporter;
+mod route;
 mod server;
 mod snapshot;
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rampart_flags::{FlagSet, Format};
 use rampart_stats::Registry;
 use tokio::net::TcpListener;
@@ -62,6 +62,7 @@ impl Proxy {
             metrics: metrics.clone(),
             stats: stats.clone(),
             events: query::Events::default(),
+            routes: config.routes.clone(),
             propagation: config.propagation.clone(),
         };
         let first = match &config.control_plane {
@@ -115,20 +116,13 @@ impl Proxy {
         shutdown: CancellationToken,
     ) {
         let c = &self.config;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(c.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(c.pool_idle_timeout)
-            .build(connector);
+        let clusters: Vec<_> =
+            c.clusters.iter().map(|cluster| Arc::new(cluster::Cluster::new(cluster, c, &self.metrics))).collect();
         let forwarder = Arc::new(forward::Forwarder {
             current: self.current.clone(),
-            client,
-            upstream: c.upstream.clone(),
+            router: route::Router::new(&c.routes, &clusters, c.upstream_timeout),
             context: c.context.clone(),
             prefix: c.header_prefix.clone(),
-            timeout: c.upstream_timeout,
             metrics: self.metrics.clone(),
             stats: self.stats.clone(),
             tunnels: TaskTracker::new(),
@@ -148,6 +142,7 @@ impl Proxy {
         let tasks = TaskTracker::new();
         let background = CancellationToken::new();
         tasks.spawn(admin::serve(admin, admin_state, background.clone()));
+        tasks.spawn(cluster::sweep(clusters, c.pool_idle_timeout, background.clone()));
         let engine = query::Engine::new(self.current.clone(), self.loader.events.clone(), &c.queries, shutdown.clone());
         tasks.spawn(query::serve(Arc::new(engine), queries));
         match (&c.control_plane, &c.flags) {

@@ -80,6 +80,16 @@ impl Metrics {
         self.recorder.register_counter(&key, &META)
     }
 
+    /// The counter `name` with `labels` (per cluster endpoint and the like).
+    pub(crate) fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
+        self.recorder.register_counter(&key(name, labels), &META)
+    }
+
+    /// The gauge `name` with `labels`.
+    pub(crate) fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
+        self.recorder.register_gauge(&key(name, labels), &META)
+    }
+
     /// Counts a response by its status class.
     pub(crate) fn response(&self, status: http::StatusCode) {
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
@@ -95,4 +105,8 @@ impl Metrics {
     pub(crate) fn render(&self) -> String {
         self.recorder.handle().render()
     }
+}
+
+fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
+    Key::from_parts(name, labels.iter().map(|&(k, v)| Label::new(k, v.to_owned())).collect::<Vec<_>>())
 }

@@ -32,6 +32,8 @@ pub(crate) struct Loader {
     pub(crate) stats: Arc<Registry>,
     /// Told of every snapshot stored, for the flag query `EventStream`s.
     pub(crate) events: Events,
+    /// The configured routes, whose flag conditions each snapshot resolves.
+    pub(crate) routes: Vec<crate::config::Route>,
     pub(crate) propagation: Option<Propagation>,
 }
 
@@ -60,6 +62,10 @@ impl Loader {
             stats: &self.stats,
         };
         Snapshot::build(version, flags, outputs)
+            .map(|mut s| {
+                crate::route::prepare(&self.routes, &mut s);
+                s
+            })
             .map(|mut s| {
                 s.propagation =
                     self.propagation.as_ref().map(|p| Prepared::build(p, &s.flags, &s.injected, &self.metrics));

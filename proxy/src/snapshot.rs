@@ -49,6 +49,8 @@ pub struct Snapshot {
     pub version: u64,
     pub flags: FlagSet,
     pub(crate) injected: Vec<Injected>,
+    /// Each route's flag condition resolved against these flags (set by `route::prepare`).
+    pub(crate) routes: crate::route::Resolved,
     pub loaded_at: SystemTime,
     /// Signed assignments across hops, prepared for these flags (`[propagation]`).
     pub(crate) propagation: Option<Prepared>,
@@ -112,7 +114,14 @@ impl Snapshot {
                 routed: false,
             });
         }
-        Ok(Snapshot { version, flags, injected, loaded_at: SystemTime::now(), propagation: None })
+        Ok(Snapshot {
+            version,
+            flags,
+            injected,
+            routes: Default::default(),
+            loaded_at: SystemTime::now(),
+            propagation: None,
+        })
     }
 }
 

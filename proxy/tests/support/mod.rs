@@ -308,3 +308,74 @@ pub async fn post_json(url: &str, body: &str, headers: &[(&str, &str)]) -> (Stat
     let json = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
     (parts.status, parts.headers, json)
 }
+
+/// As [`upstream`], listening on `addr` (e.g. a port that was dead until now, or `127.0.0.1:0`),
+/// and naming itself in an `x-upstream: <address>` header on every response.
+pub async fn upstream_at(addr: SocketAddr) -> Upstream {
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let name = http::HeaderValue::from_str(&addr.to_string()).unwrap();
+    let (tx, arrivals) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                () = token.cancelled() => return,
+                a = listener.accept() => a.unwrap(),
+            };
+            let (tx, name) = (tx.clone(), name.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let (tx, name) = (tx.clone(), name.clone());
+                    async move {
+                        let mut resp = answer(req, tx).await?;
+                        resp.headers_mut().insert("x-upstream", name);
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    Upstream { addr, arrivals, stop }
+}
+
+/// A named upstream ([`upstream_at`]) on a fresh port.
+pub async fn named_upstream() -> Upstream {
+    upstream_at(SocketAddr::from(([127, 0, 0, 1], 0))).await
+}
+
+/// A loopback address nothing listens on (bound, then released).
+pub async fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Sends `req`; returns status, the answering upstream's `x-upstream` (when a named upstream
+/// answered) and the body text.
+pub async fn send(req: Request<Body>) -> (StatusCode, Option<String>, String) {
+    let resp = client().request(req).await.unwrap();
+    let status = resp.status();
+    let from = resp.headers().get("x-upstream").map(|v| v.to_str().unwrap().to_owned());
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, from, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// GET `url` with `headers`: status and the answering upstream's `x-upstream`.
+pub async fn get_from(url: &str, headers: &[(&str, &str)]) -> (StatusCode, Option<String>) {
+    let mut req = Request::get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let (status, from, _) = send(req.body(empty()).unwrap()).await;
+    (status, from)
+}
+
+/// A request body of `text`.
+pub fn body(text: &'static str) -> Body {
+    full(text)
+}
