@@ -16,6 +16,7 @@ use rampart_benches::sidecar::{Fixture, ProxyFlags, REQUEST_HEADERS, request};
 use rampart_benches::{SIZES, Shape, evaluate_all};
 use rampart_flags::Bump;
 use rampart_proxy::inject_flags;
+use rampart_proxy::propagate::ASSIGNMENTS_HEADER;
 
 /// Requests run before counting: lets the arena grow to its steady-state chunk and any lazy
 /// statics (the JSONLogic engine) initialise.
@@ -187,6 +188,98 @@ fn inject_table() -> Vec<String> {
     failed
 }
 
+/// How `[propagation]` is set up for the propagation table, and what the request carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hop {
+    /// No `[propagation]`: the baseline.
+    Off,
+    /// Trusts incoming assignments, emits none; the request has no header.
+    TrustOnly,
+    /// Trusts and emits; the request has no header (the first hop).
+    Emit,
+    /// Trusts and emits; the request carries a valid header naming every flag (a later hop).
+    EmitWithHeader,
+}
+
+impl Hop {
+    const ALL: [Hop; 4] = [Hop::Off, Hop::TrustOnly, Hop::Emit, Hop::EmitWithHeader];
+
+    fn name(self) -> &'static str {
+        match self {
+            Hop::Off => "off (baseline)",
+            Hop::TrustOnly => "trust, no emit; no header",
+            Hop::Emit => "trust + emit; no header",
+            Hop::EmitWithHeader => "trust + emit; valid header for every flag",
+        }
+    }
+}
+
+/// Allocations inside `inject_flags` with `[propagation]` set, as for [`measure_inject`].
+fn measure_propagation(flags: ProxyFlags, hop: Hop) -> Measured {
+    let key = "key = \"a shared secret of at least 32 bytes\"\n";
+    let emit = if hop == Hop::TrustOnly { "emit = false\n" } else { "" };
+    let at = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+    let config = if hop == Hop::Off { String::new() } else { format!("[propagation]\n{key}{emit}") };
+    let fixture = Fixture::with_config(flags, at, &config);
+    let proxy = fixture.proxy();
+    let snapshot = proxy.snapshot();
+    let config = proxy.config();
+    let inject = |req: &mut http::Request<()>| {
+        black_box(inject_flags(&snapshot, &config.context, &config.header_prefix, black_box(req)));
+    };
+    // A header as the previous hop sends it: this sidecar's own output.
+    let mut first = request(flags.len() + 1, false);
+    inject(&mut first);
+    let upstream_hop = first.headers().get(ASSIGNMENTS_HEADER).cloned();
+    let run = |n: u64| {
+        let (mut allocs, mut bytes) = (0, 0);
+        for _ in 0..n {
+            let mut req = request(flags.len() + 1, false);
+            if let (Hop::EmitWithHeader, Some(v)) = (hop, &upstream_hop) {
+                req.headers_mut().insert(ASSIGNMENTS_HEADER, v.clone());
+            }
+            let before = counted();
+            inject(&mut req);
+            let after = counted();
+            allocs += after.0 - before.0;
+            bytes += after.1 - before.1;
+            black_box(&req);
+        }
+        (allocs, bytes)
+    };
+    let first = run(1).0;
+    run(WARM_UP);
+    let (allocs, bytes) = run(MEASURED);
+    Measured { first, allocs, bytes }
+}
+
+/// The propagation table; returns the failures (a request without a header that allocates more
+/// than the baseline while nothing is emitted).
+fn propagation_table() -> Vec<String> {
+    let mut failed = Vec::new();
+    println!("\n`inject_flags` with `[propagation]` (signed assignments across hops), pre-reserved map,");
+    println!("{MEASURED} requests after {WARM_UP} warm-up.\n");
+    println!("| flags | propagation | allocs/request | bytes/request | first request |");
+    println!("|---|---|---:|---:|---:|");
+    for flags in [ProxyFlags::Untargeted(10), ProxyFlags::Untargeted(100)] {
+        let mut baseline = 0;
+        for hop in Hop::ALL {
+            let m = measure_propagation(flags, hop);
+            if hop == Hop::Off {
+                baseline = m.allocs;
+            }
+            let per_req = m.allocs as f64 / MEASURED as f64;
+            let bytes = m.bytes as f64 / MEASURED as f64;
+            let name = format!("{} × {}", flags.kind(), flags.len());
+            println!("| {name} | {} | {per_req:.3} | {bytes:.1} | {} |", hop.name(), m.first);
+            if hop == Hop::TrustOnly && m.allocs > baseline {
+                failed.push(format!("inject_flags {name} ({})", hop.name()));
+            }
+        }
+    }
+    failed
+}
+
 fn main() -> ExitCode {
     if !counter_works() {
         eprintln!("FAIL: the counting allocator did not see a Box allocation");
@@ -212,6 +305,7 @@ fn main() -> ExitCode {
         }
     }
     failed.extend(inject_table());
+    failed.extend(propagation_table());
     if failed.is_empty() {
         println!("\nOK: flags without JSONLogic targeting allocate nothing.");
         ExitCode::SUCCESS

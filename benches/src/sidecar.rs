@@ -90,10 +90,18 @@ impl Fixture {
     /// # Panics
     /// If the fixture cannot be written or does not load: a broken fixture must stop the bench.
     pub fn new(flags: ProxyFlags, upstream: SocketAddr) -> Fixture {
+        Fixture::with_config(flags, upstream, "")
+    }
+
+    /// As [`Fixture::new`], with `extra` TOML appended to `proxy.toml` (e.g. a `[propagation]` table).
+    ///
+    /// # Panics
+    /// As [`Fixture::new`].
+    pub fn with_config(flags: ProxyFlags, upstream: SocketAddr, extra: &str) -> Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("flags.json"), flags.document().to_string()).expect("write flags.json");
         let path = dir.path().join("proxy.toml");
-        let toml = format!("upstream = \"http://{upstream}\"\nflags = \"flags.json\"\n{CONTEXT_TOML}");
+        let toml = format!("upstream = \"http://{upstream}\"\nflags = \"flags.json\"\n{CONTEXT_TOML}{extra}");
         std::fs::write(&path, toml).expect("write proxy.toml");
         let config = match Config::load(&path) {
             Ok(c) => c,
