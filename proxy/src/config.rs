@@ -11,6 +11,9 @@ use http::uri::{Authority, Scheme};
 use serde::Deserialize;
 
 mod propagation;
+mod tls;
+
+pub use self::tls::ControlAuth;
 pub use propagation::Propagation;
 
 mod routing;
@@ -79,6 +82,8 @@ struct Raw {
     clusters: std::collections::BTreeMap<String, routing::RawCluster>,
     #[serde(default)]
     routes: Vec<routing::RawRoute>,
+    tls: Option<tls::RawListenerTls>,
+    control_auth: Option<tls::RawControlAuth>,
     propagation: Option<propagation::RawPropagation>,
 }
 
@@ -223,6 +228,8 @@ pub struct ControlPlane {
     pub report_interval: Duration,
     /// The last flags pushed, kept on disk to serve when the control plane is unreachable at start.
     pub cache: PathBuf,
+    /// TLS and credentials for the stream (`[control_auth]`).
+    pub auth: Option<ControlAuth>,
 }
 
 /// The flag query servers (flagd gRPC + Connect, OFREP) and how they build the context.
@@ -273,6 +280,8 @@ pub struct Config {
     pub clusters: Vec<Cluster>,
     /// Ordered routes: the first match picks the cluster; no match → `default`.
     pub routes: Vec<Route>,
+    /// TLS termination on the listener (`[tls]`).
+    pub tls: Option<crate::tls::ListenerTls>,
     /// Signed assignments across hops; `None` strips the propagation headers.
     pub propagation: Option<Propagation>,
 }
@@ -353,6 +362,12 @@ impl Config {
             return Err(invalid("max_header_bytes", "must be at least 8192".to_owned()));
         }
         let base = path.parent().unwrap_or(Path::new("."));
+        let located = |(key, message): (String, String)| invalid(&key, message);
+        let listener_tls = raw.tls.map(|t| tls::listener(t, base)).transpose().map_err(located)?;
+        let control_auth = raw.control_auth.map(|a| tls::control(a, base)).transpose().map_err(located)?;
+        if raw.control_plane.is_none() && control_auth.is_some() {
+            return Err(invalid("control_auth", "needs control_plane".to_owned()));
+        }
         let control_plane = match &raw.control_plane {
             None => None,
             Some(text) => {
@@ -366,6 +381,9 @@ impl Config {
                 if raw.report_interval.is_zero() {
                     return Err(invalid("report_interval", "must be above zero".to_owned()));
                 }
+                if control_auth.as_ref().is_some_and(|a| a.ca.is_some()) && uri.scheme_str() != Some("https") {
+                    return Err(invalid("control_plane", "must be https://… when [control_auth] sets a ca".to_owned()));
+                }
                 Some(ControlPlane {
                     uri,
                     service: raw.service.clone(),
@@ -373,6 +391,7 @@ impl Config {
                     report_interval: raw.report_interval,
                     cache: base
                         .join(raw.flags_cache.clone().unwrap_or_else(|| PathBuf::from("rampart-flags.cache.json"))),
+                    auth: control_auth,
                 })
             }
         };
@@ -406,6 +425,7 @@ impl Config {
             clusters,
             routes,
             propagation,
+            tls: listener_tls,
         })
     }
 }

@@ -71,6 +71,7 @@ impl Forwarder {
             req.headers_mut().insert(header::UPGRADE, protocol.clone());
         }
         set_forwarded_for(req.headers_mut(), &peer.ip);
+        req.headers_mut().insert(HeaderName::from_static("x-forwarded-proto"), peer.proto.clone());
         if let Err(status) = self.set_upstream_uri(&mut req) {
             return Ok(self.error(status, "bad request target\n"));
         }
@@ -158,12 +159,15 @@ impl Forwarder {
 #[derive(Debug)]
 pub(crate) struct PeerInfo {
     pub(crate) ip: HeaderValue,
+    /// `x-forwarded-proto`: `https` on a TLS listener.
+    pub(crate) proto: HeaderValue,
 }
 
 impl PeerInfo {
-    pub(crate) fn new(addr: SocketAddr) -> PeerInfo {
+    pub(crate) fn new(addr: SocketAddr, tls: bool) -> PeerInfo {
         let ip = HeaderValue::try_from(addr.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
-        PeerInfo { ip }
+        let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+        PeerInfo { ip, proto }
     }
 }
 

@@ -20,6 +20,7 @@ mod reporter;
 mod route;
 mod server;
 mod snapshot;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -44,6 +45,8 @@ pub struct Proxy {
     current: snapshot::Current,
     metrics: metrics::Metrics,
     stats: Arc<Registry>,
+    /// The listener's TLS config, when `[tls]` is set.
+    tls: Option<tls::LiveServerConfig>,
 }
 
 impl Proxy {
@@ -87,7 +90,11 @@ impl Proxy {
             },
         };
         metrics.flags_version.set(first.version as f64);
-        Ok(Proxy { config, loader, current: Arc::new(ArcSwap::from_pointee(first)), metrics, stats })
+        let tls = match &config.tls {
+            Some(files) => Some(Arc::new(ArcSwap::new(files.server_config()?))),
+            None => None,
+        };
+        Ok(Proxy { config, loader, current: Arc::new(ArcSwap::from_pointee(first)), metrics, stats, tls })
     }
 
     pub fn config(&self) -> &Config {
@@ -169,8 +176,17 @@ impl Proxy {
             }
             (None, None) => {}
         }
+        if let (Some(files), Some(live)) = (&c.tls, &self.tls) {
+            let (files, watched, metrics, stop) =
+                (files.clone(), live.clone(), self.metrics.clone(), background.clone());
+            tasks.spawn(async move {
+                if let Err(e) = tls::watch(files, watched, metrics, stop).await {
+                    tracing::error!(error = %e, "cannot watch the TLS files; certificate reload is off");
+                }
+            });
+        }
         tasks.close();
-        server::serve(listener, forwarder, limits, shutdown).await;
+        server::serve(listener, forwarder, limits, self.tls.clone(), shutdown).await;
         // Drained: the reporter now sends the last interval's stats, then everything stops.
         background.cancel();
         tasks.wait().await;

@@ -25,6 +25,9 @@ pub(crate) struct Metrics {
     pub(crate) upstream_timeouts: Counter,
     pub(crate) reloads: Counter,
     pub(crate) reload_failures: Counter,
+    pub(crate) tls_reloads: Counter,
+    /// TLS handshakes that failed (bad client certificate, protocol errors, timeouts).
+    pub(crate) tls_handshake_failures: Counter,
     pub(crate) flags_version: Gauge,
     pub(crate) connections: Gauge,
     pub(crate) control_connected: Gauge,
@@ -56,6 +59,8 @@ impl Metrics {
             upstream_timeouts: counter("rampart_upstream_timeouts_total"),
             reloads: counter("rampart_config_reloads_total"),
             reload_failures: counter("rampart_config_reload_failures_total"),
+            tls_reloads: counter("rampart_tls_reloads_total"),
+            tls_handshake_failures: counter("rampart_tls_handshake_failures_total"),
             flags_version: recorder.register_gauge(&Key::from_name("rampart_flags_version"), &META),
             connections: recorder.register_gauge(&Key::from_name("rampart_open_connections"), &META),
             control_connected: recorder.register_gauge(&Key::from_name("rampart_control_stream_connected"), &META),

@@ -50,6 +50,8 @@ pub enum LoadError {
     },
     #[error("no flags: neither a flags file nor a cached control-plane snapshot")]
     NoFlags,
+    #[error("listener TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl Loader {

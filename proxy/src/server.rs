@@ -1,5 +1,6 @@
-//! The client-side listener: accepts HTTP/1.1 and HTTP/2 cleartext (prior knowledge), caps
-//! concurrent connections, times out slow header reads, and drains connections on shutdown.
+//! The client-side listener: accepts HTTP/1.1 and HTTP/2 — cleartext (prior knowledge) or TLS
+//! (ALPN) — caps concurrent connections, times out slow header reads and handshakes, and drains
+//! connections on shutdown.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,13 +8,15 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::forward::{Forwarder, PeerInfo};
+use crate::tls::LiveServerConfig;
 
 /// Listener limits.
 #[derive(Debug, Clone)]
@@ -25,11 +28,13 @@ pub(crate) struct Limits {
 }
 
 /// Serves `listener` until `shutdown`, then stops accepting and gives open connections up to the
-/// drain timeout to finish their in-flight requests.
+/// drain timeout to finish their in-flight requests. With `tls`, every connection is a TLS one
+/// (the certificate as of its handshake; reloads apply to new connections).
 pub(crate) async fn serve(
     listener: TcpListener,
     forwarder: Arc<Forwarder>,
     limits: Limits,
+    tls: Option<LiveServerConfig>,
     shutdown: CancellationToken,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -42,6 +47,7 @@ pub(crate) async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let builder = Arc::new(builder);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let connections = TaskTracker::new();
@@ -68,16 +74,28 @@ pub(crate) async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "set_nodelay failed");
         }
-        let peer = Arc::new(PeerInfo::new(addr));
-        let fwd = forwarder.clone();
-        let service = service_fn(move |req| fwd.clone().handle(peer.clone(), req));
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-        let conn = graceful.watch(conn);
+        let peer = Arc::new(PeerInfo::new(addr, tls.is_some()));
+        let (fwd, builder, watcher, tls) = (forwarder.clone(), builder.clone(), graceful.watcher(), tls.clone());
         let gauge = forwarder.metrics.connections.clone();
         gauge.increment(1.0);
+        let handshake_timeout = limits.header_read_timeout;
         connections.spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            match tls {
+                None => serve_io(&builder, TokioIo::new(stream), fwd, peer, watcher).await,
+                Some(live) => {
+                    let acceptor = TlsAcceptor::from(live.load_full());
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => serve_io(&builder, TokioIo::new(tls_stream), fwd, peer, watcher).await,
+                        Ok(Err(e)) => {
+                            fwd.metrics.tls_handshake_failures.increment(1);
+                            tracing::debug!(error = %e, %addr, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            fwd.metrics.tls_handshake_failures.increment(1);
+                            tracing::debug!(%addr, "TLS handshake timed out");
+                        }
+                    }
+                }
             }
             gauge.decrement(1.0);
             drop(permit);
@@ -92,4 +110,21 @@ pub(crate) async fn serve(
         }
     }
     forwarder.tunnels.close();
+}
+
+/// Serves HTTP/1.1 or HTTP/2 (by preface or ALPN) on one connection until it ends or is drained.
+async fn serve_io<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    fwd: Arc<Forwarder>,
+    peer: Arc<PeerInfo>,
+    watcher: Watcher,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| fwd.clone().handle(peer.clone(), req));
+    let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
 }

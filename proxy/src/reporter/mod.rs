@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use self::pending::Pending;
 use crate::cache::{self, Cached};
@@ -67,6 +67,8 @@ enum StreamError {
     Timeout,
     #[error("the control plane closed the stream")]
     Closed,
+    #[error("{0}: {1}")]
+    File(String, #[source] std::io::Error),
 }
 
 impl Reporter {
@@ -112,13 +114,16 @@ impl Reporter {
         connected: &mut bool,
         shutdown: &CancellationToken,
     ) -> Result<(), StreamError> {
-        let channel = Endpoint::from(self.control.uri.clone())
+        let mut endpoint = Endpoint::from(self.control.uri.clone())
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect()
-            .await?;
+            .keep_alive_timeout(Duration::from_secs(5));
+        let auth = self.control.auth.as_ref();
+        if let Some(tls) = auth.map(client_tls).transpose()?.flatten() {
+            endpoint = endpoint.tls_config(tls)?;
+        }
+        let channel = endpoint.connect().await?;
         let (tx, rx) = mpsc::channel::<ProxyMessage>(MAX_IN_FLIGHT * 2 + 8);
         let hello = Hello {
             proxy_id: self.control.proxy_id.clone(),
@@ -127,7 +132,18 @@ impl Reporter {
             epoch: self.epoch,
         };
         send(&tx, proxy_message::Msg::Hello(hello)).await?;
-        let mut client = RampControlClient::new(channel);
+        let token = match auth.and_then(|a| a.token.as_deref()) {
+            Some(t) => Some(tonic::metadata::MetadataValue::try_from(format!("Bearer {t}")).map_err(|_| {
+                StreamError::Status(tonic::Status::invalid_argument("the bearer token is not a valid header value"))
+            })?),
+            None => None,
+        };
+        let mut client = RampControlClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+            if let Some(t) = &token {
+                req.metadata_mut().insert("authorization", t.clone());
+            }
+            Ok(req)
+        });
         let response = tokio::time::timeout(Duration::from_secs(5), client.connect(ReceiverStream::new(rx)))
             .await
             .map_err(|_| StreamError::Timeout)??;
@@ -243,6 +259,20 @@ impl Reporter {
         self.status.connected.store(up, Ordering::Relaxed);
         self.metrics.control_connected.set(if up { 1.0 } else { 0.0 });
     }
+}
+
+/// tonic's client TLS for `[control_auth]`: the control plane's CA, our identity, the name to verify.
+fn client_tls(auth: &crate::config::ControlAuth) -> Result<Option<ClientTlsConfig>, StreamError> {
+    let Some(ca) = &auth.ca else { return Ok(None) };
+    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| StreamError::File(p.display().to_string(), e));
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+    if let Some((cert, key)) = &auth.identity {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    if let Some(name) = &auth.server_name {
+        tls = tls.domain_name(name.clone());
+    }
+    Ok(Some(tls))
 }
 
 async fn send(tx: &mpsc::Sender<ProxyMessage>, msg: proxy_message::Msg) -> Result<(), StreamError> {
