@@ -105,7 +105,7 @@ impl Cluster {
                 let healthy = metrics.gauge("rampart_upstream_endpoint_healthy", &labels);
                 healthy.set(1.0);
                 Endpoint {
-                    pool: Arc::new(Pool::new(&e.authority, settings)),
+                    pool: Arc::new(Pool::new(&e.authority, settings, cluster.tls.as_ref())),
                     authority: authority.into(),
                     failures: AtomicU32::new(0),
                     ejected_until: AtomicU64::new(0),

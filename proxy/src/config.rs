@@ -18,7 +18,7 @@ pub use propagation::Propagation;
 
 mod routing;
 
-pub use routing::{Balance, Cluster, DEFAULT_CLUSTER, Route};
+pub use routing::{Balance, Cluster, DEFAULT_CLUSTER, Route, UpstreamTls};
 
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -400,7 +400,8 @@ impl Config {
         }
         let queries = queries(raw.queries, base, &invalid)?;
         let written = (&upstream, raw.upstream != defaults::upstream());
-        let (clusters, routes) = routing::validate(raw.clusters, raw.routes, written, raw.upstream_timeout, &invalid)?;
+        let (clusters, routes) =
+            routing::validate(raw.clusters, raw.routes, written, raw.upstream_timeout, base, &invalid)?;
         let propagation = raw.propagation.map(|p| p.validate(base, &prefix, &invalid)).transpose()?;
         Ok(Config {
             path: path.to_owned(),

@@ -23,8 +23,12 @@ use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 use tokio_util::task::TaskTracker;
+
+use crate::config::UpstreamTls;
 
 /// Where an endpoint's connections go.
 #[derive(Debug)]
@@ -60,6 +64,8 @@ pub(crate) struct Pool {
     in_flight: AtomicUsize,
     /// Owns the connection tasks; each ends when its connection closes or its sender is dropped.
     connections: TaskTracker,
+    /// TLS to the endpoint, and the server name to send and verify.
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
 }
 
 /// Why no connection could carry a request.
@@ -71,6 +77,8 @@ pub(crate) enum ConnectError {
     Io(#[source] std::io::Error),
     #[error("HTTP/1.1 handshake failed")]
     Handshake(#[source] hyper::Error),
+    #[error("TLS handshake failed")]
+    Tls(#[source] std::io::Error),
 }
 
 /// A failed send.
@@ -83,7 +91,7 @@ pub(crate) enum SendError {
 }
 
 impl Pool {
-    pub(crate) fn new(authority: &Authority, settings: Settings) -> Pool {
+    pub(crate) fn new(authority: &Authority, settings: Settings, tls: Option<&UpstreamTls>) -> Pool {
         let host = authority.host();
         let port = authority.port_u16().unwrap_or(80);
         let target = match host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
@@ -97,6 +105,12 @@ impl Pool {
             settings,
             in_flight: AtomicUsize::new(0),
             connections: TaskTracker::new(),
+            tls: tls.and_then(|t| {
+                let name =
+                    t.sni.clone().unwrap_or_else(|| host.trim_start_matches('[').trim_end_matches(']').to_owned());
+                let name = ServerName::try_from(name).ok()?;
+                Some((t.client.clone(), name))
+            }),
         }
     }
 
@@ -157,10 +171,24 @@ impl Pool {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "set_nodelay failed");
         }
-        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(ConnectError::Handshake)?;
+        let Some((client, name)) = &self.tls else {
+            let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(ConnectError::Handshake)?;
+            self.connections.spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(error = %e, "upstream connection ended with an error");
+                }
+            });
+            return Ok(sender);
+        };
+        let connector = TlsConnector::from(client.clone());
+        let tls = tokio::time::timeout(timeout, connector.connect(name.clone(), stream))
+            .await
+            .map_err(|_| ConnectError::Timeout(timeout))?
+            .map_err(ConnectError::Tls)?;
+        let (sender, conn) = http1::handshake(TokioIo::new(tls)).await.map_err(ConnectError::Handshake)?;
         self.connections.spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
+                tracing::debug!(error = %e, "upstream TLS connection ended with an error");
             }
         });
         Ok(sender)

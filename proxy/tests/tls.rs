@@ -133,3 +133,68 @@ fn bad_tls_files_are_refused_at_load() {
     let err = rampart_proxy::Config::parse(&dir.path().join("p.toml"), &text).unwrap_err().to_string();
     assert!(err.contains("tls: ") && err.contains("nope.key"), "{err}");
 }
+
+/// A TLS upstream with `pki`'s server certificate that answers with the `x-flag-banner` it got.
+async fn tls_upstream(pki: &certs::Pki) -> SocketAddr {
+    let files =
+        rampart_proxy::tls::ListenerTls { cert: pki.server_cert.clone(), key: pki.server_key.clone(), client_ca: None };
+    let acceptor = tokio_rustls::TlsAcceptor::from(files.server_config().unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let service = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    let banner = req
+                        .headers()
+                        .get("x-flag-banner")
+                        .map(|v| v.to_str().unwrap_or("").to_owned())
+                        .unwrap_or_default();
+                    Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(Bytes::from(
+                        banner,
+                    ))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn tls_to_an_upstream_cluster_verifies_its_certificate() {
+    let pki = certs::pki();
+    let up = tls_upstream(&pki).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("flags.yaml"), FLAGS).unwrap();
+    let start = |ca: &Path| {
+        let text = format!(
+            "flags = \"flags.yaml\"\n[clusters.default]\nendpoints = [\"https://127.0.0.1:{}\"]\ntls = {{ ca = \"{}\", sni = \"localhost\" }}\n",
+            up.port(),
+            ca.display()
+        );
+        let path = dir.path().join("proxy.toml");
+        std::fs::write(&path, text).unwrap();
+        rampart_proxy::Proxy::new(rampart_proxy::Config::load(&path).unwrap()).unwrap()
+    };
+    for (ca, ok) in [(pki.ca.clone(), true), (certs::pki().ca.clone(), false)] {
+        let proxy = start(&ca);
+        let (listener, admin) = (
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        );
+        let addr = listener.local_addr().unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(proxy.run(listener, admin, stop.clone()));
+        let (status, body) = get(&format!("http://{addr}/"), &[]).await;
+        if ok {
+            assert_eq!((status, body.as_str()), (StatusCode::OK, "b"), "over TLS, with the flag injected");
+        } else {
+            assert_eq!(status, StatusCode::BAD_GATEWAY, "an upstream certificate from another CA is refused");
+        }
+        stop.cancel();
+    }
+}

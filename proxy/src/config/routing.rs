@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
@@ -33,6 +35,26 @@ pub(super) struct RawCluster {
     eject_for_max: Duration,
     #[serde(default = "defaults::max_idle")]
     max_idle: usize,
+    tls: Option<RawUpstreamTls>,
+}
+
+/// `[clusters.<name>.tls]` as written: TLS to every endpoint of the cluster.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUpstreamTls {
+    /// The CA that signed the endpoints' certificates (PEM).
+    ca: PathBuf,
+    /// The name to send (SNI) and verify; default: each endpoint's host.
+    sni: Option<String>,
+}
+
+/// TLS to a cluster's endpoints.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    pub ca: PathBuf,
+    pub sni: Option<String>,
+    /// Built once at load: trusts `ca`, offers ALPN `http/1.1`.
+    pub client: Arc<rustls::ClientConfig>,
 }
 
 /// `[[routes]]` as written.
@@ -96,6 +118,8 @@ pub struct Cluster {
     pub eject_for_max: Duration,
     /// Idle keep-alive connections kept per endpoint.
     pub max_idle: usize,
+    /// TLS to the endpoints (`[clusters.<name>.tls]`).
+    pub tls: Option<UpstreamTls>,
 }
 
 /// A route: conditions (all optional, ANDed) and where a matching request goes.
@@ -124,6 +148,7 @@ pub(super) fn validate(
     routes: Vec<RawRoute>,
     upstream: (&Upstream, bool),
     timeout: Duration,
+    base: &Path,
     invalid: &dyn Fn(&str, String) -> ConfigError,
 ) -> Result<(Vec<Cluster>, Vec<Route>), ConfigError> {
     let (upstream, upstream_set) = upstream;
@@ -140,13 +165,14 @@ pub(super) fn validate(
             eject_for: defaults::eject_for(),
             eject_for_max: defaults::eject_for_max(),
             max_idle: defaults::max_idle(),
+            tls: None,
         });
     }
     let mut clusters: Vec<_> = clusters.into_iter().collect();
     // `default` first, so that index 0 is always it.
     clusters.sort_by_key(|(name, _)| name != DEFAULT_CLUSTER);
     for (name, raw) in clusters {
-        out.push(cluster(name, &raw, invalid)?);
+        out.push(cluster(name, &raw, base, invalid)?);
     }
 
     let routes = routes
@@ -160,6 +186,7 @@ pub(super) fn validate(
 fn cluster(
     name: String,
     raw: &RawCluster,
+    base: &Path,
     invalid: &dyn Fn(&str, String) -> ConfigError,
 ) -> Result<Cluster, ConfigError> {
     let at = |key: &str| format!("clusters.{name}.{key}");
@@ -175,6 +202,27 @@ fn cluster(
         }
         endpoints.push(endpoint);
     }
+    let tls = match &raw.tls {
+        None => None,
+        Some(t) => {
+            let ca = base.join(&t.ca);
+            let client = crate::tls::client_config(&ca, None).map_err(|e| invalid(&at("tls.ca"), e.to_string()))?;
+            let mut client = (*client).clone();
+            client.alpn_protocols = vec![b"http/1.1".to_vec()];
+            if let Some(sni) = &t.sni
+                && rustls::pki_types::ServerName::try_from(sni.as_str()).is_err()
+            {
+                return Err(invalid(&at("tls.sni"), format!("\"{sni}\" is not a server name")));
+            }
+            Some(UpstreamTls { ca, sni: t.sni.clone(), client: Arc::new(client) })
+        }
+    };
+    if tls.is_none() && endpoints.iter().any(|e| e.scheme == Scheme::HTTPS) {
+        return Err(invalid(
+            &at("tls"),
+            "https:// endpoints need [clusters.NAME.tls] with the ca that signed them".to_owned(),
+        ));
+    }
     if raw.eject_for.is_zero() {
         return Err(invalid(&at("eject_for"), "must be above zero".to_owned()));
     }
@@ -189,6 +237,7 @@ fn cluster(
         eject_for: raw.eject_for,
         eject_for_max: raw.eject_for_max,
         max_idle: raw.max_idle,
+        tls,
     })
 }
 
@@ -242,13 +291,13 @@ fn route(
 pub(super) fn endpoint(text: &str) -> Result<Upstream, String> {
     let uri: http::Uri = text.parse().map_err(|e| format!("\"{text}\" is not a URI: {e}"))?;
     match (uri.scheme(), uri.authority()) {
-        (Some(scheme), Some(authority)) if *scheme == Scheme::HTTP => {
+        (Some(scheme), Some(authority)) if *scheme == Scheme::HTTP || *scheme == Scheme::HTTPS => {
             if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
                 return Err("must be scheme://host:port, without a path".to_owned());
             }
             Ok(Upstream { scheme: scheme.clone(), authority: authority.clone() })
         }
-        (Some(_), Some(_)) => Err("only http:// upstreams are supported".to_owned()),
+        (Some(_), Some(_)) => Err("only http:// and https:// upstreams are supported".to_owned()),
         _ => Err(format!("\"{text}\" needs a scheme and host, e.g. http://127.0.0.1:3000")),
     }
 }
@@ -334,7 +383,11 @@ path_prefix = "/api"
         let e = error("[clusters.c]\nendpoints = []\n");
         assert!(e.contains("clusters.c.endpoints: needs at least one"), "{e}");
         let e = error("[clusters.c]\nendpoints = [\"http://a:1\", \"https://b:2\"]\n");
-        assert!(e.contains("clusters.c.endpoints[1]: only http://"), "{e}");
+        assert!(e.contains("clusters.c.tls: https:// endpoints need"), "{e}");
+        let e = error("[clusters.c]\nendpoints = [\"ftp://a:1\"]\n");
+        assert!(e.contains("clusters.c.endpoints[0]: only http:// and https://"), "{e}");
+        let e = error("[clusters.c]\nendpoints = [\"https://a:1\"]\ntls = { ca = \"/nonexistent/ca.pem\" }\n");
+        assert!(e.contains("clusters.c.tls.ca: ") && e.contains("/nonexistent/ca.pem"), "{e}");
         let e = error("[clusters.c]\nendpoints = [\"http://a:1\", \"http://a:1\"]\n");
         assert!(e.contains("clusters.c.endpoints[1]: \"http://a:1\" is listed twice"), "{e}");
         let e = error("[clusters.c]\nendpoints = [\"http://a:1\"]\nbalance = \"random\"\n");
