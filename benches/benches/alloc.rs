@@ -180,7 +180,10 @@ fn inject_table() -> Vec<String> {
             let bytes = m.bytes as f64 / MEASURED as f64;
             let name = format!("{} × {}", flags.kind(), flags.len());
             println!("| {name} | {} | {per_req:.3} | {bytes:.1} | {} |", layout.name(), m.first);
-            if !flags.uses_jsonlogic() && layout == RequestMap::Reserved && m.allocs > 0 {
+            // Half the untargeted flags are ramps, whose assignments are kept for the stats until
+            // the response: up to 16 inline, more spill to one heap buffer (see `Tracked`).
+            let tracked = if flags.uses_jsonlogic() { 0 } else { flags.len() / 2 };
+            if !flags.uses_jsonlogic() && layout == RequestMap::Reserved && tracked <= 16 && m.allocs > 0 {
                 failed.push(format!("inject_flags {name} ({})", layout.name()));
             }
         }
@@ -307,7 +310,9 @@ fn main() -> ExitCode {
     failed.extend(inject_table());
     failed.extend(propagation_table());
     if failed.is_empty() {
-        println!("\nOK: flags without JSONLogic targeting allocate nothing.");
+        println!(
+            "\nOK: flags without JSONLogic targeting allocate nothing (evaluation; inject_flags on a pre-reserved map, up to 16 tracked flags)."
+        );
         ExitCode::SUCCESS
     } else {
         eprintln!("\nFAIL: flags without JSONLogic targeting allocated: {}", failed.join(", "));
