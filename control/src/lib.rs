@@ -181,6 +181,9 @@ impl Control {
         };
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &self.tls {
+            // tonic builds its TLS from the process-wide provider: make it ring, whatever other
+            // crates in the build enable.
+            let _ = rustls::crypto::ring::default_provider().install_default();
             builder = builder.tls_config(tls.server_config()?)?;
         }
         let grpc_server = builder

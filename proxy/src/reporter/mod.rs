@@ -264,6 +264,9 @@ impl Reporter {
 /// tonic's client TLS for `[control_auth]`: the control plane's CA, our identity, the name to verify.
 fn client_tls(auth: &crate::config::ControlAuth) -> Result<Option<ClientTlsConfig>, StreamError> {
     let Some(ca) = &auth.ca else { return Ok(None) };
+    // tonic builds its TLS from the process-wide provider: make it ring, whatever other crates in
+    // the build enable (an error means one is installed already).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| StreamError::File(p.display().to_string(), e));
     let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
     if let Some((cert, key)) = &auth.identity {
