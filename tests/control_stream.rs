@@ -10,11 +10,10 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
-use process::Running;
+use process::{start_control, start_sidecar};
 use serde_json::Value;
 use support::*;
 use tokio::net::{TcpListener, TcpStream};
@@ -32,32 +31,6 @@ flags:
     variants: { a: 1, b: 2 }
     defaultVariant: a
 "#;
-
-fn start_control(dir: &Path, grpc: &str, http: &str) -> Running {
-    let config = dir.join("control.toml");
-    std::fs::write(
-        &config,
-        format!("grpc_listen = \"{grpc}\"\nhttp_listen = \"{http}\"\nflags = \"flags.yaml\"\nstore = \"control.db\"\n"),
-    )
-    .unwrap();
-    process::start(&["control"], &config, "rampart control serving")
-}
-
-fn start_sidecar(dir: &Path, name: &str, upstream: SocketAddr, control: SocketAddr) -> Running {
-    let config = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nupstream = \"http://{upstream}\"\n\
-             control_plane = \"http://{control}\"\nservice = \"shop\"\nproxy_id = \"{name}\"\n\
-             report_interval = \"200ms\"\nflags_cache = \"{name}.cache.json\"\n\
-             [context]\ntargetingKey = [\"header:x-user-id\"]\n\
-             [queries]\ngrpc = \"127.0.0.1:0\"\nofrep = \"127.0.0.1:0\"\n"
-        ),
-    )
-    .unwrap();
-    process::start(&["proxy"], &config, "rampart proxy serving")
-}
 
 /// A TCP relay whose open connections can be cut, to break a sidecar's stream on purpose.
 struct Relay {

@@ -10,7 +10,6 @@ mod support;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,7 +21,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use process::Running;
+use process::{start_control, start_sidecar};
 use serde_json::Value;
 use support::*;
 use tokio::net::TcpListener;
@@ -60,31 +59,6 @@ async fn checkout_upstream(broken: Arc<AtomicBool>) -> SocketAddr {
         }
     });
     addr
-}
-
-fn start_control(dir: &Path, grpc: &str, http: &str) -> Running {
-    let config = dir.join("control.toml");
-    std::fs::write(
-        &config,
-        format!("grpc_listen = \"{grpc}\"\nhttp_listen = \"{http}\"\nflags = \"flags.yaml\"\nstore = \"control.db\"\n"),
-    )
-    .unwrap();
-    process::start(&["control"], &config, "rampart control serving")
-}
-
-fn start_sidecar(dir: &Path, name: &str, upstream: SocketAddr, control: SocketAddr) -> Running {
-    let config = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nupstream = \"http://{upstream}\"\n\
-             control_plane = \"http://{control}\"\nproxy_id = \"{name}\"\nreport_interval = \"200ms\"\n\
-             flags_cache = \"{name}.cache.json\"\n[context]\ntargetingKey = [\"header:x-user-id\"]\n\
-             [queries]\ngrpc = \"127.0.0.1:0\"\nofrep = \"127.0.0.1:0\"\n"
-        ),
-    )
-    .unwrap();
-    process::start(&["proxy"], &config, "rampart proxy serving")
 }
 
 /// Runs the `rampart` CLI against the control plane; returns its stdout.

@@ -81,3 +81,33 @@ pub fn start(args: &[&str], config: &Path, marker: &str) -> Running {
         .collect();
     Running { child, addrs }
 }
+
+/// Starts `rampart control` with its store and config in `dir` (the initial flags in
+/// `dir/flags.yaml`), on the given listen addresses (`127.0.0.1:0` for any port).
+pub fn start_control(dir: &Path, grpc: &str, http: &str) -> Running {
+    let config = dir.join("control.toml");
+    std::fs::write(
+        &config,
+        format!("grpc_listen = \"{grpc}\"\nhttp_listen = \"{http}\"\nflags = \"flags.yaml\"\nstore = \"control.db\"\n"),
+    )
+    .unwrap();
+    start(&["control"], &config, "rampart control serving")
+}
+
+/// Starts `rampart proxy` named `name` in front of `upstream`, following the control plane at
+/// `control` (reports every 200 ms; `x-user-id` is the targeting key), every port ephemeral.
+pub fn start_sidecar(dir: &Path, name: &str, upstream: SocketAddr, control: SocketAddr) -> Running {
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nupstream = \"http://{upstream}\"\n\
+             control_plane = \"http://{control}\"\nservice = \"shop\"\nproxy_id = \"{name}\"\n\
+             report_interval = \"200ms\"\nflags_cache = \"{name}.cache.json\"\n\
+             [context]\ntargetingKey = [\"header:x-user-id\"]\n\
+             [queries]\ngrpc = \"127.0.0.1:0\"\nofrep = \"127.0.0.1:0\"\n"
+        ),
+    )
+    .unwrap();
+    start(&["proxy"], &config, "rampart proxy serving")
+}
