@@ -7,8 +7,8 @@ use hyper::Uri;
 /// Why a target is refused.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum NotLoopback {
-    #[error("{uri}: not an http:// URL with a host")]
-    Malformed { uri: Uri },
+    #[error("{uri}: not an {schemes} URL with a host")]
+    Malformed { uri: Uri, schemes: String },
     #[error("{uri}: refusing a non-loopback target (only 127.0.0.0/8, ::1 and localhost)")]
     Remote { uri: Uri },
     #[error("{uri}: cannot resolve {host}: {source}")]
@@ -22,9 +22,17 @@ pub(crate) enum NotLoopback {
 
 /// Checks that `uri` is `http://` and every address its host resolves to is a loopback address.
 pub(crate) async fn check(uri: &Uri) -> Result<(), NotLoopback> {
+    check_schemes(uri, &["http"]).await
+}
+
+/// [`check`], accepting any of `schemes` (`load` takes `https://` too).
+pub(crate) async fn check_schemes(uri: &Uri, schemes: &[&str]) -> Result<(), NotLoopback> {
     let host = match (uri.scheme_str(), uri.host()) {
-        (Some("http"), Some(host)) => host.trim_start_matches('[').trim_end_matches(']'),
-        _ => return Err(NotLoopback::Malformed { uri: uri.clone() }),
+        (Some(scheme), Some(host)) if schemes.contains(&scheme) => host.trim_start_matches('[').trim_end_matches(']'),
+        _ => {
+            let schemes = schemes.iter().map(|s| format!("{s}://")).collect::<Vec<_>>().join(" or ");
+            return Err(NotLoopback::Malformed { uri: uri.clone(), schemes });
+        }
     };
     if let Ok(ip) = host.parse::<IpAddr>() {
         return if ip.is_loopback() { Ok(()) } else { Err(NotLoopback::Remote { uri: uri.clone() }) };
@@ -53,6 +61,11 @@ mod tests {
         }
         for bad in ["http://10.0.0.1:8400", "http://0.0.0.0:8400", "http://example.com", "https://127.0.0.1", "/x"] {
             assert!(check(&bad.parse().unwrap()).await.is_err(), "{bad} accepted");
+        }
+        let tls = ["http", "https"];
+        check_schemes(&"https://127.0.0.1:8443".parse().unwrap(), &tls).await.unwrap();
+        for bad in ["https://10.0.0.1:8443", "https://example.com", "ftp://127.0.0.1"] {
+            assert!(check_schemes(&bad.parse().unwrap(), &tls).await.is_err(), "{bad} accepted");
         }
     }
 }

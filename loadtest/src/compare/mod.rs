@@ -2,10 +2,12 @@
 //! invocation and interleaved: every round runs every phase (closed-loop saturation, then each
 //! open-loop rate) against every target in turn, so a change in the machine's background load
 //! hits all targets alike. The load generator (this process) is pinned to one CPU, the proxies
-//! and the upstream to the other; every proxy runs one thread.
+//! and the upstream to the other; every proxy runs one thread. `--tls`: the proxies terminate TLS
+//! on their listener with one generated certificate (the upstream leg stays plaintext).
 
 mod report;
 mod targets;
+pub(crate) mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,15 +15,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use hyper::{Method, Uri};
+use hyper::Uri;
 use tokio_util::sync::CancellationToken;
 
-use crate::load::{self, HeaderTemplate, Pace, Plan, Protocol};
+use crate::load::{self, HeaderTemplate, Pace, Plan, Protocol, Trust};
 use crate::procfs;
 use crate::procs::{self, Proc};
 
 use self::report::{Machine, Phase, Report, Run};
 use self::targets::{Server, UpstreamKind};
+use self::tls::TlsSetup;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -33,6 +36,12 @@ pub(crate) enum TargetKind {
 }
 
 impl TargetKind {
+    pub(crate) fn from_name(name: &str) -> Option<TargetKind> {
+        [TargetKind::Direct, TargetKind::Rampart, TargetKind::Nginx, TargetKind::Haproxy]
+            .into_iter()
+            .find(|t| t.name() == name)
+    }
+
     pub(crate) fn name(self) -> &'static str {
         match self {
             TargetKind::Direct => "direct",
@@ -78,9 +87,14 @@ pub(crate) struct Args {
     #[arg(long, default_value = "1")]
     server_cpu: String,
     /// Output path without extension; `.json` and `.md` are written
-    /// (default benches/compare/results-<date>).
+    /// (default benches/compare/results-<date>, `-tls` appended with `--tls`).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// TLS on every proxy's listener, one generated self-signed certificate for all (the load
+    /// generator trusts it; one full handshake per connection); `direct` stays plaintext, as does
+    /// the upstream leg.
+    #[arg(long)]
+    tls: bool,
 }
 
 /// A target under test: where the load goes, and the processes whose CPU is its cost.
@@ -105,10 +119,13 @@ fn loadavg() -> String {
         .map_or_else(|_| "?".to_owned(), |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
 }
 
-/// Checks that the upstream, reached through `url`, received the 10 flag headers.
-async fn check_injection(url: &Uri) -> anyhow::Result<()> {
-    let uri: Uri = format!("http://{}/headers", url.authority().context("no authority")?).parse()?;
-    let (status, body) = crate::http::call(Method::GET, &uri, &[("x-user-id", "u-123")], None).await?;
+/// Checks that the upstream, reached through `url` (TLS for `https://`, trusting `trust`),
+/// received the 10 flag headers.
+async fn check_injection(url: &Uri, trust: Option<&Trust>) -> anyhow::Result<()> {
+    let scheme = url.scheme_str().unwrap_or("http");
+    let uri: Uri = format!("{scheme}://{}/headers", url.authority().context("no authority")?).parse()?;
+    let target = load::target_with(&uri, Protocol::Http1, trust).await?;
+    let (status, body) = load::fetch(&target, &[("x-user-id", "u-123")]).await.with_context(|| format!("GET {uri}"))?;
     let seen = body.split_whitespace().filter(|kv| kv.split_once('=').is_some_and(|(_, v)| !v.is_empty())).count();
     anyhow::ensure!(status == 200 && seen == targets::FLAGS, "{uri}: the upstream saw {seen} flag headers: {body:?}");
     Ok(())
@@ -149,6 +166,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
 
     let dir = tempfile::Builder::new().prefix("rampart-compare.").tempdir()?;
+    let cert = if args.tls { Some(tls::generate(dir.path())?) } else { None };
+    let trust = cert.as_ref().map(|c| Trust::Ca(c.cert.clone()));
+    let nginx_http2_on = cert.is_some() && nginx_here && tls::nginx_has_http2_on(&targets::version_of("nginx", "-v"));
+    let mut listeners = Vec::new();
     let server_cpu_or_all = server_cpu.unwrap_or("0-1023");
     let upstream = targets::upstream(upstream_kind, dir.path(), server_cpu_or_all).await?;
     let mut under_test = Vec::new();
@@ -157,30 +178,57 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let proxy = match kind {
             TargetKind::Direct => None,
             TargetKind::Rampart => {
-                Some(targets::rampart(&rampart, upstream.addr, dir.path(), server_cpu_or_all).await?)
+                listeners.push("rampart: `[tls] cert/key` (rustls, ring; ALPN h2, http/1.1)".to_owned());
+                Some(targets::rampart(&rampart, upstream.addr, dir.path(), server_cpu_or_all, cert.as_ref()).await?)
             }
             TargetKind::Nginx if !nginx_here => {
                 eprintln!("notice: nginx is not installed (apt-get install nginx-light): skipping it");
                 skipped.push(kind);
                 continue;
             }
-            TargetKind::Nginx => Some(targets::nginx(upstream.addr, dir.path(), server_cpu_or_all).await?),
+            TargetKind::Nginx => {
+                listeners.push(format!(
+                    "nginx: `listen … ssl; ssl_certificate …; ssl_protocols TLSv1.3 TLSv1.2;` (OpenSSL){}",
+                    if nginx_http2_on {
+                        "; `http2 on;`"
+                    } else {
+                        "; no `http2 on;` (this nginx predates 1.25.1: ALPN offers http/1.1 only — the load is HTTP/1.1 anyway)"
+                    }
+                ));
+                Some(targets::nginx(upstream.addr, dir.path(), server_cpu_or_all, cert.as_ref(), nginx_http2_on).await?)
+            }
             TargetKind::Haproxy if !procs::available("haproxy") => {
                 eprintln!("notice: haproxy is not installed (apt-get install haproxy): skipping it");
                 skipped.push(kind);
                 continue;
             }
-            TargetKind::Haproxy => Some(targets::haproxy(upstream.addr, dir.path(), server_cpu_or_all).await?),
+            TargetKind::Haproxy => {
+                listeners.push(
+                    "haproxy: `bind … ssl crt <certificate + key PEM> alpn h2,http/1.1 ssl-min-ver TLSv1.2` (OpenSSL)"
+                        .to_owned(),
+                );
+                Some(targets::haproxy(upstream.addr, dir.path(), server_cpu_or_all, cert.as_ref()).await?)
+            }
         };
         let addr = proxy.as_ref().map_or(upstream.addr, |p| p.addr);
-        let url: Uri = format!("http://{addr}/").parse()?;
+        // The proxies' listeners speak TLS with --tls; the upstream (direct) never does.
+        let scheme = if cert.is_some() && proxy.is_some() { "https" } else { "http" };
+        let url: Uri = format!("{scheme}://{addr}/").parse()?;
         if proxy.is_some() {
-            check_injection(&url).await.with_context(|| format!("{} does not inject the flags", kind.name()))?;
+            check_injection(&url, trust.as_ref())
+                .await
+                .with_context(|| format!("{} does not inject the flags", kind.name()))?;
         }
         under_test.push(UnderTest { kind, url, proxy });
     }
 
-    let machine = Machine::here(&rampart, &upstream, &under_test, upstream_kind, pinned, cores, &args);
+    let mut machine = Machine::here(&rampart, &upstream, &under_test, upstream_kind, pinned, cores, &args);
+    machine.tls = cert.as_ref().map(|c| TlsSetup {
+        certificate: c.describe.clone(),
+        listeners: listeners.clone(),
+        negotiated: Default::default(),
+        handshakes_per_run: Default::default(),
+    });
     eprintln!("load average before: {}", machine.loadavg_before);
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();
@@ -203,7 +251,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             duration,
             warmup,
             headers: vec![user.clone()],
-            ..Plan::new(vec![load::target(&t.url, Protocol::Http1).await?], pace)
+            ..Plan::new(vec![load::target_with(&t.url, Protocol::Http1, trust.as_ref()).await?], pace)
         }
         .validate()
     };
@@ -245,8 +293,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     drop(under_test);
     drop(upstream);
 
-    let out =
-        args.out.clone().unwrap_or_else(|| PathBuf::from(format!("benches/compare/results-{}", report.machine.date)));
+    let suffix = if args.tls { "-tls" } else { "" };
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("benches/compare/results-{}{suffix}", report.machine.date)));
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::targets::{Server, UpstreamKind};
+use super::tls::TlsSetup;
 use super::{Args, TargetKind, UnderTest};
 use crate::load::Summary;
 
@@ -58,6 +59,8 @@ pub(crate) struct Machine {
     pub(crate) warmup_s: f64,
     pub(crate) connections: usize,
     pub(crate) open_connections: usize,
+    /// Set for `--tls`: TLS on the proxies' listeners.
+    pub(crate) tls: Option<TlsSetup>,
 }
 
 fn first_line_of(path: &str, key: &str) -> String {
@@ -118,6 +121,7 @@ impl Machine {
             warmup_s: args.warmup.as_secs_f64(),
             connections: args.connections,
             open_connections: args.open_connections,
+            tls: None,
         }
     }
 }
@@ -261,6 +265,18 @@ impl Report {
         skipped: Vec<TargetKind>,
     ) -> Report {
         machine.loadavg_after = super::loadavg();
+        if let Some(tls) = &mut machine.tls {
+            for r in &runs {
+                if let Some(n) = &r.summary.tls {
+                    tls.negotiated.entry(r.target.name().to_owned()).or_insert_with(|| n.clone());
+                }
+            }
+            let targets: Vec<TargetKind> = tls.negotiated.keys().filter_map(|k| TargetKind::from_name(k)).collect();
+            for t in targets {
+                let per_run = runs.iter().filter(|r| r.target == t).map(|r| r.summary.tls_handshakes as f64).collect();
+                tls.handshakes_per_run.insert(t.name().to_owned(), median(per_run));
+            }
+        }
         let mut keys: Vec<(Phase, TargetKind)> = Vec::new();
         for r in &runs {
             if !keys.contains(&(r.phase, r.target)) {
@@ -302,7 +318,12 @@ impl Report {
         let mib = |t: TargetKind| {
             self.peak_rss.get(t.name()).map_or("–".to_owned(), |b| format!("{:.1}", *b as f64 / 1048576.0))
         };
-        let _ = writeln!(o, "# Rampart vs direct, nginx and HAProxy — {}\n", m.date);
+        let tls_mark = if m.tls.is_some() { " — TLS on the listener" } else { "" };
+        let name = |t: TargetKind| match t {
+            TargetKind::Direct if m.tls.is_some() => "direct (plaintext)",
+            _ => t.name(),
+        };
+        let _ = writeln!(o, "# Rampart vs direct, nginx and HAProxy{tls_mark} — {}\n", m.date);
         let _ = writeln!(o, "- machine: {} CPUs, {}, kernel {}; started {}", m.nproc, m.cpu_model, m.kernel, m.started);
         let _ = writeln!(o, "- load average (1/5/15 min) before: {}; after: {}", m.loadavg_before, m.loadavg_after);
         if m.pinned {
@@ -340,11 +361,36 @@ impl Report {
         for s in &self.skipped {
             let _ = writeln!(o, "- {}: skipped (not installed)", s.name());
         }
+        if let Some(tls) = &m.tls {
+            let _ = writeln!(
+                o,
+                "- **TLS** on every proxy's listener with the same certificate and key ({}); the load generator (rustls, ring) \
+                 trusts that certificate, offers ALPN http/1.1 and makes a full handshake per connection (no resumption); \
+                 `direct` and the upstream leg stay plaintext",
+                tls.certificate
+            );
+            for l in &tls.listeners {
+                let _ = writeln!(o, "  - {l}");
+            }
+            let negotiated: Vec<String> = tls.negotiated.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            let _ = writeln!(o, "  - negotiated: {}", negotiated.join("; "));
+            let per_run: Vec<String> = tls.handshakes_per_run.iter().map(|(k, v)| format!("{k} {v:.0}")).collect();
+            let _ = writeln!(
+                o,
+                "  - TLS handshakes per run (median; one per connection, reconnects included): {}",
+                per_run.join(", ")
+            );
+        }
         let _ = writeln!(
             o,
             "- runs: {} interleaved rounds; each round runs every phase against every target in turn; {} s measured after a {} s warm-up per run; \
-             closed loop on {} connections, open loop on {}; HTTP/1.1; a random `x-user-id` per request; figures are medians of the rounds",
-            m.rounds, m.duration_s, m.warmup_s, m.connections, m.open_connections
+             closed loop on {} connections, open loop on {}; HTTP/1.1{}; a random `x-user-id` per request; figures are medians of the rounds",
+            m.rounds,
+            m.duration_s,
+            m.warmup_s,
+            m.connections,
+            m.open_connections,
+            if m.tls.is_some() { " (over TLS to the proxies)" } else { "" }
         );
         let _ = writeln!(
             o,
@@ -352,7 +398,7 @@ impl Report {
         );
         let _ = writeln!(o, "- command: `{}`\n", m.command);
 
-        let _ = writeln!(o, "## Throughput (closed loop, {} connections)\n", m.connections);
+        let _ = writeln!(o, "## Throughput (closed loop, {} connections){tls_mark}\n", m.connections);
         let _ = writeln!(
             o,
             "| target | req/s | vs direct | vs nginx | proxy CPU-µs/req | upstream CPU-µs/req | peak RSS MiB | errors | load generator busy |"
@@ -362,7 +408,7 @@ impl Report {
             let _ = writeln!(
                 o,
                 "| {} | {:.0} | {} | {} | {} | {:.1} | {} | {} | {:.0}% |",
-                r.target.name(),
+                name(r.target),
                 r.rps,
                 ratio(r.rps_vs_direct),
                 ratio(r.rps_vs_nginx),
@@ -373,7 +419,10 @@ impl Report {
                 r.loadgen_busy * 100.0
             );
         }
-        let _ = writeln!(o, "\n## Latency at fixed rates (open loop, measured from each request's intended start)\n");
+        let _ = writeln!(
+            o,
+            "\n## Latency at fixed rates (open loop, measured from each request's intended start){tls_mark}\n"
+        );
         let _ = writeln!(
             o,
             "| target | req/s | p50 µs | p99 µs | p99.9 µs | p99 added over direct µs | added p99 ÷ nginx's | proxy CPU-µs/req | errors |"
@@ -384,7 +433,7 @@ impl Report {
             let _ = writeln!(
                 o,
                 "| {} | {rate:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} |",
-                r.target.name(),
+                name(r.target),
                 r.p50_us,
                 r.p99_us,
                 r.p999_us,

@@ -1,12 +1,14 @@
 //! The processes of a comparison and their configurations: the upstream (nginx `return 200`, or
 //! this tool's hyper upstream), Rampart (10 flags evaluated and injected), nginx and HAProxy
 //! (the same 10 `x-flag-*` headers as constants). All single-threaded, keep-alive upstream
-//! connections, loopback only, pinned to the server CPU.
+//! connections, loopback only, pinned to the server CPU. With `--tls` the proxies' listeners
+//! terminate TLS with one certificate; the upstream leg stays plaintext.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::tls::CertFiles;
 use crate::procs::{Proc, ProcError};
 
 /// How many flags every proxy injects.
@@ -59,7 +61,7 @@ fn nginx_conf(dir: &Path, http_body: &str) -> String {
     )
 }
 
-fn version_of(program: &str, arg: &str) -> String {
+pub(crate) fn version_of(program: &str, arg: &str) -> String {
     std::process::Command::new(program)
         .arg(arg)
         .output()
@@ -120,16 +122,31 @@ pub(crate) fn rampart_flags() -> String {
     out
 }
 
-pub(crate) async fn rampart(binary: &Path, upstream: SocketAddr, dir: &Path, cpu: &str) -> Result<Server, ProcError> {
-    let d = dir.join("rampart");
-    std::fs::create_dir_all(&d).map_err(|source| ProcError::Spawn { program: "mkdir".to_owned(), source })?;
-    write(&d.join("flags.yaml"), &rampart_flags())?;
-    let config = format!(
+/// Rampart's `proxy.toml`: one worker, the flags of [`rampart_flags`], flag queries off; with
+/// `tls`, `[tls] cert/key` on the listener.
+pub(crate) fn rampart_config(upstream: SocketAddr, tls: Option<&CertFiles>) -> String {
+    let mut config = format!(
         "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nupstream = \"http://{upstream}\"\nflags = \"flags.yaml\"\n\
          workers = 1\n\n[context]\ntargetingKey = [\"header:x-user-id\"]\n\n[queries]\ngrpc = \"off\"\nofrep = \"off\"\n"
     );
+    if let Some(t) = tls {
+        config.push_str(&format!("\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n", t.cert.display(), t.key.display()));
+    }
+    config
+}
+
+pub(crate) async fn rampart(
+    binary: &Path,
+    upstream: SocketAddr,
+    dir: &Path,
+    cpu: &str,
+    tls: Option<&CertFiles>,
+) -> Result<Server, ProcError> {
+    let d = dir.join("rampart");
+    std::fs::create_dir_all(&d).map_err(|source| ProcError::Spawn { program: "mkdir".to_owned(), source })?;
+    write(&d.join("flags.yaml"), &rampart_flags())?;
     let path: PathBuf = d.join("proxy.toml");
-    write(&path, &config)?;
+    write(&path, &rampart_config(upstream, tls))?;
     let path = path.display().to_string();
     let mut proc = Proc::start(
         "rampart",
@@ -150,17 +167,45 @@ pub(crate) async fn rampart(binary: &Path, upstream: SocketAddr, dir: &Path, cpu
     Ok(Server { proc, addr, version })
 }
 
-pub(crate) async fn nginx(upstream: SocketAddr, dir: &Path, cpu: &str) -> Result<Server, ProcError> {
+/// nginx's `http {}` body for the proxy: keep-alive upstream, the 10 constant headers; with `tls`,
+/// `listen … ssl` with the certificate, TLS 1.3 and 1.2, and `http2 on;` when `http2_on` (nginx ≥
+/// 1.25.1; clients here speak HTTP/1.1 either way).
+pub(crate) fn nginx_proxy_body(
+    upstream: SocketAddr,
+    addr: SocketAddr,
+    tls: Option<&CertFiles>,
+    http2_on: bool,
+) -> String {
+    let set: String =
+        constant_headers().iter().map(|(k, v)| format!("            proxy_set_header {k} \"{v}\";\n")).collect();
+    let listen = match tls {
+        None => format!("listen {addr};\n"),
+        Some(t) => format!(
+            "listen {addr} ssl;\n        ssl_certificate {};\n        ssl_certificate_key {};\n\
+             \x20       ssl_protocols TLSv1.3 TLSv1.2;\n{}",
+            t.cert.display(),
+            t.key.display(),
+            if http2_on { "        http2 on;\n" } else { "" }
+        ),
+    };
+    format!(
+        "    upstream app {{\n        server {upstream};\n        keepalive 64;\n    }}\n\
+         \x20   server {{\n        {listen}        location / {{\n            proxy_pass http://app;\n\
+         \x20           proxy_http_version 1.1;\n            proxy_set_header Connection \"\";\n{set}        }}\n    }}"
+    )
+}
+
+pub(crate) async fn nginx(
+    upstream: SocketAddr,
+    dir: &Path,
+    cpu: &str,
+    tls: Option<&CertFiles>,
+    http2_on: bool,
+) -> Result<Server, ProcError> {
     let d = dir.join("nginx");
     std::fs::create_dir_all(&d).map_err(|source| ProcError::Spawn { program: "mkdir".to_owned(), source })?;
     let addr = free_port().map_err(|source| ProcError::Spawn { program: "bind".to_owned(), source })?;
-    let set: String =
-        constant_headers().iter().map(|(k, v)| format!("            proxy_set_header {k} \"{v}\";\n")).collect();
-    let body = format!(
-        "    upstream app {{\n        server {upstream};\n        keepalive 64;\n    }}\n\
-         \x20   server {{\n        listen {addr};\n        location / {{\n            proxy_pass http://app;\n\
-         \x20           proxy_http_version 1.1;\n            proxy_set_header Connection \"\";\n{set}        }}\n    }}"
-    );
+    let body = nginx_proxy_body(upstream, addr, tls, http2_on);
     write(&d.join("nginx.conf"), &nginx_conf(&d, &body))?;
     let (prefix, conf) = (d.display().to_string(), d.join("nginx.conf").display().to_string());
     let mut proc = Proc::start("nginx", Path::new("nginx"), &["-p", &prefix, "-c", &conf], Some(cpu), dir, &[])?;
@@ -168,19 +213,33 @@ pub(crate) async fn nginx(upstream: SocketAddr, dir: &Path, cpu: &str) -> Result
     Ok(Server { proc, addr, version: version_of("nginx", "-v") })
 }
 
-pub(crate) async fn haproxy(upstream: SocketAddr, dir: &Path, cpu: &str) -> Result<Server, ProcError> {
-    let addr = free_port().map_err(|source| ProcError::Spawn { program: "bind".to_owned(), source })?;
+/// HAProxy's configuration: one thread, `http-reuse always`, the 10 constant headers; with `tls`,
+/// `bind … ssl crt <certificate and key in one PEM>`, ALPN h2 and http/1.1, TLS 1.2 at least.
+pub(crate) fn haproxy_config(upstream: SocketAddr, addr: SocketAddr, tls: Option<&CertFiles>) -> String {
     let set: String =
         constant_headers().iter().map(|(k, v)| format!("    http-request set-header {k} {v}\n")).collect();
-    let config = format!(
+    let bind = match tls {
+        None => addr.to_string(),
+        Some(t) => format!("{addr} ssl crt {} alpn h2,http/1.1 ssl-min-ver TLSv1.2", t.combined.display()),
+    };
+    format!(
         "global\n    nbthread 1\n    maxconn 4096\n\n\
          defaults\n    mode http\n    option http-keep-alive\n    http-reuse always\n    timeout connect 2s\n\
          \x20   timeout client 30s\n    timeout server 30s\n    timeout http-keep-alive 30s\n\n\
-         frontend fe\n    bind {addr}\n{set}    default_backend app\n\n\
+         frontend fe\n    bind {bind}\n{set}    default_backend app\n\n\
          backend app\n    server up {upstream}\n"
-    );
+    )
+}
+
+pub(crate) async fn haproxy(
+    upstream: SocketAddr,
+    dir: &Path,
+    cpu: &str,
+    tls: Option<&CertFiles>,
+) -> Result<Server, ProcError> {
+    let addr = free_port().map_err(|source| ProcError::Spawn { program: "bind".to_owned(), source })?;
     let path = dir.join("haproxy.cfg");
-    write(&path, &config)?;
+    write(&path, &haproxy_config(upstream, addr, tls))?;
     let path = path.display().to_string();
     // -db: stay in the foreground, no master process: the PID is the one worker.
     let mut proc = Proc::start("haproxy", Path::new("haproxy"), &["-db", "-f", &path], Some(cpu), dir, &[])?;
@@ -198,5 +257,36 @@ mod tests {
         assert_eq!(flags.matches("state: ENABLED").count(), FLAGS);
         assert_eq!(flags.matches("ramp:").count(), FLAGS / 2);
         assert_eq!(constant_headers().len(), FLAGS);
+    }
+
+    #[test]
+    fn tls_listeners_use_the_same_certificate_and_plaintext_upstreams() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = super::super::tls::generate(dir.path()).unwrap();
+        let (cert, key, pem) = (files.cert.display(), files.key.display(), files.combined.display());
+        let up: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        let at: SocketAddr = "127.0.0.1:9443".parse().unwrap();
+
+        let nginx = nginx_proxy_body(up, at, Some(&files), false);
+        assert!(nginx.contains("listen 127.0.0.1:9443 ssl;"), "{nginx}");
+        assert!(nginx.contains(&format!("ssl_certificate {cert};")), "{nginx}");
+        assert!(nginx.contains(&format!("ssl_certificate_key {key};")), "{nginx}");
+        assert!(nginx.contains("ssl_protocols TLSv1.3 TLSv1.2;") && !nginx.contains("http2"), "{nginx}");
+        assert!(nginx.contains("server 127.0.0.1:9000;") && nginx.contains("proxy_pass http://app;"), "{nginx}");
+        assert_eq!(nginx.matches("proxy_set_header x-flag-").count(), FLAGS);
+        assert!(nginx_proxy_body(up, at, Some(&files), true).contains("http2 on;"));
+        let plain = nginx_proxy_body(up, at, None, true);
+        assert!(plain.contains("listen 127.0.0.1:9443;") && !plain.contains("ssl"), "{plain}");
+
+        let haproxy = haproxy_config(up, at, Some(&files));
+        assert!(haproxy.contains(&format!("bind 127.0.0.1:9443 ssl crt {pem} alpn h2,http/1.1")), "{haproxy}");
+        assert!(haproxy.contains("server up 127.0.0.1:9000\n"), "{haproxy}");
+        assert_eq!(haproxy.matches("http-request set-header x-flag-").count(), FLAGS);
+        assert!(!haproxy_config(up, at, None).contains("ssl"));
+
+        let rampart = rampart_config(up, Some(&files));
+        assert!(rampart.contains("upstream = \"http://127.0.0.1:9000\""), "{rampart}");
+        assert!(rampart.ends_with(&format!("[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n")), "{rampart}");
+        assert!(!rampart_config(up, None).contains("[tls]"));
     }
 }

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{Conn, ConnError, H2Handle, Protocol, Target};
+use super::conn::{Conn, ConnError, ConnStats, H2Handle, Protocol, Target};
 use super::schedule::OpenLoop;
 use super::stats::{Outcome, Recorder, Summary};
 use super::{Pace, Plan};
@@ -42,7 +42,7 @@ struct Job {
 /// A worker's way to a target.
 #[derive(Debug)]
 enum Link {
-    H1 { target: Target, conn: Option<Conn> },
+    H1 { target: Target, conn: Option<Conn>, stats: Arc<ConnStats> },
     H2 { slot: Arc<H2Slot>, handle: Option<H2Handle> },
 }
 
@@ -51,6 +51,7 @@ enum Link {
 struct H2Slot {
     target: Target,
     conn: Mutex<Option<Conn>>,
+    stats: Arc<ConnStats>,
 }
 
 impl Link {
@@ -63,9 +64,9 @@ impl Link {
 
     async fn send(&mut self, req: Request<Empty<Bytes>>) -> Outcome {
         let outcome = match self {
-            Link::H1 { target, conn } => {
+            Link::H1 { target, conn, stats } => {
                 if conn.as_ref().is_none_or(Conn::is_closed) {
-                    *conn = Conn::open(target, Protocol::Http1).await.ok();
+                    *conn = Conn::open(target, Protocol::Http1, stats).await.ok();
                 }
                 match conn {
                     Some(c) => c.send(req).await,
@@ -76,7 +77,7 @@ impl Link {
                 if handle.as_ref().is_none_or(H2Handle::is_closed) {
                     let mut shared = slot.conn.lock().await;
                     if shared.as_ref().is_none_or(Conn::is_closed) {
-                        *shared = Conn::open(&slot.target, Protocol::H2c).await.ok();
+                        *shared = Conn::open(&slot.target, Protocol::H2c, &slot.stats).await.ok();
                     }
                     *handle = shared.as_ref().and_then(Conn::h2_handle);
                 }
@@ -98,22 +99,22 @@ impl Link {
 
 /// Opens the connections up front (a target that is down fails the run before it starts) and
 /// hands out one link per worker: `connections` for HTTP/1.1, `connections × streams` for h2c.
-async fn links(plan: &Plan) -> Result<Vec<Link>, ConnError> {
+async fn links(plan: &Plan, stats: &Arc<ConnStats>) -> Result<Vec<Link>, ConnError> {
     let mut out = Vec::new();
     match plan.protocol {
         Protocol::Http1 => {
             for i in 0..plan.connections {
                 let target = plan.targets[i % plan.targets.len()].clone();
-                let conn = Conn::open(&target, Protocol::Http1).await?;
-                out.push(Link::H1 { target, conn: Some(conn) });
+                let conn = Conn::open(&target, Protocol::Http1, stats).await?;
+                out.push(Link::H1 { target, conn: Some(conn), stats: stats.clone() });
             }
         }
         Protocol::H2c => {
             for i in 0..plan.connections {
                 let target = plan.targets[i % plan.targets.len()].clone();
-                let conn = Conn::open(&target, Protocol::H2c).await?;
+                let conn = Conn::open(&target, Protocol::H2c, stats).await?;
                 let handle = conn.h2_handle();
-                let slot = Arc::new(H2Slot { target, conn: Mutex::new(Some(conn)) });
+                let slot = Arc::new(H2Slot { target, conn: Mutex::new(Some(conn)), stats: stats.clone() });
                 for _ in 0..plan.streams {
                     out.push(Link::H2 { slot: slot.clone(), handle: handle.clone() });
                 }
@@ -136,13 +137,19 @@ fn request(plan: &Plan, target: &Target, seq: u64, rng: &mut fastrand::Rng) -> R
     req
 }
 
-/// Runs the plan to its end (or until `cancel`); the summary covers the measured phase.
+/// Runs the plan to its end (or until `cancel`); the summary covers the measured phase (the
+/// connection counts cover the whole run, the connections opened up front included).
 pub(crate) async fn execute(plan: Arc<Plan>, cancel: CancellationToken) -> Result<Summary, RunError> {
-    let links = links(&plan).await?;
-    match plan.pace {
+    let stats = Arc::new(ConnStats::default());
+    let links = links(&plan, &stats).await?;
+    let mut summary = match plan.pace {
         Pace::Open { rate } => open_loop(plan, links, rate, cancel).await,
         Pace::Closed => closed_loop(plan, links, cancel).await,
-    }
+    }?;
+    summary.connections_opened = stats.connects.load(Ordering::Relaxed);
+    summary.tls_handshakes = stats.tls_handshakes.load(Ordering::Relaxed);
+    summary.tls = stats.negotiated.get().cloned();
+    Ok(summary)
 }
 
 async fn open_loop(

@@ -105,6 +105,9 @@ impl Recorder {
             service_p999_us: q(&self.service, 0.999),
             late_p99_us: q(&self.lateness, 0.99),
             late_max_us: if self.lateness.is_empty() { 0 } else { self.lateness.max() },
+            connections_opened: 0,
+            tls_handshakes: 0,
+            tls: None,
         }
     }
 }
@@ -136,6 +139,12 @@ pub(crate) struct Summary {
     /// high the generator, not the target, was the bottleneck.
     pub(crate) late_p99_us: u64,
     pub(crate) late_max_us: u64,
+    /// TCP connections opened over the whole run (warm-up and reconnects included).
+    pub(crate) connections_opened: u64,
+    /// TLS handshakes completed over the whole run: one per connection, none per request.
+    pub(crate) tls_handshakes: u64,
+    /// What the first TLS handshake negotiated (version, cipher suite, ALPN); none for plaintext.
+    pub(crate) tls: Option<String>,
 }
 
 impl Summary {
@@ -164,6 +173,13 @@ impl std::fmt::Display for Summary {
         )?;
         if self.late_max_us > 0 {
             write!(f, "; generator lateness p99 {} µs, max {} µs", self.late_p99_us, self.late_max_us)?;
+        }
+        if let Some(tls) = &self.tls {
+            write!(
+                f,
+                "; {tls}: {} TLS handshakes for {} connections opened",
+                self.tls_handshakes, self.connections_opened
+            )?;
         }
         Ok(())
     }
