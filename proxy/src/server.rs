@@ -15,7 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::forward::{Forwarder, PeerInfo};
+use crate::forward::{Forwarder, PeerInfo, Session};
 use crate::tls::LiveServerConfig;
 
 /// Listener limits.
@@ -74,24 +74,24 @@ pub(crate) async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "set_nodelay failed");
         }
-        let peer = Arc::new(PeerInfo::new(addr, tls.is_some()));
-        let (fwd, builder, watcher, tls) = (forwarder.clone(), builder.clone(), graceful.watcher(), tls.clone());
+        let session = Arc::new(Session { forwarder: forwarder.clone(), peer: PeerInfo::new(addr, tls.is_some()) });
+        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
         let gauge = forwarder.metrics.connections.clone();
         gauge.increment(1.0);
         let handshake_timeout = limits.header_read_timeout;
         connections.spawn(async move {
             match tls {
-                None => serve_io(&builder, TokioIo::new(stream), fwd, peer, watcher).await,
+                None => serve_io(&builder, TokioIo::new(stream), session, watcher).await,
                 Some(live) => {
                     let acceptor = TlsAcceptor::from(live.load_full());
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => serve_io(&builder, TokioIo::new(tls_stream), fwd, peer, watcher).await,
+                        Ok(Ok(tls_stream)) => serve_io(&builder, TokioIo::new(tls_stream), session, watcher).await,
                         Ok(Err(e)) => {
-                            fwd.metrics.tls_handshake_failures.increment(1);
+                            session.forwarder.metrics.tls_handshake_failures.increment(1);
                             tracing::debug!(error = %e, %addr, "TLS handshake failed");
                         }
                         Err(_) => {
-                            fwd.metrics.tls_handshake_failures.increment(1);
+                            session.forwarder.metrics.tls_handshake_failures.increment(1);
                             tracing::debug!(%addr, "TLS handshake timed out");
                         }
                     }
@@ -113,16 +113,11 @@ pub(crate) async fn serve(
 }
 
 /// Serves HTTP/1.1 or HTTP/2 (by preface or ALPN) on one connection until it ends or is drained.
-async fn serve_io<I>(
-    builder: &auto::Builder<TokioExecutor>,
-    io: I,
-    fwd: Arc<Forwarder>,
-    peer: Arc<PeerInfo>,
-    watcher: Watcher,
-) where
+async fn serve_io<I>(builder: &auto::Builder<TokioExecutor>, io: I, session: Arc<Session>, watcher: Watcher)
+where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req| fwd.clone().handle(peer.clone(), req));
+    let service = service_fn(move |req| session.clone().handle(req));
     let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(error = %e, "connection ended with an error");
