@@ -171,13 +171,8 @@ impl Pool {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "set_nodelay failed");
         }
-        // Flattened writes (one buffer, no `writev`), as on the listener: see `server::serve`.
         let Some((client, name)) = &self.tls else {
-            let (sender, conn) = http1::Builder::new()
-                .writev(false)
-                .handshake(TokioIo::new(stream))
-                .await
-                .map_err(ConnectError::Handshake)?;
+            let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(ConnectError::Handshake)?;
             self.connections.spawn(async move {
                 if let Err(e) = conn.with_upgrades().await {
                     tracing::debug!(error = %e, "upstream connection ended with an error");
@@ -190,8 +185,7 @@ impl Pool {
             .await
             .map_err(|_| ConnectError::Timeout(timeout))?
             .map_err(ConnectError::Tls)?;
-        let (sender, conn) =
-            http1::Builder::new().writev(false).handshake(TokioIo::new(tls)).await.map_err(ConnectError::Handshake)?;
+        let (sender, conn) = http1::handshake(TokioIo::new(tls)).await.map_err(ConnectError::Handshake)?;
         self.connections.spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream TLS connection ended with an error");

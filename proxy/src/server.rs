@@ -42,10 +42,6 @@ pub(crate) async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        // Copy small bodies into the head's buffer and write once, rather than `writev` of head and
-        // body: fewer cycles per response (measured, see the commit); the buffer stays capped by
-        // `max_buf_size`, so large bodies still stream.
-        .writev(false)
         .max_buf_size(limits.max_header_bytes);
     builder
         .http2()
