@@ -145,14 +145,24 @@ fn measure_inject(flags: ProxyFlags, layout: RequestMap) -> Measured {
     let proxy = fixture.proxy();
     let snapshot = proxy.snapshot();
     let config = proxy.config();
+    measure_requests(
+        || layout.request(flags.len()),
+        |req| {
+            black_box(inject_flags(&snapshot, &config.context, &config.header_prefix, black_box(req)));
+        },
+    )
+}
+
+/// Allocations inside `inject` over `MEASURED` requests (after `WARM_UP`), each request built by
+/// `build` outside the counted region; `first` is the very first request's count.
+fn measure_requests(build: impl Fn() -> http::Request<()>, inject: impl Fn(&mut http::Request<()>)) -> Measured {
     let run = |n: u64| {
         let (mut allocs, mut bytes) = (0, 0);
         for _ in 0..n {
-            let mut req = layout.request(flags.len());
+            let mut req = build();
             let before = counted();
-            let tracked = inject_flags(&snapshot, &config.context, &config.header_prefix, black_box(&mut req));
+            inject(&mut req);
             let after = counted();
-            black_box(tracked);
             allocs += after.0 - before.0;
             bytes += after.1 - before.1;
             black_box(&req);
@@ -234,26 +244,14 @@ fn measure_propagation(flags: ProxyFlags, hop: Hop) -> Measured {
     let mut first = request(flags.len() + 1, false);
     inject(&mut first);
     let upstream_hop = first.headers().get(ASSIGNMENTS_HEADER).cloned();
-    let run = |n: u64| {
-        let (mut allocs, mut bytes) = (0, 0);
-        for _ in 0..n {
-            let mut req = request(flags.len() + 1, false);
-            if let (Hop::EmitWithHeader, Some(v)) = (hop, &upstream_hop) {
-                req.headers_mut().insert(ASSIGNMENTS_HEADER, v.clone());
-            }
-            let before = counted();
-            inject(&mut req);
-            let after = counted();
-            allocs += after.0 - before.0;
-            bytes += after.1 - before.1;
-            black_box(&req);
+    let build = || {
+        let mut req = request(flags.len() + 1, false);
+        if let (Hop::EmitWithHeader, Some(v)) = (hop, &upstream_hop) {
+            req.headers_mut().insert(ASSIGNMENTS_HEADER, v.clone());
         }
-        (allocs, bytes)
+        req
     };
-    let first = run(1).0;
-    run(WARM_UP);
-    let (allocs, bytes) = run(MEASURED);
-    Measured { first, allocs, bytes }
+    measure_requests(build, inject)
 }
 
 /// The propagation table; returns the failures (a request without a header that allocates more

@@ -175,14 +175,19 @@ impl Drop for Sidecar {
     }
 }
 
-/// Starts a sidecar in front of `upstream` with `flags` (YAML) and extra TOML config lines.
-pub async fn sidecar(upstream: SocketAddr, flags: &str, extra: &str) -> Sidecar {
+/// A sidecar configured in a fresh directory: `upstream`, `flags` (YAML) and extra TOML lines.
+fn configured(upstream: SocketAddr, flags: &str, extra: &str) -> (tempfile::TempDir, Proxy) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("flags.yaml"), flags).unwrap();
     let config = format!("upstream = \"http://{upstream}\"\nflags = \"flags.yaml\"\n{extra}\n");
     let path = dir.path().join("proxy.toml");
     std::fs::write(&path, &config).unwrap();
-    let proxy = Proxy::new(Config::load(&path).unwrap()).unwrap();
+    (dir, Proxy::new(Config::load(&path).unwrap()).unwrap())
+}
+
+/// Starts a sidecar in front of `upstream` with `flags` (YAML) and extra TOML config lines.
+pub async fn sidecar(upstream: SocketAddr, flags: &str, extra: &str) -> Sidecar {
+    let (dir, proxy) = configured(upstream, flags, extra);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (addr, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
@@ -274,12 +279,7 @@ pub struct QuerySidecar {
 /// Starts a sidecar with query listeners; `extra` may hold a `[queries]` table (addresses in it
 /// are ignored: the listeners are bound here).
 pub async fn sidecar_with_queries(upstream: SocketAddr, flags: &str, extra: &str) -> QuerySidecar {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("flags.yaml"), flags).unwrap();
-    let config = format!("upstream = \"http://{upstream}\"\nflags = \"flags.yaml\"\n{extra}\n");
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, &config).unwrap();
-    let proxy = Proxy::new(Config::load(&path).unwrap()).unwrap();
+    let (dir, proxy) = configured(upstream, flags, extra);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
