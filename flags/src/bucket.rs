@@ -1,7 +1,8 @@
 //! Ramp bucketing: a unit's bucket is `xxh3_64_with_seed(key, seed) % 100_000`, the seed derived once
 //! from the flag key. Treatment iff `bucket < threshold` with `threshold = percent × 1000`, so
 //! raising the percent only moves units from control to treatment (monotonic), and a unit's bucket
-//! never changes (sticky).
+//! never changes (sticky). The 64-bit hash itself identifies the unit within the flag (the sidecar
+//! counts distinct units with it).
 
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
@@ -20,11 +21,16 @@ impl Bucketer {
         Bucketer { seed: xxh3_64(flag_key.as_bytes()) }
     }
 
+    /// The unit's 64-bit hash under this flag's seed: its bucket is [`bucket_of_hash`] of it.
+    #[inline]
+    pub fn hash(&self, unit: &[u8]) -> u64 {
+        xxh3_64_with_seed(unit, self.seed)
+    }
+
     /// The unit's bucket in `0..BUCKETS`.
     #[inline]
     pub fn bucket(&self, unit: &[u8]) -> u32 {
-        // The remainder is < BUCKETS, so it fits in u32.
-        (xxh3_64_with_seed(unit, self.seed) % u64::from(BUCKETS)) as u32
+        bucket_of_hash(self.hash(unit))
     }
 
     /// Whether the unit is in treatment at `threshold` (see [`percent_to_threshold`]).
@@ -32,6 +38,13 @@ impl Bucketer {
     pub fn treated(&self, unit: &[u8], threshold: u32) -> bool {
         self.bucket(unit) < threshold
     }
+}
+
+/// The bucket in `0..BUCKETS` of a unit hash ([`Bucketer::hash`]): its low-order residue.
+#[inline]
+pub fn bucket_of_hash(hash: u64) -> u32 {
+    // The remainder is < BUCKETS, so it fits in u32.
+    (hash % u64::from(BUCKETS)) as u32
 }
 
 /// The bucket threshold of a percentage in `0.0..=100.0`, at 0.001 % granularity.

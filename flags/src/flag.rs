@@ -3,7 +3,7 @@
 use datalogic_rs::bumpalo::Bump;
 use serde_json::{Map, Value};
 
-use crate::bucket::Bucketer;
+use crate::bucket::{Bucketer, bucket_of_hash};
 use crate::context::Context;
 use crate::resolution::{ErrorCode, Reason, Resolution};
 use crate::targeting::{Targeting, TargetingOutcome};
@@ -71,6 +71,7 @@ pub struct Ramp {
     pub(crate) threshold: u32,
     pub(crate) bucket_by: Option<String>,
     pub(crate) bucketer: Bucketer,
+    pub(crate) slow_us: Option<u64>,
 }
 
 impl Ramp {
@@ -86,6 +87,13 @@ impl Ramp {
     /// The context attribute bucketed on; `None` means the targeting key.
     pub fn bucket_by(&self) -> Option<&str> {
         self.bucket_by.as_deref()
+    }
+
+    /// `slowUs`: the latency (µs) above which a request counts as slow for the ramp's latency
+    /// guardrail, written by the control plane; `None` while no threshold is set. Evaluation
+    /// ignores it.
+    pub fn slow_us(&self) -> Option<u64> {
+        self.slow_us
     }
 }
 
@@ -163,12 +171,9 @@ impl Flag {
                 Some(attr) => ctx.str_attr(attr),
             };
             if let Some(unit) = unit {
-                let index = if ramp.bucketer.treated(unit.as_bytes(), ramp.threshold) {
-                    Some(ramp.treatment)
-                } else {
-                    self.default
-                };
-                return Resolution::of(index.map(|i| &self.variants[i]), Reason::Split);
+                let hash = ramp.bucketer.hash(unit.as_bytes());
+                let index = if bucket_of_hash(hash) < ramp.threshold { Some(ramp.treatment) } else { self.default };
+                return Resolution::split(index.map(|i| &self.variants[i]), hash);
             }
             return Resolution::of(self.default_variant(), Reason::Default);
         }

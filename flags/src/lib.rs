@@ -19,6 +19,7 @@
 //! let r = set.evaluate("new-checkout", &ctx, &arena);
 //! assert_eq!(r.variant_name(), Some("on"));
 //! assert_eq!(r.reason, Reason::Split);
+//! assert!(r.unit.is_some(), "a split names the unit (its bucketing hash)");
 //! ```
 
 mod bucket;
@@ -32,7 +33,7 @@ mod source;
 mod targeting;
 mod validate;
 
-pub use bucket::{BUCKETS, Bucketer, percent_to_threshold};
+pub use bucket::{BUCKETS, Bucketer, bucket_of_hash, percent_to_threshold};
 pub use context::{Context, ContextBuilder, ContextError, TARGETING_KEY};
 pub use datalogic_rs::bumpalo::Bump;
 pub use error::{LoadError, Problem};

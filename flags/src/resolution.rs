@@ -84,15 +84,23 @@ pub struct Resolution<'s> {
     pub reason: Reason,
     /// Set exactly when `reason` is [`Reason::Error`].
     pub error: Option<ErrorCode>,
+    /// Set exactly when `reason` is [`Reason::Split`]: the unit's 64-bit hash under the flag's
+    /// seed ([`Bucketer::hash`](crate::Bucketer::hash)), the one the ramp bucketed with (so it
+    /// costs nothing extra). It identifies the unit within this flag, for distinct-unit counts.
+    pub unit: Option<u64>,
 }
 
 impl<'s> Resolution<'s> {
     pub(crate) fn of(variant: Option<&'s Variant>, reason: Reason) -> Self {
-        Resolution { variant, reason, error: None }
+        Resolution { variant, reason, error: None, unit: None }
+    }
+
+    pub(crate) fn split(variant: Option<&'s Variant>, unit: u64) -> Self {
+        Resolution { variant, reason: Reason::Split, error: None, unit: Some(unit) }
     }
 
     pub(crate) fn error(code: ErrorCode) -> Self {
-        Resolution { variant: None, reason: Reason::Error, error: Some(code) }
+        Resolution { variant: None, reason: Reason::Error, error: Some(code), unit: None }
     }
 
     pub fn variant_name(&self) -> Option<&'s str> {

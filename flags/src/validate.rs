@@ -10,7 +10,7 @@ use crate::targeting::{RuleError, Targeting, expand_refs, refs_in};
 
 const TOP_LEVEL_KEYS: &[&str] = &["flags", "$evaluators", "metadata", "$schema"];
 const FLAG_KEYS: &[&str] = &["state", "variants", "defaultVariant", "targeting", "metadata", "ramp"];
-const RAMP_KEYS: &[&str] = &["treatment", "percent", "bucketBy"];
+const RAMP_KEYS: &[&str] = &["treatment", "percent", "bucketBy", "slowUs"];
 
 /// The validated content of a document.
 #[derive(Debug)]
@@ -197,7 +197,7 @@ fn ramp(
 ) -> Option<Ramp> {
     let path = format!("{path}.ramp");
     let Some(map) = value.as_object() else {
-        p.add(path, "must be an object {treatment, percent, bucketBy}");
+        p.add(path, "must be an object {treatment, percent, bucketBy, slowUs}");
         return None;
     };
     for k in map.keys().filter(|k| !RAMP_KEYS.contains(&k.as_str())) {
@@ -245,16 +245,28 @@ fn ramp(
             None
         }
     };
+    // Set by the control plane: the latency guardrail's threshold, in whole microseconds.
+    let slow_us = match map.get("slowUs") {
+        None => Some(None),
+        Some(v) => match v.as_u64() {
+            Some(us) => Some(Some(us)),
+            None => {
+                p.add(format!("{path}.slowUs"), format!("must be a non-negative integer (microseconds), got {v}"));
+                None
+            }
+        },
+    };
     if default.is_none() && matches!(default_given, None | Some(Value::Null)) {
         p.add(path.as_str(), "a ramp needs a defaultVariant: it is the control");
     }
-    let (treatment, percent) = (treatment?, percent?);
+    let (treatment, percent, slow_us) = (treatment?, percent?, slow_us?);
     Some(Ramp {
         treatment,
         percent,
         threshold: percent_to_threshold(percent),
         bucket_by,
         bucketer: Bucketer::for_flag(key),
+        slow_us,
     })
 }
 

@@ -210,10 +210,11 @@ fn ramp(names: Vec<String>) -> impl Strategy<Value = Value> {
         0.3,
         prop_oneof![9 => select(vec!["email", "user.id", "country"]).prop_map(Value::from), 1 => json_value()],
     );
+    let slow_us = option::weighted(0.2, prop_oneof![9 => any::<u32>().prop_map(Value::from), 1 => json_value()]);
     let extra = option::weighted(0.05, (key(), json_value()));
-    (treatment, percent, bucket_by, extra).prop_map(|(t, p, b, extra)| {
+    (treatment, percent, bucket_by, slow_us, extra).prop_map(|(t, p, b, slow, extra)| {
         let mut m = Map::new();
-        let fields = [("treatment", t), ("percent", p), ("bucketBy", b)];
+        let fields = [("treatment", t), ("percent", p), ("bucketBy", b), ("slowUs", slow)];
         for (k, v) in fields.into_iter().filter_map(|(k, v)| Some((k.to_owned(), v?))).chain(extra) {
             m.insert(k, v);
         }
@@ -417,6 +418,7 @@ fn check_resolution(flag: &Flag, r: &Resolution<'_>) -> Result<(), TestCaseError
     if r.reason == Reason::Split {
         prop_assert!(flag.ramp().is_some(), "{}: SPLIT without a ramp", key);
     }
+    prop_assert_eq!(r.unit.is_some(), r.reason == Reason::Split, "{}: unit {:?} with {}", key, r.unit, r.reason);
     Ok(())
 }
 

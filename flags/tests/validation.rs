@@ -81,7 +81,9 @@ fn structural_problems() {
         r#"{"flags": {"a": 1, "b": {"state": "ENABLED", "variants": {}}, "c": {"state": "ENABLED", "variants": {"x": null, "y": [1]}},
            "d": {"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "on", "ramp": {"treatment": "on"}},
            "e": {"state": "ENABLED", "variants": {"on": true, "off": false}, "ramp": {"treatment": "on", "bucketBy": 3}},
-           "f": {"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "on", "metadata": {"owner": {"team": "x"}}}},
+           "f": {"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "on", "metadata": {"owner": {"team": "x"}}},
+           "g": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off", "ramp": {"treatment": "on", "slowUs": -5}},
+           "h": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off", "ramp": {"treatment": "on", "slowUs": 2.5}}},
            "metadata": 7}"#,
     );
     let expect = [
@@ -94,6 +96,8 @@ fn structural_problems() {
         "f.json: flags.e.ramp.bucketBy: must be a non-empty context attribute name",
         "f.json: flags.e.ramp: a ramp needs a defaultVariant",
         "f.json: flags.f.metadata.owner: metadata values must be",
+        "f.json: flags.g.ramp.slowUs: must be a non-negative integer (microseconds), got -5",
+        "f.json: flags.h.ramp.slowUs: must be a non-negative integer (microseconds), got 2.5",
     ];
     for want in expect {
         assert!(lines.iter().any(|l| l.starts_with(want)), "missing {want:?} in:\n{}", lines.join("\n"));
@@ -110,4 +114,27 @@ fn valid_documents_load_in_both_formats() {
     assert_eq!(yaml.get("new-checkout").and_then(|f| f.ramp()).map(|r| r.percent()), Some(5.0));
     let missing = FlagSet::from_file("/nonexistent/flags.yaml").unwrap_err();
     assert!(missing.to_string().starts_with("/nonexistent/flags.yaml: cannot read:"), "{missing}");
+}
+
+#[test]
+fn ramp_slow_threshold_is_read_and_does_not_change_assignments() {
+    let doc = |ramp: &str| {
+        format!(
+            r#"{{"flags": {{"f": {{"state": "ENABLED", "variants": {{"on": true, "off": false}}, "defaultVariant": "off", "ramp": {ramp}}}}}}}"#
+        )
+    };
+    let with = FlagSet::from_str("f.json", &doc(r#"{"treatment": "on", "percent": 50, "slowUs": 250000}"#)).unwrap();
+    let without = FlagSet::from_str("f.json", &doc(r#"{"treatment": "on", "percent": 50}"#)).unwrap();
+    assert_eq!(with.get("f").and_then(|f| f.ramp()).and_then(|r| r.slow_us()), Some(250_000));
+    assert_eq!(without.get("f").and_then(|f| f.ramp()).and_then(|r| r.slow_us()), None);
+    let zero = FlagSet::from_str("f.json", &doc(r#"{"treatment": "on", "slowUs": 0}"#)).unwrap();
+    assert_eq!(zero.get("f").and_then(|f| f.ramp()).and_then(|r| r.slow_us()), Some(0));
+
+    let arena = rampart_flags::Bump::new();
+    for i in 0..200 {
+        let user = format!("user-{i}");
+        let ctx = rampart_flags::Context::builder(&arena).targeting_key(&user).build();
+        let (a, b) = (with.evaluate("f", &ctx, &arena), without.evaluate("f", &ctx, &arena));
+        assert_eq!((a.variant_name(), a.reason, a.unit), (b.variant_name(), b.reason, b.unit));
+    }
 }
