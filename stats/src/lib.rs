@@ -1,33 +1,42 @@
-//! Rampart's request statistics: per flag×variant RED counters and a mergeable log-linear latency
-//! histogram, recorded lock-free by the proxy's request tasks and merged by the control plane.
+//! Rampart's request statistics: per flag×variant RED counters, a mergeable log-linear latency
+//! histogram and the randomised (ramp-split) requests with their distinct units per window,
+//! recorded lock-free by the proxy's request tasks and merged by the control plane.
 //!
 //! Pure: std only, no I/O, no async runtime. The wire encoding lives with the protocol; this crate
 //! exposes what it needs ([`SparseHistogram::iter`], [`SparseHistogram::from_pairs`]).
 //!
 //! ```
-//! use rampart_stats::{Outcome, Registry};
+//! use rampart_stats::{Outcome, Registry, Split};
 //!
 //! let registry = Registry::new(1_000);
 //! // Snapshot build (rare): resolve the handle once per flag×variant.
 //! let series = registry.get_or_create("new-checkout", "on").expect("under the cap");
-//! // Per request (hot path): atomics only.
+//! // Per request (hot path): atomics only. A request assigned by targeting (not randomised):
 //! series.record(Outcome::Ok, Some(1_250));
-//! series.record(Outcome::Timeout, None);
+//! // Randomised requests (reason SPLIT): the unit's hash, and the ramp's slow threshold in µs.
+//! let (alice, bob, slow_us) = (0x5eed_a11ce, 0x5eed_b0b, 200_000);
+//! series.record_split(Outcome::Timeout, None, alice, slow_us);
+//! series.record_split(Outcome::Ok, Some(900), alice, slow_us);
+//! series.record_split(Outcome::Ok, Some(300_000), bob, slow_us);
 //! // Report tick: drain every series into deltas.
 //! let deltas = registry.take_all();
 //! assert_eq!(deltas.len(), 1);
 //! let (flag, variant, delta) = &deltas[0];
 //! assert_eq!((flag.as_str(), variant.as_str()), ("new-checkout", "on"));
-//! assert_eq!((delta.requests, delta.errors, delta.timeouts), (2, 1, 1));
-//! assert_eq!(delta.latency.count(), 1);
+//! assert_eq!((delta.requests, delta.errors, delta.timeouts), (4, 1, 1));
+//! assert_eq!(delta.latency.count(), 3);
+//! let split = Split { requests: 3, errors: 1, slow: 2, units: 2, failing_units: 1, slow_units: 2 };
+//! assert_eq!(delta.split, split);
 //! ```
 
 mod histogram;
 mod registry;
 mod series;
+mod units;
 
 pub use histogram::{
     AtomicHistogram, BucketOutOfRange, MAX_TRACKABLE_MICROS, NUM_BUCKETS, SparseHistogram, bucket_bounds, bucket_index,
 };
 pub use registry::Registry;
-pub use series::{Delta, Outcome, SeriesStats};
+pub use series::{Delta, NO_SLOW_THRESHOLD, Outcome, SeriesStats, Split};
+pub use units::{EXACT_SLOTS, Taken, UnitSet, UnitSetLarge, UnitSetSmall};

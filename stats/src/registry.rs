@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::series::{Delta, SeriesStats};
 
-/// Every recorded flag×variant series, at most `max_series` of them (each ≈ 15.6 KiB, see
+/// Every recorded flag×variant series, at most `max_series` of them (each ≈ 21.5 KiB, see
 /// [`SeriesStats`], so the cap bounds memory too).
 ///
 /// The map sits behind a `std::sync::Mutex`: it is only locked to create series (at snapshot

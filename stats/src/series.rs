@@ -1,9 +1,15 @@
-//! One flag×variant series: RED counters (requests, errors, timeouts) and the latency histogram,
-//! recorded lock-free by the proxy and drained into mergeable [`Delta`]s for the stats report.
+//! One flag×variant series: RED counters (requests, errors, timeouts), the latency histogram and the
+//! randomised (ramp-split) part with its distinct units, recorded lock-free by the proxy and drained
+//! into mergeable [`Delta`]s for the stats report.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::histogram::{AtomicHistogram, SparseHistogram};
+use crate::units::{UnitSetLarge, UnitSetSmall};
+
+/// The `slow_us` of [`SeriesStats::record_split`] when the ramp has no latency threshold (yet):
+/// nothing counts as slow, not even a timeout, because the latency guardrail is not active.
+pub const NO_SLOW_THRESHOLD: u64 = u64::MAX;
 
 /// How a request ended, as the proxy classifies it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,20 +26,29 @@ pub enum Outcome {
 /// Counters and latency of one flag×variant, shared by every request task through an `Arc`.
 ///
 /// [`record`](Self::record) touches only atomics (2–4 `fetch_add(Relaxed)`, no lock, no
-/// allocation). Memory: 3 × 8 B counters plus one [`AtomicHistogram`] (≈ 15.5 KiB), ≈ 15.6 KiB per
-/// series.
+/// allocation); [`record_split`](Self::record_split) adds one to three [`UnitSet`](crate::UnitSet)
+/// inserts (lock-free, allocation-free). Memory: 3 × 8 B counters, one [`AtomicHistogram`]
+/// (≈ 15.5 KiB) and three unit sets (4.3 KiB + 2 × 0.8 KiB), ≈ 21.5 KiB per series.
 ///
-/// [`take`](Self::take) swaps every counter and bucket to zero. Each recorded request lands in
-/// exactly one delta, but the counters and the histogram are drained one after the other, so a
-/// request recorded during a `take` may have its request count in one delta and its error or
-/// latency in the next: a single delta can be skewed by the requests in flight at that instant
-/// (even `errors > requests` in a tiny delta); sums over deltas are exact.
+/// [`take`](Self::take) swaps every counter, bucket and unit set to zero. Each recorded request
+/// lands in exactly one delta, but the counters, the histogram and the sets are drained one after
+/// the other, so a request recorded during a `take` may have its request count in one delta and
+/// its error or latency in the next: a single delta can be skewed by the requests in flight at that
+/// instant (even `errors > requests` in a tiny delta, and the same within [`Split`]); sums of the
+/// counters over deltas are exact (distinct-unit counts are per window and do not sum to distinct
+/// units, see [`Delta::merge`]).
 #[derive(Debug, Default)]
 pub struct SeriesStats {
     requests: AtomicU64,
     errors: AtomicU64,
     timeouts: AtomicU64,
     latency: AtomicHistogram,
+    /// Every randomised request's unit; its inserts are `Split::requests`.
+    split_units: UnitSetLarge,
+    /// Units of randomised requests that failed; its inserts are `Split::errors`.
+    split_failing: UnitSetSmall,
+    /// Units of randomised requests that were slow; its inserts are `Split::slow`.
+    split_slow: UnitSetSmall,
 }
 
 impl SeriesStats {
@@ -63,15 +78,78 @@ impl SeriesStats {
         }
     }
 
+    /// Counts one *randomised* request — its variant came from the ramp's split (reason `SPLIT`)
+    /// — exactly as [`record`](Self::record) does, and also in [`Split`]: `unit` is its unit's
+    /// hash (the flag's `Resolution::unit`). It is slow when `latency_micros > slow_us`, or when it
+    /// timed out; with `slow_us` = [`NO_SLOW_THRESHOLD`] (the ramp has no `slowUs`) nothing is slow.
+    #[inline]
+    pub fn record_split(&self, outcome: Outcome, latency_micros: Option<u64>, unit: u64, slow_us: u64) {
+        self.record(outcome, latency_micros);
+        self.split_units.insert(unit);
+        if outcome != Outcome::Ok {
+            self.split_failing.insert(unit);
+        }
+        let slow = slow_us != NO_SLOW_THRESHOLD
+            && (outcome == Outcome::Timeout || latency_micros.is_some_and(|micros| micros > slow_us));
+        if slow {
+            self.split_slow.insert(unit);
+        }
+    }
+
     /// Moves everything recorded since the last `take` into a [`Delta`] (see the type's docs for
     /// what a concurrent `record` sees).
     pub fn take(&self) -> Delta {
-        Delta {
-            requests: self.requests.swap(0, Ordering::Relaxed),
-            errors: self.errors.swap(0, Ordering::Relaxed),
-            timeouts: self.timeouts.swap(0, Ordering::Relaxed),
-            latency: self.latency.take(),
-        }
+        let requests = self.requests.swap(0, Ordering::Relaxed);
+        let errors = self.errors.swap(0, Ordering::Relaxed);
+        let timeouts = self.timeouts.swap(0, Ordering::Relaxed);
+        let latency = self.latency.take();
+        let (units, failing, slow) = (self.split_units.take(), self.split_failing.take(), self.split_slow.take());
+        let split = Split {
+            requests: units.inserts,
+            errors: failing.inserts,
+            slow: slow.inserts,
+            units: units.units,
+            failing_units: failing.units,
+            slow_units: slow.units,
+        };
+        Delta { requests, errors, timeouts, latency, split }
+    }
+}
+
+/// The randomised part of a series over one window: requests whose variant came from the ramp's
+/// split (reason `SPLIT`, computed by this sidecar; not targeting, not a propagated assignment or
+/// override, not a request without a bucketing key). Also counted in the [`Delta`]'s totals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Split {
+    /// Randomised requests.
+    pub requests: u64,
+    /// Randomised requests that failed, timeouts included.
+    pub errors: u64,
+    /// Randomised requests slower than the ramp's `slowUs`, timeouts included (0 without `slowUs`).
+    pub slow: u64,
+    /// Distinct units among `requests`.
+    pub units: u64,
+    /// Distinct units with at least one error (timeouts included): one user's retries are one.
+    pub failing_units: u64,
+    /// Distinct units with at least one slow request.
+    pub slow_units: u64,
+}
+
+impl Split {
+    /// Adds `other` into `self`, saturating. Unit counts add up as *unit-windows*: a unit seen in
+    /// two merged windows counts twice.
+    pub fn merge(&mut self, other: &Split) {
+        self.requests = self.requests.saturating_add(other.requests);
+        self.errors = self.errors.saturating_add(other.errors);
+        self.slow = self.slow.saturating_add(other.slow);
+        self.units = self.units.saturating_add(other.units);
+        self.failing_units = self.failing_units.saturating_add(other.failing_units);
+        self.slow_units = self.slow_units.saturating_add(other.slow_units);
+    }
+
+    /// Whether every count is zero.
+    pub fn is_empty(&self) -> bool {
+        *self == Split::default()
     }
 }
 
@@ -88,20 +166,25 @@ pub struct Delta {
     pub timeouts: u64,
     /// Latency of the requests that reported one, in µs.
     pub latency: SparseHistogram,
+    /// The randomised requests among `requests`, with their distinct units.
+    pub split: Split,
 }
 
 impl Delta {
-    /// Adds `other` into `self`.
+    /// Adds `other` into `self`. The distinct-unit counts of [`Split`] add up as *unit-windows*:
+    /// a unit seen in two merged windows counts twice, which is what a per-window comparison of the
+    /// arms expects (the merged delta stands for the windows it covers).
     pub fn merge(&mut self, other: &Delta) {
         self.requests = self.requests.saturating_add(other.requests);
         self.errors = self.errors.saturating_add(other.errors);
         self.timeouts = self.timeouts.saturating_add(other.timeouts);
         self.latency.merge(&other.latency);
+        self.split.merge(&other.split);
     }
 
-    /// Whether nothing was recorded (no counts and no latency samples).
+    /// Whether nothing was recorded (no counts, no latency samples, no randomised requests).
     pub fn is_empty(&self) -> bool {
-        self.requests == 0 && self.errors == 0 && self.timeouts == 0 && self.latency.is_empty()
+        self.requests == 0 && self.errors == 0 && self.timeouts == 0 && self.latency.is_empty() && self.split.is_empty()
     }
 
     /// `errors / requests`, or `None` without requests. Not clamped: see [`SeriesStats`] on why a
@@ -138,13 +221,69 @@ mod tests {
     fn merge_adds_every_field() {
         let (a, b) = (SeriesStats::new(), SeriesStats::new());
         a.record(Outcome::Ok, Some(10));
+        a.record_split(Outcome::Error, Some(900), 7, 500);
         b.record(Outcome::Timeout, Some(5_000_000));
+        b.record_split(Outcome::Ok, Some(20), 8, 500);
         let mut sum = a.take();
         sum.merge(&b.take());
         let all = SeriesStats::new();
         all.record(Outcome::Ok, Some(10));
+        all.record_split(Outcome::Error, Some(900), 7, 500);
         all.record(Outcome::Timeout, Some(5_000_000));
+        all.record_split(Outcome::Ok, Some(20), 8, 500);
         assert_eq!(sum, all.take());
+    }
+
+    #[test]
+    fn randomised_requests_count_in_the_totals_and_by_unit() {
+        let s = SeriesStats::new();
+        s.record(Outcome::Error, Some(10)); // targeted, say: totals only
+        for user in 1..=10u64 {
+            for attempt in 0..3 {
+                // Users 1 and 2 fail every attempt; user 3 is slow once; user 4 times out once.
+                let outcome = match (user, attempt) {
+                    (1 | 2, _) => Outcome::Error,
+                    (4, 0) => Outcome::Timeout,
+                    _ => Outcome::Ok,
+                };
+                let micros = if (user, attempt) == (3, 1) { 250_000 } else { 1_000 };
+                s.record_split(outcome, (outcome != Outcome::Timeout).then_some(micros), user, 200_000);
+            }
+        }
+        let d = s.take();
+        assert_eq!((d.requests, d.errors, d.timeouts), (31, 8, 1));
+        let want = Split { requests: 30, errors: 7, slow: 2, units: 10, failing_units: 3, slow_units: 2 };
+        assert_eq!(d.split, want);
+        assert!(s.take().is_empty());
+
+        // Merged windows count unit-windows: the same unit in two windows counts twice.
+        s.record_split(Outcome::Ok, Some(1), 5, NO_SLOW_THRESHOLD);
+        let mut merged = s.take();
+        s.record_split(Outcome::Ok, Some(1), 5, NO_SLOW_THRESHOLD);
+        merged.merge(&s.take());
+        assert_eq!((merged.split.requests, merged.split.units), (2, 2));
+    }
+
+    #[test]
+    fn without_a_threshold_nothing_is_slow() {
+        let s = SeriesStats::new();
+        s.record_split(Outcome::Timeout, None, 1, NO_SLOW_THRESHOLD);
+        s.record_split(Outcome::Ok, Some(u64::MAX - 1), 2, NO_SLOW_THRESHOLD);
+        let split = s.take().split;
+        assert_eq!((split.slow, split.slow_units), (0, 0));
+        assert_eq!((split.errors, split.failing_units, split.units), (1, 1, 2));
+        // A zero threshold: anything measurable is slow, and so is a timeout.
+        s.record_split(Outcome::Timeout, None, 1, 0);
+        s.record_split(Outcome::Ok, Some(1), 2, 0);
+        s.record_split(Outcome::Ok, Some(0), 3, 0);
+        let split = s.take().split;
+        assert_eq!((split.slow, split.slow_units), (2, 2));
+    }
+
+    #[test]
+    fn a_delta_with_only_split_counts_is_not_empty() {
+        let d = Delta { split: Split { units: 1, ..Split::default() }, ..Delta::default() };
+        assert!(!d.is_empty());
     }
 
     #[test]
