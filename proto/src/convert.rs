@@ -1,18 +1,43 @@
 //! Conversions between the wire messages and `rampart-stats` values.
 
-use rampart_stats::{BucketOutOfRange, Delta, SparseHistogram};
+use rampart_stats::{BucketOutOfRange, Delta, SparseHistogram, Split};
 
-use crate::rampart::v1::{Histogram, VariantStats};
+use crate::rampart::v1::{Histogram, SplitStats, VariantStats};
 
-/// Why a message cannot be turned into stats.
+/// Why a message cannot be turned into stats: only a structurally invalid histogram. Counts are
+/// taken as sent, even `errors > requests` (see [`delta`]).
 #[derive(Debug, thiserror::Error)]
 pub enum InvalidStats {
     #[error("histogram has {buckets} bucket indices but {counts} counts")]
     Lengths { buckets: usize, counts: usize },
     #[error(transparent)]
     Bucket(#[from] BucketOutOfRange),
-    #[error("errors ({errors}) or timeouts ({timeouts}) exceed requests ({requests})")]
-    Counts { requests: u64, errors: u64, timeouts: u64 },
+}
+
+impl From<&Split> for SplitStats {
+    fn from(s: &Split) -> Self {
+        SplitStats {
+            requests: s.requests,
+            errors: s.errors,
+            slow: s.slow,
+            units: s.units,
+            failing_units: s.failing_units,
+            slow_units: s.slow_units,
+        }
+    }
+}
+
+impl From<&SplitStats> for Split {
+    fn from(s: &SplitStats) -> Self {
+        Split {
+            requests: s.requests,
+            errors: s.errors,
+            slow: s.slow,
+            units: s.units,
+            failing_units: s.failing_units,
+            slow_units: s.slow_units,
+        }
+    }
 }
 
 impl From<&SparseHistogram> for Histogram {
@@ -33,7 +58,7 @@ impl TryFrom<&Histogram> for SparseHistogram {
     }
 }
 
-/// The wire form of one series' delta.
+/// The wire form of one series' delta (`split` left out when all its counts are zero).
 pub fn variant_stats(flag: &str, variant: &str, d: &Delta) -> VariantStats {
     VariantStats {
         flag: flag.to_owned(),
@@ -42,19 +67,21 @@ pub fn variant_stats(flag: &str, variant: &str, d: &Delta) -> VariantStats {
         errors: d.errors,
         timeouts: d.timeouts,
         latency_histogram: Some(Histogram::from(&d.latency)),
+        split: (!d.split.is_empty()).then(|| SplitStats::from(&d.split)),
     }
 }
 
-/// The delta carried by a wire message, checked for consistency.
+/// The delta carried by a wire message. The counts are taken as sent: a sidecar drains its
+/// counters one after the other while requests go on, so one delta may show `errors > requests`
+/// or `timeouts > errors` (most often for a variant whose every request fails — the one to see);
+/// sums over deltas are exact. Only a structurally invalid histogram is refused.
 pub fn delta(v: &VariantStats) -> Result<Delta, InvalidStats> {
-    if v.errors > v.requests || v.timeouts > v.errors {
-        return Err(InvalidStats::Counts { requests: v.requests, errors: v.errors, timeouts: v.timeouts });
-    }
     let latency = match &v.latency_histogram {
         Some(h) => SparseHistogram::try_from(h)?,
         None => SparseHistogram::default(),
     };
-    Ok(Delta { requests: v.requests, errors: v.errors, timeouts: v.timeouts, latency })
+    let split = v.split.as_ref().map(Split::from).unwrap_or_default();
+    Ok(Delta { requests: v.requests, errors: v.errors, timeouts: v.timeouts, latency, split })
 }
 
 #[cfg(test)]
@@ -63,16 +90,31 @@ mod tests {
 
     #[test]
     fn round_trip_and_validation() {
-        let mut d = Delta { requests: 10, errors: 2, timeouts: 1, latency: SparseHistogram::default() };
+        let split = Split { requests: 8, errors: 2, slow: 1, units: 5, failing_units: 2, slow_units: 1 };
+        let mut d = Delta { requests: 10, errors: 2, timeouts: 1, latency: SparseHistogram::default(), split };
         d.latency.record(1500);
         d.latency.record(90_000);
         let wire = variant_stats("f", "on", &d);
+        assert_eq!(wire.split.as_ref().map(|s| (s.units, s.failing_units)), Some((5, 2)));
         assert_eq!(delta(&wire).unwrap(), d);
-        let mut bad = wire.clone();
-        bad.errors = 11;
-        assert!(delta(&bad).is_err());
         let mut bad = wire;
         bad.latency_histogram.as_mut().unwrap().counts.pop();
         assert!(matches!(delta(&bad), Err(InvalidStats::Lengths { .. })));
+    }
+
+    #[test]
+    fn no_randomised_traffic_no_split_on_the_wire() {
+        let d = Delta { requests: 3, ..Delta::default() };
+        let wire = variant_stats("f", "on", &d);
+        assert_eq!(wire.split, None);
+        assert_eq!(delta(&wire).unwrap().split, Split::default());
+    }
+
+    #[test]
+    fn skewed_counts_are_accepted_as_sent() {
+        // Drained mid-request: the errors of requests counted in the previous report.
+        let split = Split { requests: 1, errors: 3, failing_units: 2, units: 1, ..Split::default() };
+        let d = Delta { requests: 1, errors: 3, timeouts: 4, latency: SparseHistogram::default(), split };
+        assert_eq!(delta(&variant_stats("f", "on", &d)).unwrap(), d);
     }
 }

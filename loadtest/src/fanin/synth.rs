@@ -66,7 +66,8 @@ fn draw(
         let tail = if rng.f64() < 0.01 { 5.0 } else { 1.0 };
         latency.record((median_us * (0.6 * normal(rng)).exp() * tail) as u64);
     }
-    convert::variant_stats(flag, variant, &Delta { requests, errors, timeouts, latency })
+    // Synthetic reports carry no randomised (split) part.
+    convert::variant_stats(flag, variant, &Delta { requests, errors, timeouts, latency, split: Default::default() })
 }
 
 /// A standard normal draw (Box–Muller).
