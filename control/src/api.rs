@@ -60,29 +60,35 @@ async fn put_flags(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
     };
     let yaml = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.contains("yaml"));
     let format = if yaml { Format::Yaml } else { Format::Json };
-    // While a ramp runs the engine owns its flag's percent, whatever the new definitions say.
-    let parsed = flags::parse("request body", text, format).and_then(|(set, _)| {
-        let mut doc = set.definition().clone();
-        engine::impose_active_ramps(&shared, &mut doc);
-        let set = rampart_flags::FlagSet::from_value("request body", doc)?;
-        let json = set.definition().to_string();
-        Ok((set, json))
-    });
-    let (set, json_text) = match parsed {
-        Ok(parsed) => parsed,
-        Err(e) => {
-            let problems: Vec<String> = e.to_string().lines().map(str::to_owned).collect();
-            let body = json!({"error": "invalid flag definitions", "problems": problems});
-            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
-        }
+    let doc = match flags::parse("request body", text, format) {
+        Ok((set, _)) => set.definition().clone(),
+        Err(e) => return invalid(&e),
     };
     let shared2 = shared.clone();
-    let published = tokio::task::spawn_blocking(move || flags::publish(&shared2, &set, json_text, "api")).await;
+    let published = tokio::task::spawn_blocking(move || {
+        // The engine owns a running ramp's percent and keeps a rolled-back treatment at 0%,
+        // whatever the new definitions say. The ramps stay locked until the new version is
+        // published, so a rollback decided meanwhile is published after it, never undone by it.
+        let ramps = lock(&shared2.ramps);
+        let mut doc = doc;
+        engine::impose_ramps(&ramps, &mut doc);
+        let set = rampart_flags::FlagSet::from_value("request body", doc).map_err(flags::PublishError::from)?;
+        let json_text = set.definition().to_string();
+        flags::publish(&shared2, &set, json_text, "api")
+    })
+    .await;
     match published {
         Ok(Ok(version)) => axum::Json(json!({ "version": version })).into_response(),
+        Ok(Err(flags::PublishError::Invalid(e))) => invalid(&e),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
+}
+
+fn invalid(e: &rampart_flags::LoadError) -> Response {
+    let problems: Vec<String> = e.to_string().lines().map(str::to_owned).collect();
+    let body = json!({"error": "invalid flag definitions", "problems": problems});
+    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
 }
 
 async fn stats(State(shared): State<Arc<Shared>>, Path(flag): Path<String>) -> Response {
@@ -123,8 +129,10 @@ struct StartBody {
     min_dwell: Option<String>,
     alpha: Option<f64>,
     min_samples: Option<u64>,
-    max_error_increase: Option<f64>,
-    max_slow_share_increase: Option<f64>,
+    /// Advance when the relative risk is shown below 1 + delta (default 0.5).
+    delta: Option<f64>,
+    /// Or when the excess failing requests per hour at the next step fit this budget.
+    error_budget: Option<f64>,
     change_id: Option<String>,
     /// RFC 3339, e.g. "2026-11-26T09:30:00+01:00".
     commit_time: Option<String>,
@@ -152,12 +160,10 @@ fn parse_start(body: &[u8]) -> Result<StartRequest, String> {
     if let Some(n) = b.min_samples {
         policy.min_samples = n;
     }
-    if let Some(m) = b.max_error_increase {
-        policy.max_error_increase = m;
+    if let Some(d) = b.delta {
+        policy.delta = d;
     }
-    if let Some(m) = b.max_slow_share_increase {
-        policy.max_slow_share_increase = m;
-    }
+    policy.error_budget = b.error_budget;
     let commit_ms = match &b.commit_time {
         None => None,
         Some(t) => {
@@ -172,7 +178,7 @@ fn parse_start(body: &[u8]) -> Result<StartRequest, String> {
     Ok(StartRequest {
         flag: b.flag,
         treatment: b.treatment,
-        steps: b.steps.unwrap_or_else(|| vec![1.0, 5.0, 25.0, 50.0, 100.0]),
+        steps: b.steps.unwrap_or_else(|| crate::ramp::model::DEFAULT_STEPS.to_vec()),
         policy,
         change_id: b.change_id,
         commit_ms,

@@ -104,7 +104,7 @@ mod tests {
 
     fn ramp(id: i64, state: State, started: i64, finished: Option<i64>) -> Ramp {
         let empty = rampart_stats::Delta::default();
-        let mut r = Ramp::new(id, "f", "on", "off", vec![1.0, 100.0], Policy::default(), started, (&empty, &empty));
+        let mut r = Ramp::new(id, "f", "on", "off", vec![1.0, 100.0], Policy::default(), started, &empty);
         r.state = state;
         r.finished_ms = finished;
         r

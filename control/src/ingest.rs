@@ -1,7 +1,8 @@
 //! Applying stats reports exactly once, with group commit: one task takes every submitted report
 //! in arrival order, drops each whose `(proxy_id, epoch, seq)` is already applied, and commits the
 //! new totals with the new sequences in one transaction per batch. Only after the commit does it
-//! answer, so a sidecar's report is acknowledged exactly when it is durable.
+//! answer, so a sidecar's report is acknowledged exactly when it is durable, and only then do the
+//! reports' randomised windows reach the ramp engine (once, like the totals).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,7 +12,8 @@ use rampart_proto::rampart::v1::StatsReport;
 use rampart_stats::Delta;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::state::{Shared, lock, now_ms};
+use crate::ramp::window::Arm;
+use crate::state::{Shared, Windows, lock, now_ms};
 use crate::store::{ProxyKey, TotalRow};
 
 /// Most reports committed in one transaction.
@@ -50,6 +52,7 @@ async fn apply(shared: &Arc<Shared>, batch: Vec<Submission>) {
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut seqs: HashMap<ProxyKey, u64> = HashMap::new();
     let mut totals: HashMap<(String, String), Delta> = HashMap::new();
+    let mut windows = Windows::new();
     {
         let applied = lock(&shared.seqs);
         let current = lock(&shared.totals);
@@ -67,6 +70,11 @@ async fn apply(shared: &Arc<Shared>, batch: Vec<Submission>) {
             };
             for (v, d) in deltas {
                 let key = (v.flag.clone(), v.variant.clone());
+                if d.split != rampart_stats::Split::default() {
+                    let (arm, latency) = windows.entry(key.clone()).or_default();
+                    arm.add(&Arm::from(&d.split));
+                    latency.merge(&d.latency);
+                }
                 let entry = totals.entry(key).or_insert_with_key(|k| current.get(k).cloned().unwrap_or_default());
                 entry.merge(&d);
             }
@@ -89,6 +97,12 @@ async fn apply(shared: &Arc<Shared>, batch: Vec<Submission>) {
             Ok((Ok(()), new_totals, new_seqs)) => {
                 lock(&shared.totals).extend(new_totals);
                 lock(&shared.seqs).extend(new_seqs);
+                let mut pending = lock(&shared.windows);
+                for (key, (arm, latency)) in windows {
+                    let (a, l) = pending.entry(key).or_default();
+                    a.add(&arm);
+                    l.merge(&latency);
+                }
             }
             Ok((Err(e), ..)) => {
                 tracing::error!(error = %e, "committing stats failed; sidecars will resend");

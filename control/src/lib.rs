@@ -145,6 +145,7 @@ impl Control {
         let shared = Shared {
             store: Arc::new(Mutex::new(store)),
             totals: Mutex::new(totals),
+            windows: Mutex::default(),
             seqs: Mutex::new(seqs),
             proxies: Mutex::new(BTreeMap::new()),
             flags: watch::Sender::new(Arc::new(flags)),

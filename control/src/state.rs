@@ -4,11 +4,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use rampart_stats::Delta;
+use rampart_stats::{Delta, SparseHistogram};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::ramp::model::Ramp;
+use crate::ramp::window::Arm;
 use crate::store::{ProxyKey, Store};
 
 /// A flag definition as distributed: validated, versioned.
@@ -39,10 +40,16 @@ pub(crate) struct ProxyInfo {
 
 pub(crate) type Totals = HashMap<(String, String), Delta>;
 
+/// Per (flag, variant), what the reports applied since the last engine tick brought: the
+/// randomised part (see `ramp::window`) and the variant's latencies.
+pub(crate) type Windows = HashMap<(String, String), (Arm, SparseHistogram)>;
+
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) store: Arc<Mutex<Store>>,
     pub(crate) totals: Mutex<Totals>,
+    /// Drained by every engine tick.
+    pub(crate) windows: Mutex<Windows>,
     pub(crate) seqs: Mutex<HashMap<ProxyKey, u64>>,
     pub(crate) proxies: Mutex<BTreeMap<String, ProxyInfo>>,
     pub(crate) flags: watch::Sender<Arc<Flags>>,

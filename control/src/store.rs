@@ -101,7 +101,7 @@ impl Store {
         for row in rows {
             let (flag, variant, requests, errors, timeouts, blob) = row?;
             let latency = decode_histogram(&blob).map_err(|e| StoreError::Corrupt(format!("{flag}/{variant}: {e}")))?;
-            out.push((flag, variant, Delta { requests, errors, timeouts, latency }));
+            out.push((flag, variant, Delta { requests, errors, timeouts, latency, split: Default::default() }));
         }
         Ok(out)
     }
@@ -275,7 +275,13 @@ mod tests {
     fn batches_round_trip_through_a_real_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.db");
-        let mut d = Delta { requests: 5, errors: 1, timeouts: 0, latency: SparseHistogram::default() };
+        let mut d = Delta {
+            requests: 5,
+            errors: 1,
+            timeouts: 0,
+            latency: SparseHistogram::default(),
+            split: Default::default(),
+        };
         d.latency.record(250);
         {
             let mut s = Store::open(&path).unwrap();

@@ -1,7 +1,8 @@
-//! The live ramp engine: every second, each running ramp observes its flag's aggregated totals,
-//! decides, and carries the decision out — a new percent is published to every sidecar at once, a
-//! rollback sets the treatment to 0% — with every decision, event and state change persisted.
-//! Also the operator's actions (start, pause, resume, abort).
+//! The live ramp engine: every second, each running ramp takes its flag's window (the randomised
+//! stats that reports brought since the last tick), decides, and carries the decision out — a new
+//! percent (and slow threshold) is published to every sidecar at once, a rollback sets the
+//! treatment to 0% — with every decision, event and state change persisted. Also the operator's
+//! actions (start, pause, resume, abort) and the guard that no flags write undoes a rollback.
 
 use std::sync::Arc;
 
@@ -11,6 +12,8 @@ use serde_json::{Value, json};
 
 use super::decide::{Action, Decision, Policy};
 use super::model::{Ramp, State, Transition};
+use super::plan;
+use super::window::Window;
 use crate::flags::{self, PublishError};
 use crate::state::{Shared, lock, now_ms};
 use crate::store::{DecisionRow, EventRow, StoreError};
@@ -47,34 +50,49 @@ fn totals(shared: &Shared, flag: &str, variant: &str) -> Delta {
     lock(&shared.totals).get(&(flag.to_owned(), variant.to_owned())).cloned().unwrap_or_default()
 }
 
-/// Sets `flag`'s ramp block to `percent` of `treatment` and publishes the new flags version.
-fn set_percent(shared: &Shared, flag: &str, treatment: &str, percent: f64) -> Result<u64, RampError> {
-    let mut doc = shared.flags.borrow().definition.clone();
-    let Some(def) = doc.get_mut("flags").and_then(|f| f.get_mut(flag)).and_then(Value::as_object_mut) else {
-        return Err(RampError::Conflict(format!("flag \"{flag}\" is no longer defined")));
-    };
-    let bucket_by = def.get("ramp").and_then(|r| r.get("bucketBy")).cloned();
-    let mut ramp = json!({"treatment": treatment, "percent": percent});
-    if let Some(b) = bucket_by {
-        ramp["bucketBy"] = b;
+/// The ramp block the engine serves for `ramp` (keeping the definition's `bucketBy`).
+fn ramp_block(def: &serde_json::Map<String, Value>, ramp: &Ramp) -> Value {
+    let mut block = json!({"treatment": ramp.treatment, "percent": ramp.percent()});
+    if let Some(b) = def.get("ramp").and_then(|r| r.get("bucketBy")) {
+        block["bucketBy"] = b.clone();
     }
-    def.insert("ramp".to_owned(), ramp);
+    if let (Some(us), true) = (ramp.slow_threshold_us, ramp.state.active()) {
+        block["slowUs"] = json!(us);
+    }
+    block
+}
+
+/// Publishes `ramp`'s percent and slow threshold in its flag's ramp block. The caller holds the
+/// ramps lock, so no flags write can interleave between reading the definition and publishing.
+fn set_percent(shared: &Shared, ramp: &Ramp) -> Result<u64, RampError> {
+    let mut doc = shared.flags.borrow().definition.clone();
+    let Some(def) = doc.get_mut("flags").and_then(|f| f.get_mut(&ramp.flag)).and_then(Value::as_object_mut) else {
+        return Err(RampError::Conflict(format!("flag \"{}\" is no longer defined", ramp.flag)));
+    };
+    let block = ramp_block(def, ramp);
+    def.insert("ramp".to_owned(), block);
     let set = FlagSet::from_value("ramp engine", doc).map_err(PublishError::from)?;
     let json = set.definition().to_string();
     Ok(flags::publish(shared, &set, json, "ramp")?)
 }
 
-/// Overrides the ramp blocks in `doc` with the engine's, for every active ramp: while a ramp runs,
-/// the engine owns its flag's percent, whatever a replacement definition says.
-pub(crate) fn impose_active_ramps(shared: &Shared, doc: &mut Value) {
-    for r in lock(&shared.ramps).values().filter(|r| r.state.active()) {
-        if let Some(def) = doc.get_mut("flags").and_then(|f| f.get_mut(&r.flag)).and_then(Value::as_object_mut) {
-            let bucket_by = def.get("ramp").and_then(|x| x.get("bucketBy")).cloned();
-            let mut ramp = json!({"treatment": r.treatment, "percent": r.percent()});
-            if let Some(b) = bucket_by {
-                ramp["bucketBy"] = b;
-            }
-            def.insert("ramp".to_owned(), ramp);
+/// Overrides the ramp blocks in `doc` with the engine's: while a ramp runs the engine owns its
+/// flag's percent, and after a rollback or an abort the treatment stays at 0% whatever a
+/// replacement definition says (a new ramp is started through the API). `ramps` is the locked
+/// map: the caller publishes before releasing it, so a rollback cannot slip in between.
+pub(crate) fn impose_ramps(ramps: &std::collections::BTreeMap<i64, Ramp>, doc: &mut Value) {
+    let mut latest: std::collections::HashMap<&str, &Ramp> = std::collections::HashMap::new();
+    for r in ramps.values() {
+        latest.insert(&r.flag, r);
+    }
+    for r in latest.into_values() {
+        let Some(def) = doc.get_mut("flags").and_then(|f| f.get_mut(&r.flag)).and_then(Value::as_object_mut) else {
+            continue;
+        };
+        let stopped = matches!(r.state, State::RolledBack | State::Aborted);
+        if r.state.active() || (stopped && def.contains_key("ramp")) {
+            let block = ramp_block(def, r);
+            def.insert("ramp".to_owned(), block);
         }
     }
 }
@@ -105,15 +123,25 @@ pub(crate) fn start(shared: &Shared, req: StartRequest) -> Result<Ramp, RampErro
     if req.treatment == control {
         return bad(format!("the treatment must differ from the control (defaultVariant \"{control}\")"));
     }
-    if req.steps.is_empty()
+    if req.steps.len() < 2
         || req.steps.iter().any(|s| !(*s > 0.0 && *s <= 100.0))
         || !req.steps.windows(2).all(|w| w[0] < w[1])
         || req.steps.last() != Some(&100.0)
     {
-        return bad("steps must rise strictly within (0, 100] and end at 100".to_owned());
+        return bad(
+            "steps must rise strictly within (0, 100] and end at 100, with at least one testing step before it \
+             (the last one keeps a concurrent control)"
+                .to_owned(),
+        );
     }
     if !(req.policy.alpha > 0.0 && req.policy.alpha < 1.0) {
         return bad("alpha must be in (0, 1)".to_owned());
+    }
+    if !(req.policy.delta > 0.0 && req.policy.delta.is_finite()) {
+        return bad("delta must be a positive number (advance when the relative risk is below 1 + delta)".to_owned());
+    }
+    if req.policy.error_budget.is_some_and(|b| !(b >= 0.0 && b.is_finite())) {
+        return bad("error_budget must be a non-negative number of requests per hour".to_owned());
     }
     let mut ramps = lock(&shared.ramps);
     if let Some(active) = ramps.values().find(|r| r.flag == req.flag && r.state.active()) {
@@ -122,10 +150,11 @@ pub(crate) fn start(shared: &Shared, req: StartRequest) -> Result<Ramp, RampErro
     let id = ramps.keys().next_back().map_or(1, |last| last + 1);
     let now = now_ms();
     let (t, c) = (totals(shared, &req.flag, &req.treatment), totals(shared, &req.flag, control));
-    let mut ramp = Ramp::new(id, &req.flag, &req.treatment, control, req.steps, req.policy, now, (&t, &c));
+    let mut ramp = Ramp::new(id, &req.flag, &req.treatment, control, req.steps, req.policy, now, &t);
     ramp.change_id = req.change_id;
     ramp.commit_ms = req.commit_ms;
-    let version = set_percent(shared, &ramp.flag, &ramp.treatment, ramp.percent())?;
+    ramp.slow_threshold_us = plan::threshold_of(&c.latency);
+    let version = set_percent(shared, &ramp)?;
     persist(shared, &ramp)?;
     event(
         shared,
@@ -133,6 +162,7 @@ pub(crate) fn start(shared: &Shared, req: StartRequest) -> Result<Ramp, RampErro
         "started",
         format!("{} → {}% of {} (flags version {version})", ramp.flag, ramp.percent(), ramp.treatment),
     )?;
+
     ramps.insert(id, ramp.clone());
     Ok(ramp)
 }
@@ -146,15 +176,15 @@ pub(crate) fn operate(shared: &Shared, flag: &str, op: &str) -> Result<Ramp, Ram
     let now = now_ms();
     match (op, ramp.state) {
         ("pause", State::Running) => ramp.state = State::Paused,
-        ("resume", State::Paused) => {
-            ramp.state = State::Running;
-            // The dwell restarts: time paused is not time observed at this step.
-            ramp.step_started_ms = now;
-        }
+        ("resume", State::Paused) => ramp.resume(now),
         ("abort", State::Running | State::Paused) => {
+            let before = ramp.clone();
             ramp.state = State::Aborted;
             ramp.finished_ms = Some(now);
-            set_percent(shared, &ramp.flag, &ramp.treatment, 0.0)?;
+            if let Err(e) = set_percent(shared, ramp) {
+                *ramp = before;
+                return Err(e);
+            }
         }
         ("pause" | "resume" | "abort", state) => {
             return Err(RampError::Conflict(format!("cannot {op} a {} ramp", state.as_str())));
@@ -168,6 +198,9 @@ pub(crate) fn operate(shared: &Shared, flag: &str, op: &str) -> Result<Ramp, Ram
 
 /// One engine tick at `now`.
 pub(crate) fn tick(shared: &Arc<Shared>, now: i64) {
+    // Everything reported since the last tick; windows of flags without a running ramp are
+    // dropped here, so the map never holds more than a tick's reports.
+    let mut windows = std::mem::take(&mut *lock(&shared.windows));
     let ids: Vec<i64> = lock(&shared.ramps)
         .values()
         .filter(|r| {
@@ -177,25 +210,35 @@ pub(crate) fn tick(shared: &Arc<Shared>, now: i64) {
         .map(|r| r.id)
         .collect();
     for id in ids {
-        if let Err(e) = tick_one(shared, id, now) {
+        if let Err(e) = tick_one(shared, id, now, &mut windows) {
             tracing::error!(ramp = id, error = %e, "ramp tick failed; retrying next tick");
         }
     }
 }
 
-fn tick_one(shared: &Shared, id: i64, now: i64) -> Result<(), RampError> {
+fn tick_one(shared: &Shared, id: i64, now: i64, windows: &mut crate::state::Windows) -> Result<(), RampError> {
     let mut ramps = lock(&shared.ramps);
     let Some(ramp) = ramps.get_mut(&id) else { return Ok(()) };
-    let (t, c) = (totals(shared, &ramp.flag, &ramp.treatment), totals(shared, &ramp.flag, &ramp.control));
     if ramp.state == State::RolledBack {
+        let t = totals(shared, &ramp.flag, &ramp.treatment);
         return settle_rollback(shared, ramp, &t, now);
     }
+    let mut window = Window::default();
+    if let Some((arm, _)) = windows.remove(&(ramp.flag.clone(), ramp.treatment.clone())) {
+        window.treatment = arm;
+    }
+    if let Some((arm, latency)) = windows.remove(&(ramp.flag.clone(), ramp.control.clone())) {
+        window.control = arm;
+        window.control_latency = latency;
+    }
     let before = ramp.clone();
-    let decision = ramp.observe(now, &t, &c);
+    let threshold = ramp.slow_threshold_us;
+    let decision = ramp.observe(now, &window);
     let transition = ramp.apply(&decision, now);
-    let result = carry_out(shared, ramp, &decision, transition, now);
+    let result = carry_out(shared, ramp, &decision, transition, threshold, now);
     if result.is_err() {
-        // Nothing half-done: the ramp stays as it was and the tick is retried.
+        // Nothing half-done: the ramp stays as it was and the tick is retried (this window's
+        // evidence is lost to the tests, which stay valid without it).
         *ramp = before;
     }
     result
@@ -206,22 +249,41 @@ fn carry_out(
     ramp: &mut Ramp,
     decision: &Decision,
     transition: Option<Transition>,
+    threshold_before: Option<u64>,
     now: i64,
 ) -> Result<(), RampError> {
+    let threshold = |r: &Ramp| r.slow_threshold_us.map_or_else(String::new, |us| format!(", slow above {us} µs"));
     match transition {
         Some(Transition::Percent(p)) => {
-            let version = set_percent(shared, &ramp.flag, &ramp.treatment, p)?;
-            event(shared, ramp, "advanced", format!("→ {p}% (flags version {version}): {}", decision.reason))?;
+            let version = set_percent(shared, ramp)?;
+            let slow = threshold(ramp);
+            event(shared, ramp, "advanced", format!("→ {p}% (flags version {version}{slow}): {}", decision.reason))?;
         }
         Some(Transition::Completed) => {
-            event(shared, ramp, "completed", format!("100% and non-inferior: {}", decision.reason))?;
+            let version = set_percent(shared, ramp)?;
+            event(shared, ramp, "completed", format!("→ 100% (flags version {version}): {}", decision.reason))?;
         }
         Some(Transition::RolledBack) => {
-            let version = set_percent(shared, &ramp.flag, &ramp.treatment, 0.0)?;
+            let version = set_percent(shared, ramp)?;
             ramp.rollback_version = Some(version);
             event(shared, ramp, "rolled_back", format!("→ 0% (flags version {version}): {}", decision.reason))?;
         }
+        Some(Transition::Paused) => {
+            event(shared, ramp, "paused", format!("paused by the engine at {}%: {}", ramp.percent(), decision.reason))?;
+        }
+        None if ramp.slow_threshold_us != threshold_before => {
+            let version = set_percent(shared, ramp)?;
+            let slow = threshold(ramp);
+            event(shared, ramp, "threshold", format!("latency guardrail set (flags version {version}{slow})"))?;
+        }
         None => {}
+    }
+    if ramp.plan_due(now) {
+        let p = plan::from_ramp(ramp, now);
+        ramp.planned = true;
+        if let Some(p) = p {
+            event(shared, ramp, "plan", p.describe())?;
+        }
     }
     let row = DecisionRow {
         at_ms: now,
@@ -232,6 +294,7 @@ fn carry_out(
             Action::Advance => "ADVANCE".to_owned(),
             Action::Hold => "HOLD".to_owned(),
             Action::Rollback => "ROLLBACK".to_owned(),
+            Action::Pause => "PAUSE".to_owned(),
         },
         reason: decision.reason.clone(),
         numbers: serde_json::to_value(&decision.numbers).unwrap_or(Value::Null),
@@ -298,6 +361,8 @@ pub(crate) fn status(shared: &Shared, ramp: &Ramp, recent: u32) -> Result<Value,
         "step": ramp.step + 1,
         "steps": ramp.steps,
         "percent": ramp.percent(),
+        "slow_threshold_us": ramp.slow_threshold_us,
+        "plan": plan::from_ramp(ramp, now_ms()),
         "policy": ramp.policy,
         "change_id": ramp.change_id,
         "commit_ms": ramp.commit_ms,

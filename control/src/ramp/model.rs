@@ -1,17 +1,22 @@
 //! A ramp and its state machine: `running` → (`paused` ⇄ `running`) → `completed` | `rolled_back` |
-//! `aborted`. [`Ramp::observe`] turns the latest totals into a decision; [`Ramp::apply`] carries it
-//! out on the ramp's own state. Pure (time is passed in), so the live engine and the simulation
-//! harness run exactly this code.
+//! `aborted`. [`Ramp::observe`] feeds a tick's window to the ramp's tests and returns a decision;
+//! [`Ramp::apply`] carries it out on the ramp's own state. Pure (time is passed in), so the live
+//! engine and the simulator (`rampart-loadtest simulate`) run exactly this code.
+
+use std::collections::VecDeque;
+use std::time::Duration;
 
 use rampart_stats::{Delta, SparseHistogram};
 use serde::{Deserialize, Serialize};
 
-use super::decide::{Action, Decision, Observation, Policy, decide};
-use super::sequential::ErrorShare;
+use super::decide::{Action, Decision, GuardState, Observation, Policy, decide};
+use super::sequential::{Harm, Ratio, RiskBound};
+use super::window::{Arm, Open, Window, errors_cell, slow_cell, units};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
+    #[default]
     Running,
     Paused,
     Completed,
@@ -51,35 +56,47 @@ impl From<&Delta> for Totals {
     }
 }
 
-/// `now − base`: what accumulated since `base` was taken (counts only grow).
-pub fn since(now: &Delta, base: &Totals) -> Delta {
-    let mut base_iter = base.latency.iter().copied().peekable();
-    let mut pairs = Vec::with_capacity(now.latency.iter().len());
-    for (bucket, count) in now.latency.iter() {
-        while base_iter.peek().is_some_and(|(b, _)| *b < bucket) {
-            base_iter.next();
-        }
-        let before = match base_iter.peek() {
-            Some(&(b, c)) if b == bucket => c,
-            _ => 0,
-        };
-        pairs.push((bucket, count.saturating_sub(before)));
-    }
-    Delta {
-        requests: now.requests.saturating_sub(base.requests),
-        errors: now.errors.saturating_sub(base.errors),
-        timeouts: now.timeouts.saturating_sub(base.timeouts),
-        latency: SparseHistogram::from_pairs(pairs).unwrap_or_default(),
-    }
-}
-
 /// What carrying out a decision changed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Transition {
-    /// Now at this percent.
+    /// Now at this percent (a new slow threshold may come with it: [`Ramp::slow_threshold_us`]).
     Percent(f64),
     Completed,
     RolledBack,
+    /// Paused by the engine (sample-ratio mismatch).
+    Paused,
+}
+
+/// Time after a percent change before strata enter the sample-ratio test: sidecars apply a new
+/// percent a push and a report interval later.
+pub const RATIO_SETTLE_MS: i64 = 10_000;
+/// How far back the control's latencies set the next step's slow threshold.
+pub const RECENT_MS: i64 = 60_000;
+/// Fewest control latencies before a slow threshold is set.
+pub const MIN_THRESHOLD_SAMPLES: u64 = 200;
+/// The quantile of the control's recent latencies that makes the slow threshold.
+pub const SLOW_QUANTILE: f64 = 0.99;
+/// The default steps: the last testing step keeps a 5% holdback, so there is always a concurrent
+/// control; 100% is reached only when it passes.
+pub const DEFAULT_STEPS: [f64; 6] = [1.0, 5.0, 25.0, 50.0, 95.0, 100.0];
+
+/// One guardrail's carried state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Guardrail {
+    pub harm: Harm,
+    pub bound: RiskBound,
+}
+
+impl Guardrail {
+    fn new(policy: &Policy) -> Guardrail {
+        Guardrail { harm: Harm::default(), bound: RiskBound::new(1.0 + policy.delta) }
+    }
+}
+
+impl Default for Guardrail {
+    fn default() -> Self {
+        Guardrail::new(&Policy::default())
+    }
 }
 
 /// One ramp: its definition, position and the state its tests carry between ticks.
@@ -101,29 +118,46 @@ pub struct Ramp {
     pub started_ms: i64,
     pub step_started_ms: i64,
     pub finished_ms: Option<i64>,
-    /// Totals when the ramp started: everything is measured from here.
+    /// The variant totals (all requests) when the ramp started: exposure is counted from here.
     pub base_treatment: Totals,
-    pub base_control: Totals,
-    /// Treatment requests since the start, when the current step started.
-    pub step_base_requests: u64,
-    /// Totals at the previous tick: each tick's window feeds the e-process.
-    pub last_treatment: (u64, u64),
-    pub last_control: (u64, u64),
-    pub error_share: ErrorShare,
-    /// Treatment requests since the start, at the last observation.
+    /// Randomised units over the ramp and at the current step, per arm.
+    #[serde(default)]
+    pub sums: (Arm, Arm),
+    #[serde(default)]
+    pub step_sums: (Arm, Arm),
+    /// The stratum being filled.
+    #[serde(default)]
+    pub open: Open,
+    #[serde(default)]
+    pub errors: Guardrail,
+    #[serde(default)]
+    pub latency: Guardrail,
+    #[serde(default)]
+    pub ratio: Ratio,
+    /// The current step's slow threshold, µs (sidecars count slow units against it).
+    #[serde(default)]
+    pub slow_threshold_us: Option<u64>,
+    /// The control's latency per recent tick (not persisted: rebuilt within a minute).
+    #[serde(skip)]
+    recent: VecDeque<(i64, SparseHistogram)>,
+    /// Randomised treatment requests since the start.
+    #[serde(default)]
     pub treatment_requests: u64,
+    /// Whether the plan (expected times, see `plan.rs`) was stated.
+    #[serde(default)]
+    pub planned: bool,
     /// The first tick that saw treatment traffic: from here a bad change does harm.
     pub first_exposure_ms: Option<i64>,
     pub rollback_ms: Option<i64>,
     /// The flags version that turned the treatment off, and when every sidecar served it.
     pub rollback_version: Option<u64>,
     pub rollback_acked_ms: Option<i64>,
-    /// Treatment requests served until the rollback was acknowledged.
+    /// Treatment requests (all, randomised or not) served until the rollback was acknowledged.
     pub exposed_requests: Option<u64>,
 }
 
 impl Ramp {
-    /// A new running ramp at its first step.
+    /// A new running ramp at its first step. `base_treatment`: the treatment variant's totals now.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: i64,
@@ -133,7 +167,7 @@ impl Ramp {
         steps: Vec<f64>,
         policy: Policy,
         now_ms: i64,
-        totals: (&Delta, &Delta),
+        base_treatment: &Delta,
     ) -> Ramp {
         Ramp {
             id,
@@ -143,19 +177,23 @@ impl Ramp {
             steps,
             step: 0,
             state: State::Running,
+            errors: Guardrail::new(&policy),
+            latency: Guardrail::new(&policy),
             policy,
             change_id: None,
             commit_ms: None,
             started_ms: now_ms,
             step_started_ms: now_ms,
             finished_ms: None,
-            base_treatment: Totals::from(totals.0),
-            base_control: Totals::from(totals.1),
-            step_base_requests: 0,
-            last_treatment: (totals.0.requests, totals.0.errors),
-            last_control: (totals.1.requests, totals.1.errors),
-            error_share: ErrorShare::default(),
+            base_treatment: Totals::from(base_treatment),
+            sums: (Arm::default(), Arm::default()),
+            step_sums: (Arm::default(), Arm::default()),
+            open: Open { since_ms: now_ms, ..Open::default() },
+            ratio: Ratio::default(),
+            slow_threshold_us: None,
+            recent: VecDeque::new(),
             treatment_requests: 0,
+            planned: false,
             first_exposure_ms: None,
             rollback_ms: None,
             rollback_version: None,
@@ -172,27 +210,82 @@ impl Ramp {
         }
     }
 
-    /// Takes the latest cumulative totals of treatment and control and decides.
-    pub fn observe(&mut self, now_ms: i64, treatment: &Delta, control: &Delta) -> Decision {
-        let (wt_n, wt_e) = window(self.last_treatment, treatment);
-        let (wc_n, wc_e) = window(self.last_control, control);
-        self.error_share.update(wt_e, wc_e, wt_n, wc_n);
-        self.last_treatment = (treatment.requests, treatment.errors);
-        self.last_control = (control.requests, control.errors);
-        let t = since(treatment, &self.base_treatment);
-        let c = since(control, &self.base_control);
-        self.treatment_requests = t.requests;
-        if self.first_exposure_ms.is_none() && t.requests > 0 {
+    /// The percent the next advance goes to (the last step completes the ramp).
+    pub fn next_percent(&self) -> f64 {
+        self.steps.get(self.step + 1).copied().unwrap_or(100.0)
+    }
+
+    /// Feeds one tick's window to the tests and decides.
+    pub fn observe(&mut self, now_ms: i64, w: &Window) -> Decision {
+        self.treatment_requests = self.treatment_requests.saturating_add(w.treatment.requests);
+        if self.first_exposure_ms.is_none() && w.treatment.requests > 0 {
             self.first_exposure_ms = Some(now_ms);
         }
+        if !w.control_latency.is_empty() {
+            self.recent.push_back((now_ms, w.control_latency.clone()));
+        }
+        while self.recent.front().is_some_and(|(at, _)| now_ms - at > RECENT_MS) {
+            self.recent.pop_front();
+        }
+        if self.slow_threshold_us.is_none() {
+            self.slow_threshold_us = self.recent_threshold();
+        }
+        self.sums.0.add(&w.treatment);
+        self.sums.1.add(&w.control);
+        self.step_sums.0.add(&w.treatment);
+        self.step_sums.1.add(&w.control);
+        let opened = self.open.since_ms;
+        if let Some((t, c)) = self.open.push(now_ms, w) {
+            self.errors.harm.update(&errors_cell(&t, &c));
+            self.errors.bound.update(&errors_cell(&t, &c));
+            self.latency.harm.update(&slow_cell(&t, &c));
+            self.latency.bound.update(&slow_cell(&t, &c));
+            if opened >= self.step_started_ms + RATIO_SETTLE_MS {
+                self.ratio.update(units(&t), units(&c), self.percent());
+            }
+        }
+        let dwell_ms = (now_ms - self.step_started_ms).max(0);
+        let (st, sc) = self.step_sums;
+        let units_per_hour =
+            if dwell_ms > 0 { (units(&st) + units(&sc)) as f64 * 3_600_000.0 / dwell_ms as f64 } else { 0.0 };
+        let (t, c) = self.sums;
         let obs = Observation {
-            treatment: &t,
-            control: &c,
-            step_treatment_requests: t.requests.saturating_sub(self.step_base_requests),
-            dwell: std::time::Duration::from_millis(u64::try_from(now_ms - self.step_started_ms).unwrap_or(0)),
-            error_share: &self.error_share,
+            errors: GuardState {
+                harm: &self.errors.harm,
+                bound: &self.errors.bound,
+                failing: (t.failing_units, c.failing_units),
+                step: ((st.failing_units, units(&st)), (sc.failing_units, units(&sc))),
+            },
+            latency: GuardState {
+                harm: &self.latency.harm,
+                bound: &self.latency.bound,
+                failing: (t.slow_units, c.slow_units),
+                step: ((st.slow_units, units(&st)), (sc.slow_units, units(&sc))),
+            },
+            ratio: &self.ratio,
+            ramp: (&self.sums.0, &self.sums.1),
+            step_units: units(&st),
+            dwell: Duration::from_millis(u64::try_from(dwell_ms).unwrap_or(0)),
+            units_per_hour,
+            percent: self.percent(),
+            next_percent: self.next_percent(),
+            slow_threshold_us: self.slow_threshold_us,
         };
         decide(&self.policy, obs)
+    }
+
+    /// The control's recent latency quantile, when there are enough samples.
+    fn recent_threshold(&self) -> Option<u64> {
+        let mut merged = SparseHistogram::default();
+        for (_, h) in &self.recent {
+            merged.merge(h);
+        }
+        super::plan::threshold_of(&merged)
+    }
+
+    /// Whether the engine should state the plan now: once, after the first 30 s of traffic.
+    pub fn plan_due(&self, now_ms: i64) -> bool {
+        !self.planned && self.state == State::Running && self.first_exposure_ms.is_some_and(|t| now_ms - t >= 30_000)
     }
 
     /// Carries out `decision` on the ramp; `None` when nothing changes.
@@ -202,13 +295,15 @@ impl Ramp {
         }
         match decision.action {
             Action::Hold => None,
-            Action::Advance if self.step + 1 < self.steps.len() => {
+            Action::Advance if self.step + 2 < self.steps.len() => {
                 self.step += 1;
-                self.step_started_ms = now_ms;
-                self.step_base_requests = self.treatment_requests;
+                self.enter_step(now_ms);
+                // Fixed before the step: the control's recent latencies (the old one if none).
+                self.slow_threshold_us = self.recent_threshold().or(self.slow_threshold_us);
                 Some(Transition::Percent(self.steps[self.step]))
             }
             Action::Advance => {
+                self.step = self.steps.len().saturating_sub(1);
                 self.state = State::Completed;
                 self.finished_ms = Some(now_ms);
                 Some(Transition::Completed)
@@ -219,30 +314,26 @@ impl Ramp {
                 self.finished_ms = Some(now_ms);
                 Some(Transition::RolledBack)
             }
+            Action::Pause => {
+                self.state = State::Paused;
+                Some(Transition::Paused)
+            }
         }
     }
-}
 
-/// Requests and errors between the previous totals and `now`.
-fn window(last: (u64, u64), now: &Delta) -> (u64, u64) {
-    (now.requests.saturating_sub(last.0), now.errors.saturating_sub(last.1))
+    /// Resumes a paused ramp: the dwell restarts (time paused is not time observed) and the
+    /// sample-ratio test starts over (the operator looked at the mismatch).
+    pub fn resume(&mut self, now_ms: i64) {
+        self.state = State::Running;
+        self.enter_step(now_ms);
+        self.ratio = Ratio::default();
+    }
+
+    fn enter_step(&mut self, now_ms: i64) {
+        self.step_started_ms = now_ms;
+        self.step_sums = (Arm::default(), Arm::default());
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn since_subtracts_counts_and_buckets() {
-        let mut base = Delta { requests: 10, errors: 1, timeouts: 0, latency: SparseHistogram::default() };
-        base.latency.record(100);
-        let mut now = base.clone();
-        now.requests = 25;
-        now.errors = 4;
-        now.latency.record(100);
-        now.latency.record(5_000);
-        let d = since(&now, &Totals::from(&base));
-        assert_eq!((d.requests, d.errors), (15, 3));
-        assert_eq!(d.latency.count(), 2);
-    }
-}
+mod tests;

@@ -1,171 +1,272 @@
-//! Always-valid sequential tests, safe to look at every second:
+//! Always-valid sequential tests on *where failing units land*, safe to look at every second.
 //!
-//! - [`difference`]: a normal-mixture mSPRT and its confidence sequence for the difference of two
-//!   proportions (Johari et al., "Always Valid Inference"; Howard et al., "Time-uniform confidence
-//!   sequences"). Used on error rates and on the share of requests slower than the control's p99.
-//! - [`ErrorShare`]: an e-process on where errors land. Under "treatment is no worse", each error
-//!   belongs to treatment with probability at most its traffic share ρ, whatever the base error
-//!   rate (rate-robust). The e-process is a mixture, over relative risks r, of products of
-//!   per-window likelihood ratios of "errors land in treatment with probability rρ/(rρ+1−ρ)".
-//!   A mixture of test martingales is one, so by Ville's inequality P(sup E ≥ 1/α) ≤ α.
+//! Each stratum (a report window, see `window.rs`) gives, per arm, the units it served and the
+//! units that failed (or were slow). Given the stratum's failing units `m` and the treatment's share
+//! of its units `ρ`, a failing unit is the treatment's with probability `q(r) = rρ / (rρ + 1 − ρ)`
+//! when the treatment's per-unit risk is `r` times the control's — whatever the base rate is in that
+//! window. A shift shared by both arms (a drift, an incident, a slower dependency) changes `m`, not
+//! `q`, so it cancels. Every test below is a product over strata of likelihood ratios of that
+//! conditional binomial (exact for Poisson counts; for Bernoulli units the conditional law is
+//! hypergeometric, which is smaller in the convex order, so the products stay supermartingales),
+//! mixed over alternatives: a mixture of test supermartingales is one, so by Ville's inequality
+//! `P(sup E ≥ 1/α) ≤ α` under the null, however often one looks.
+//!
+//! - [`Harm`]: "the treatment is worse" (H0: `r ≤ 1`) → rollback.
+//! - [`RiskBound`]: an upper confidence sequence on `r`; "below 1 + δ" advances.
+//! - [`Ratio`]: the sample-ratio test of the treatment's share of units against the set percent.
+//! - [`proportion_upper`]: an always-valid upper bound on a failure proportion (the error budget).
 
-/// Successes out of trials, for treatment and control.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Counts {
+use serde::{Deserialize, Serialize};
+
+/// One stratum of one guardrail: failing (or slow) units and units served, per arm.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cell {
     pub x_t: u64,
-    pub n_t: u64,
+    pub u_t: u64,
     pub x_c: u64,
-    pub n_c: u64,
+    pub u_c: u64,
 }
 
-/// The state of a difference-of-proportions test at one look.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-pub struct Difference {
-    /// p̂_treatment − p̂_control.
-    pub estimate: f64,
-    /// The always-valid confidence sequence at this look.
-    pub lower: f64,
-    pub upper: f64,
-    /// Mixture likelihood ratio against "no difference": evidence of harm when `estimate > 0`.
-    pub e_value: f64,
-}
-
-/// The mSPRT and confidence sequence for `p_t − p_c` with mixing variance `tau2` at level `alpha`.
-/// `None` while either arm has no trials.
-pub fn difference(c: Counts, tau2: f64, alpha: f64) -> Option<Difference> {
-    if c.n_t == 0 || c.n_c == 0 {
-        return None;
+impl Cell {
+    /// `(k, m, ρ)`: treatment failures, all failures, the treatment's share of units. `None` when
+    /// the stratum says nothing (no failure, or one arm absent). A unit count below its failure
+    /// count (sketch noise, or a report split across workers) is raised to it.
+    fn conditional(&self) -> Option<(f64, f64, f64)> {
+        let (u_t, u_c) = (self.u_t.max(self.x_t), self.u_c.max(self.x_c));
+        let m = self.x_t + self.x_c;
+        if m == 0 || u_t == 0 || u_c == 0 {
+            return None;
+        }
+        Some((self.x_t as f64, m as f64, u_t as f64 / (u_t + u_c) as f64))
     }
-    let (nt, nc) = (c.n_t as f64, c.n_c as f64);
-    let (pt, pc) = (c.x_t as f64 / nt, c.x_c as f64 / nc);
-    // Variance from shrunk estimates, so a zero count does not claim zero variance.
-    let shrink = |x: u64, n: f64| (x as f64 + 0.5) / (n + 1.0);
-    let (st, sc) = (shrink(c.x_t, nt), shrink(c.x_c, nc));
-    let v = st * (1.0 - st) / nt + sc * (1.0 - sc) / nc;
-    let estimate = pt - pc;
-    let e_value = ((v / (v + tau2)).sqrt().ln() + tau2 * estimate * estimate / (2.0 * v * (v + tau2))).exp();
-    let radius = (v * (v + tau2) / tau2 * (((v + tau2) / v).ln() + 2.0 * (1.0 / alpha).ln())).sqrt();
-    Some(Difference { estimate, lower: estimate - radius, upper: estimate + radius, e_value })
 }
 
-/// The confidence sequence for `p_t − p_c` with the variance taken at the non-inferiority margin
-/// (`p_t = max(p̂_t, p̂_c + margin)`, as in Farrington–Manning): with rare events a low observed
-/// treatment count would otherwise claim a small variance and a falsely tight bound. `upper` below
-/// `margin` shows non-inferiority. `None` while either arm has no trials.
-pub fn non_inferiority(c: Counts, margin: f64, tau2: f64, alpha: f64) -> Option<Difference> {
-    if c.n_t == 0 || c.n_c == 0 {
-        return None;
+/// The probability that a failing unit is the treatment's when its relative risk is `r`.
+fn q(r: f64, rho: f64) -> f64 {
+    r * rho / (r * rho + 1.0 - rho)
+}
+
+/// Log likelihood ratio of "relative risk `alt`" against "relative risk `null`" for one stratum.
+fn log_lr(k: f64, m: f64, rho: f64, alt: f64, null: f64) -> f64 {
+    let (qa, qn) = (q(alt, rho), q(null, rho));
+    k * (qa / qn).ln() + (m - k) * ((1.0 - qa) / (1.0 - qn)).ln()
+}
+
+/// `ln Σ wᵢ e^{lᵢ}`, computed without overflow.
+fn log_mix(weights: &[f64], logs: &[f64]) -> f64 {
+    let top = logs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if !top.is_finite() {
+        return 0.0;
     }
-    let (nt, nc) = (c.n_t as f64, c.n_c as f64);
-    let shrink = |x: u64, n: f64| (x as f64 + 0.5) / (n + 1.0);
-    let sc = shrink(c.x_c, nc);
-    let st = shrink(c.x_t, nt).max((sc + margin).min(1.0));
-    let v = st * (1.0 - st) / nt + sc * (1.0 - sc) / nc;
-    let estimate = c.x_t as f64 / nt - c.x_c as f64 / nc;
-    let radius = (v * (v + tau2) / tau2 * (((v + tau2) / v).ln() + 2.0 * (1.0 / alpha).ln())).sqrt();
-    let e_value = ((v / (v + tau2)).sqrt().ln() + tau2 * (estimate - margin).powi(2) / (2.0 * v * (v + tau2))).exp();
-    Some(Difference { estimate, lower: estimate - radius, upper: estimate + radius, e_value })
+    top + weights.iter().zip(logs).map(|(w, l)| w * (l - top).exp()).sum::<f64>().ln()
 }
 
-/// Relative risks the error-share e-process bets on, equally weighted.
-const RISKS: [f64; 6] = [1.25, 1.5, 2.0, 3.0, 5.0, 10.0];
-
-/// The error-share e-process; its state is the log of each component's running product.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct ErrorShare {
-    log_products: Vec<f64>,
+/// An e-value for display and comparison: `e^{log}`, capped so it stays a finite JSON number.
+pub fn e_of(log: f64) -> f64 {
+    log.min(700.0).exp()
 }
 
-impl Default for ErrorShare {
+/// Relative risks the harm test bets on, and their weights: most on the regressions that matter
+/// most (5–20×), some on small ones (found later) and on catastrophic ones (found at once, at any
+/// sample size: 10 failing units of 10 against a 0.5% control roll back; 1 of 2 does not).
+const HARM_RISKS: [f64; 8] = [1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0];
+const HARM_WEIGHTS: [f64; 8] = [0.1, 0.1, 0.1, 0.15, 0.2, 0.15, 0.1, 0.1];
+
+/// The harm e-process: a mixture over [`HARM_RISKS`] of products of "relative risk r" against
+/// "relative risk 1". Carried over the whole ramp (every step, every stratum).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Harm {
+    logs: Vec<f64>,
+}
+
+impl Default for Harm {
     fn default() -> Self {
-        ErrorShare { log_products: vec![0.0; RISKS.len()] }
+        Harm { logs: vec![0.0; HARM_RISKS.len()] }
     }
 }
 
-impl ErrorShare {
-    /// Adds one window: `errors_t` of `errors_t + errors_c` errors landed in treatment, which had
-    /// `n_t` of the window's `n_t + n_c` requests.
-    pub fn update(&mut self, errors_t: u64, errors_c: u64, n_t: u64, n_c: u64) {
-        let m = errors_t + errors_c;
-        if m == 0 || n_t == 0 || n_c == 0 || self.log_products.len() != RISKS.len() {
+impl Harm {
+    pub fn update(&mut self, cell: &Cell) {
+        let Some((k, m, rho)) = cell.conditional() else { return };
+        if self.logs.len() != HARM_RISKS.len() {
+            *self = Harm::default();
+        }
+        for (log, r) in self.logs.iter_mut().zip(HARM_RISKS) {
+            *log += log_lr(k, m, rho, r, 1.0);
+        }
+    }
+
+    /// `ln E`.
+    pub fn log_e(&self) -> f64 {
+        if self.logs.len() != HARM_RISKS.len() {
+            return 0.0;
+        }
+        log_mix(&HARM_WEIGHTS, &self.logs)
+    }
+}
+
+/// Alternatives of each bound test, as divisors of the bound tested: `r₀/1.5` is 1 when `r₀` is
+/// the default 1.5 (an equal treatment shows it fastest), the others cover better treatments and
+/// bounds further out.
+const BOUND_DIVISORS: [f64; 5] = [1.25, 1.5, 2.0, 3.0, 5.0];
+/// The bounds whose rejection the confidence sequence reports (the upper end of the sequence is
+/// the lowest grid value above which every value is rejected).
+const GRID: [f64; 14] = [1.1, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 7.0, 10.0, 20.0, 50.0, 100.0];
+
+/// An upper confidence sequence on the relative risk: for each bound `r₀` (the policy's `1 + δ`
+/// first, then [`GRID`]), an e-process against "relative risk ≥ r₀" (mixing alternatives below
+/// `r₀`; by monotone likelihood ratio the product is a supermartingale for every risk ≥ r₀).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RiskBound {
+    /// The decision bound `1 + δ`.
+    pub bound: f64,
+    /// `[bound, GRID…]` × `BOUND_DIVISORS`, row-major.
+    logs: Vec<f64>,
+    /// Mantel–Haenszel sums for the point estimate: Σ k(1−ρ), Σ (m−k)ρ.
+    mh: (f64, f64),
+    /// Failing units seen (both arms).
+    pub events: u64,
+}
+
+impl RiskBound {
+    pub fn new(bound: f64) -> RiskBound {
+        RiskBound { bound, logs: vec![0.0; (GRID.len() + 1) * BOUND_DIVISORS.len()], mh: (0.0, 0.0), events: 0 }
+    }
+
+    fn nulls(&self) -> impl Iterator<Item = f64> + '_ {
+        std::iter::once(self.bound).chain(GRID)
+    }
+
+    pub fn update(&mut self, cell: &Cell) {
+        let Some((k, m, rho)) = cell.conditional() else { return };
+        if self.logs.len() != (GRID.len() + 1) * BOUND_DIVISORS.len() {
+            *self = RiskBound::new(self.bound);
+        }
+        let nulls: Vec<f64> = self.nulls().collect();
+        for (row, r0) in self.logs.chunks_mut(BOUND_DIVISORS.len()).zip(nulls) {
+            for (log, d) in row.iter_mut().zip(BOUND_DIVISORS) {
+                *log += log_lr(k, m, rho, r0 / d, r0);
+            }
+        }
+        self.mh.0 += k * (1.0 - rho);
+        self.mh.1 += (m - k) * rho;
+        self.events += m as u64;
+    }
+
+    fn log_e_row(&self, row: usize) -> f64 {
+        let n = BOUND_DIVISORS.len();
+        match self.logs.get(row * n..(row + 1) * n) {
+            Some(logs) => log_mix(&[1.0 / n as f64; BOUND_DIVISORS.len()], logs),
+            None => 0.0,
+        }
+    }
+
+    /// `ln E` against "relative risk ≥ 1 + δ".
+    pub fn log_e(&self) -> f64 {
+        self.log_e_row(0)
+    }
+
+    /// The upper end of the confidence sequence at level `alpha`: `None` while no grid bound is
+    /// rejected (unbounded).
+    pub fn upper(&self, alpha: f64) -> Option<f64> {
+        let threshold = (1.0 / alpha).ln();
+        let mut upper = None;
+        for (i, r0) in GRID.iter().enumerate().rev() {
+            if self.log_e_row(i + 1) >= threshold {
+                upper = Some(*r0);
+            } else {
+                break;
+            }
+        }
+        upper
+    }
+
+    /// The Mantel–Haenszel estimate of the relative risk (`None` without failures in both arms).
+    pub fn estimate(&self) -> Option<f64> {
+        (self.mh.1 > 0.0 && self.mh.0 > 0.0).then(|| self.mh.0 / self.mh.1)
+    }
+}
+
+/// Treatment shares the sample-ratio test bets on, as multipliers of the configured share.
+const RATIO_MULTIPLIERS: [f64; 4] = [0.5, 0.75, 1.5, 2.0];
+
+/// The sample-ratio test: the treatment's units in a stratum are binomial with the configured
+/// share (assignment is by a hash of the unit). A mixture of likelihood ratios against shares far
+/// from it catches a treatment that loses its units (it crashes before they are recorded) or an
+/// assignment that is not what the control plane set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ratio {
+    logs: Vec<f64>,
+    /// Units seen by the test, per arm.
+    pub units: (u64, u64),
+}
+
+impl Default for Ratio {
+    fn default() -> Self {
+        Ratio { logs: vec![0.0; RATIO_MULTIPLIERS.len()], units: (0, 0) }
+    }
+}
+
+impl Ratio {
+    /// Adds a stratum served at `percent`.
+    pub fn update(&mut self, u_t: u64, u_c: u64, percent: f64) {
+        let p0 = percent / 100.0;
+        if !(p0 > 0.0 && p0 < 1.0) || u_t + u_c == 0 {
             return;
         }
-        let rho = n_t as f64 / (n_t + n_c) as f64;
-        let (k, rest) = (errors_t as f64, errors_c as f64);
-        for (log, r) in self.log_products.iter_mut().zip(RISKS) {
-            let q = r * rho / (r * rho + 1.0 - rho);
-            *log += k * (q / rho).ln() + rest * ((1.0 - q) / (1.0 - rho)).ln();
+        if self.logs.len() != RATIO_MULTIPLIERS.len() {
+            *self = Ratio::default();
         }
+        let (k, rest) = (u_t as f64, u_c as f64);
+        for (log, mult) in self.logs.iter_mut().zip(RATIO_MULTIPLIERS) {
+            // Shares above p0 are taken halfway to 1 at most, so the alternative stays a share.
+            let p = if mult < 1.0 { p0 * mult } else { (p0 * mult).min((1.0 + p0) / 2.0) };
+            *log += k * (p / p0).ln() + rest * ((1.0 - p) / (1.0 - p0)).ln();
+        }
+        self.units.0 += u_t;
+        self.units.1 += u_c;
     }
 
-    /// The e-value: the mixture's current value.
-    pub fn e_value(&self) -> f64 {
-        if self.log_products.is_empty() {
-            return 1.0;
+    pub fn log_e(&self) -> f64 {
+        if self.logs.len() != RATIO_MULTIPLIERS.len() {
+            return 0.0;
         }
-        self.log_products.iter().map(|l| l.exp()).sum::<f64>() / self.log_products.len() as f64
+        log_mix(&[1.0 / RATIO_MULTIPLIERS.len() as f64; RATIO_MULTIPLIERS.len()], &self.logs)
     }
+
+    /// The observed treatment share of units.
+    pub fn share(&self) -> Option<f64> {
+        let n = self.units.0 + self.units.1;
+        (n > 0).then(|| self.units.0 as f64 / n as f64)
+    }
+}
+
+/// An always-valid upper bound on a proportion from `x` failures in `n` trials at level `alpha`:
+/// the largest `p` that the Beta(½, ½)-mixture likelihood ratio has not rejected. `1.0` without
+/// trials.
+pub fn proportion_upper(x: u64, n: u64, alpha: f64) -> f64 {
+    if n == 0 {
+        return 1.0;
+    }
+    let (x, n) = (x as f64, n as f64);
+    let threshold = (1.0 / alpha).ln();
+    // ln of the mixture's marginal likelihood: B(x + ½, n − x + ½) / B(½, ½).
+    let log_marginal = ln_beta(x + 0.5, n - x + 0.5) - ln_beta(0.5, 0.5);
+    let log_lr = |p: f64| log_marginal - (x * p.ln() + (n - x) * (1.0 - p).ln());
+    let (mut lo, mut hi) = ((x / n).max(1e-12), 1.0 - 1e-12);
+    if log_lr(hi) < threshold {
+        return 1.0;
+    }
+    for _ in 0..60 {
+        let mid = (lo + hi) / 2.0;
+        if log_lr(mid) >= threshold { hi = mid } else { lo = mid }
+    }
+    hi
+}
+
+fn ln_beta(a: f64, b: f64) -> f64 {
+    libm::lgamma(a) + libm::lgamma(b) - libm::lgamma(a + b)
 }
 
 #[cfg(test)]
-mod tests {
-    use rand::{Rng, SeedableRng};
-    use rand_chacha::ChaCha8Rng;
-    use rand_distr::{Binomial, Distribution};
-
-    use super::*;
-
-    #[test]
-    fn difference_bounds_shrink_and_contain_the_truth() {
-        let few = difference(Counts { x_t: 5, n_t: 1_000, x_c: 5, n_c: 1_000 }, 1e-4, 0.05).unwrap();
-        let many = difference(Counts { x_t: 500, n_t: 100_000, x_c: 500, n_c: 100_000 }, 1e-4, 0.05).unwrap();
-        assert!(many.upper - many.lower < few.upper - few.lower);
-        assert!(many.lower < 0.0 && many.upper > 0.0);
-        assert!(many.e_value < 1.0, "no evidence of a difference: {}", many.e_value);
-        let harm = difference(Counts { x_t: 100, n_t: 2_000, x_c: 10, n_c: 2_000 }, 1e-4, 0.05).unwrap();
-        assert!(harm.lower > 0.0 && harm.e_value > 20.0, "{harm:?}");
-        assert_eq!(difference(Counts { x_t: 0, n_t: 0, x_c: 1, n_c: 10 }, 1e-4, 0.05), None);
-    }
-
-    #[test]
-    fn error_share_grows_under_harm_and_not_under_equality() {
-        let mut rng = ChaCha8Rng::seed_from_u64(7);
-        let mut harm = ErrorShare::default();
-        let mut same = ErrorShare::default();
-        for _ in 0..100_000 {
-            let (n_t, n_c) = (10, 990);
-            let bt = Binomial::new(n_t, 0.01).unwrap().sample(&mut rng);
-            let bc = Binomial::new(n_c, 0.001).unwrap().sample(&mut rng);
-            harm.update(bt, bc, n_t, n_c);
-            let st = Binomial::new(n_t, 0.001).unwrap().sample(&mut rng);
-            let sc = Binomial::new(n_c, 0.001).unwrap().sample(&mut rng);
-            same.update(st, sc, n_t, n_c);
-        }
-        assert!(harm.e_value() > 60.0, "{}", harm.e_value());
-        assert!(same.e_value() < 20.0, "{}", same.e_value());
-    }
-
-    /// Ville's inequality in practice: under equal error rates the e-process crosses 1/α in at
-    /// most about α of runs, looking every window.
-    #[test]
-    fn error_share_is_valid_under_the_null() {
-        let mut rng = ChaCha8Rng::seed_from_u64(11);
-        let runs = 400;
-        let mut crossed = 0;
-        for _ in 0..runs {
-            let mut e = ErrorShare::default();
-            for _ in 0..300 {
-                let n_t = rng.random_range(5..60);
-                let n_c = 1000 - n_t;
-                let et = Binomial::new(n_t, 0.005).unwrap().sample(&mut rng);
-                let ec = Binomial::new(n_c, 0.005).unwrap().sample(&mut rng);
-                e.update(et, ec, n_t, n_c);
-                if e.e_value() >= 20.0 {
-                    crossed += 1;
-                    break;
-                }
-            }
-        }
-        assert!(crossed as f64 / runs as f64 <= 0.05, "{crossed} of {runs} crossed 1/α = 20");
-    }
-}
+mod tests;

@@ -1,0 +1,70 @@
+//! Which units were counted as failing (or slow) lately: a unit counts at most once per horizon
+//! across report windows, so one user's retries spread over a few seconds are one failing unit,
+//! not one per window. Lock-free and fixed-size: a direct-mapped table of (unit tag, second) in
+//! atomics; a collision forgets a unit early (it may then count twice), never loses a new one.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Slots of the table: 1 024 × 8 B = 8 KiB.
+const SLOTS: usize = 1024;
+/// Bits of the stored second (wraps after 2^20 s ≈ 12 days; comparisons are modular).
+const TIME_BITS: u32 = 20;
+const TIME_MASK: u64 = (1 << TIME_BITS) - 1;
+
+/// How long a counted unit is not counted again, seconds.
+pub const HORIZON_S: u32 = 60;
+
+#[derive(Debug)]
+pub struct Recent {
+    slots: Box<[AtomicU64]>,
+}
+
+impl Default for Recent {
+    fn default() -> Self {
+        Recent { slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect() }
+    }
+}
+
+impl Recent {
+    /// Whether `unit` (a 64-bit unit hash) should count at second `now_s`: true unless it was
+    /// counted within the last [`HORIZON_S`] seconds; counting it records `now_s`.
+    #[inline]
+    pub fn first(&self, unit: u64, now_s: u32) -> bool {
+        // The slot from the middle bits, the tag from the top ones (the low bits picked the
+        // unit's ramp bucket); tag 0 is reserved for "empty".
+        let slot = &self.slots[((unit >> 20) as usize) % SLOTS];
+        let tag = (unit >> TIME_BITS).max(1);
+        let now = u64::from(now_s) & TIME_MASK;
+        let seen = slot.load(Ordering::Relaxed);
+        if seen >> TIME_BITS == tag && (now.wrapping_sub(seen & TIME_MASK) & TIME_MASK) < u64::from(HORIZON_S) {
+            return false;
+        }
+        slot.store(tag << TIME_BITS | now, Ordering::Relaxed);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_unit_counts_once_per_horizon() {
+        let r = Recent::default();
+        let unit = 0x1234_5678_9abc_def0;
+        assert!(r.first(unit, 100));
+        assert!(!r.first(unit, 100));
+        assert!(!r.first(unit, 100 + HORIZON_S - 1));
+        assert!(r.first(unit, 100 + HORIZON_S), "counts again after the horizon");
+        assert!(r.first(unit ^ (1 << 63), 100 + HORIZON_S), "another unit counts");
+    }
+
+    #[test]
+    fn the_clock_wraps() {
+        let r = Recent::default();
+        let unit = 42 << 40;
+        let late = (1u32 << TIME_BITS) - 5;
+        assert!(r.first(unit, late));
+        assert!(!r.first(unit, late + 10), "10 s later, across the wrap");
+    }
+}
