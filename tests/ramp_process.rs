@@ -8,23 +8,16 @@ mod process;
 mod support;
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use process::checkout::checkout_upstream;
 use process::{start_control, start_sidecar};
 use serde_json::Value;
 use support::*;
-use tokio::net::TcpListener;
 
 const FLAGS: &str = r#"
 flags:
@@ -34,31 +27,9 @@ flags:
     defaultVariant: "off"
 "#;
 
-/// An upstream that answers 500 to every request whose `x-flag-new-checkout` is `on` while
-/// `broken` is set, 200 otherwise, and reports the variant it saw in the body.
-async fn checkout_upstream(broken: Arc<AtomicBool>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
-            let broken = broken.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let variant = req.headers().get("x-flag-new-checkout").map(|v| v.to_str().unwrap_or("").to_owned());
-                    let fail = variant.as_deref() == Some("on") && broken.load(Ordering::Relaxed);
-                    let mut resp = Response::new(Full::new(Bytes::from(variant.unwrap_or_default())));
-                    if fail {
-                        *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-                    }
-                    async move { Ok::<_, Infallible>(resp) }
-                });
-                let _ =
-                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-            });
-        }
-    });
-    addr
+/// Fails every treatment request while `broken` is set.
+async fn broken_treatment(broken: Arc<AtomicBool>) -> SocketAddr {
+    checkout_upstream(Arc::new(move |variant| variant == Some("on") && broken.load(Ordering::Relaxed))).await
 }
 
 /// Runs the `rampart` CLI against the control plane; returns its stdout.
@@ -109,7 +80,7 @@ fn traffic(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_treatment_is_rolled_back_and_the_sidecars_stop_sending_it() {
     let broken = Arc::new(AtomicBool::new(true));
-    let up = checkout_upstream(broken.clone()).await;
+    let up = broken_treatment(broken.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("flags.yaml"), FLAGS).unwrap();
     let control = start_control(dir.path(), "127.0.0.1:0", "127.0.0.1:0");
@@ -152,7 +123,7 @@ async fn a_bad_treatment_is_rolled_back_and_the_sidecars_stop_sending_it() {
     assert_eq!(s["percent"], 0.0);
     let decision = s["decisions"].as_array().unwrap().iter().find(|d| d["action"] == "ROLLBACK").unwrap().clone();
     assert!(!decision["reason"].as_str().unwrap().is_empty());
-    assert!(decision["numbers"]["treatment_requests"].as_u64().unwrap() > 0);
+    assert!(decision["numbers"]["treatment_units"].as_u64().unwrap() > 0);
     let (decided, acked) = (s["rollback_ms"].as_i64().unwrap(), s["rollback_acked_ms"].as_i64().unwrap());
     println!("rollback decision → last sidecar acknowledgement: {} ms (target ≤ 1 s)", acked - decided);
     println!("rollback reason: {}", decision["reason"]);
@@ -174,7 +145,7 @@ async fn a_bad_treatment_is_rolled_back_and_the_sidecars_stop_sending_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ramp_resumes_at_its_step_with_its_history_after_a_sigkill() {
-    let up = checkout_upstream(Arc::new(AtomicBool::new(false))).await;
+    let up = broken_treatment(Arc::new(AtomicBool::new(false))).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("flags.yaml"), FLAGS).unwrap();
     let mut control = start_control(dir.path(), "127.0.0.1:0", "127.0.0.1:0");
@@ -186,7 +157,24 @@ async fn a_ramp_resumes_at_its_step_with_its_history_after_a_sigkill() {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let load = traffic(vec![a.addr("listen"), b.addr("listen")], stop.clone(), 400_000);
-    cli(http, &["ramp", "start", "new-checkout", "--treatment", "on", "--steps", "30,60,100", "--min-dwell", "1s"]);
+    // The service never fails, so there is no error rate to compare: the error budget lets the
+    // healthy treatment advance once its latency is shown non-inferior.
+    cli(
+        http,
+        &[
+            "ramp",
+            "start",
+            "new-checkout",
+            "--treatment",
+            "on",
+            "--steps",
+            "30,60,100",
+            "--min-dwell",
+            "1s",
+            "--error-budget",
+            "1000000",
+        ],
+    );
     // A healthy treatment advances to the second step once its bounds show non-inferiority.
     let advanced = eventually(Duration::from_secs(120), || async { status(http)["step"] == 2 }).await;
     assert!(advanced, "{:#}", status(http));

@@ -24,8 +24,9 @@ enum RampCommand {
         flag: String,
         #[arg(long)]
         treatment: String,
-        /// Percent steps, ending at 100.
-        #[arg(long, value_delimiter = ',', default_value = "1,5,25,50,100")]
+        /// Percent steps, ending at 100; the step before 100 keeps a holdback (a concurrent
+        /// control), and 100% is reached only once it passes.
+        #[arg(long, value_delimiter = ',', default_value = "1,5,25,50,95,100")]
         steps: Vec<f64>,
         /// Least time at each step, e.g. 60s or 2m.
         #[arg(long, default_value = "60s")]
@@ -33,9 +34,17 @@ enum RampCommand {
         /// The ramp's false-rollback / false-promotion budget.
         #[arg(long, default_value_t = 0.05)]
         alpha: f64,
-        /// Least treatment requests at each step before advancing.
+        /// Least treatment units (users) at each step before advancing.
         #[arg(long)]
         min_samples: Option<u64>,
+        /// Advance when the treatment's relative risk of failing (and of being slow) is shown
+        /// below 1 + DELTA.
+        #[arg(long, default_value_t = 0.5)]
+        delta: f64,
+        /// Or, where traffic is too low to show that, when the excess failing (or slow) requests
+        /// per hour the next step could add stay under this many.
+        #[arg(long)]
+        error_budget: Option<f64>,
         /// The change being deployed (commit, PR), for DORA.
         #[arg(long)]
         change_id: Option<String>,
@@ -72,10 +81,22 @@ pub(crate) struct DoraArgs {
 pub(crate) fn ramp(args: &RampArgs) -> anyhow::Result<ExitCode> {
     let base = args.control_plane.as_str();
     match &args.command {
-        RampCommand::Start { flag, treatment, steps, min_dwell, alpha, min_samples, change_id, commit_time } => {
+        RampCommand::Start {
+            flag,
+            treatment,
+            steps,
+            min_dwell,
+            alpha,
+            min_samples,
+            delta,
+            error_budget,
+            change_id,
+            commit_time,
+        } => {
             let body = json!({
                 "flag": flag, "treatment": treatment, "steps": steps, "min_dwell": min_dwell, "alpha": alpha,
-                "min_samples": min_samples, "change_id": change_id, "commit_time": commit_time,
+                "min_samples": min_samples, "delta": delta, "error_budget": error_budget,
+                "change_id": change_id, "commit_time": commit_time,
             });
             let body = strip_nulls(body);
             let status = expect_ok(call(Method::POST, base, "/api/v1/ramps", Some(&body))?)?;
@@ -155,6 +176,18 @@ fn summary(r: &Value) -> String {
 
 fn print_status(s: &Value) {
     println!("{}", summary(s));
+    let p = &s["plan"];
+    if !p.is_null() {
+        let t = |v: &Value| v.as_f64().map_or("never at this traffic".to_owned(), |s| format!("{:.0} s", s));
+        println!(
+            "  plan     at {:.1} units/s: a 2× error regression rolls back in ≈ {}, a 2× latency one in ≈ {}; \
+             an equal treatment reaches 100% in ≈ {}",
+            p["units_per_second"].as_f64().unwrap_or(0.0),
+            t(&p["detect_2x_errors_s"]),
+            t(&p["detect_2x_latency_s"]),
+            t(&p["to_full_s"])
+        );
+    }
     for e in s["events"].as_array().into_iter().flatten() {
         println!(
             "  event    {:>13}  {:<22} {}",

@@ -158,6 +158,11 @@ fn risk(r: Option<f64>) -> String {
     r.map_or_else(|| "n/a".to_owned(), |r| format!("{r:.2}×"))
 }
 
+/// An e-value as a reader takes it in: plain up to a million, then in scientific notation.
+fn ev(e: f64) -> String {
+    if e < 1e6 { format!("{e:.1}") } else { format!("{e:.1e}") }
+}
+
 fn upper(r: Option<f64>) -> String {
     r.map_or_else(|| "unbounded".to_owned(), |r| format!("< {r}×"))
 }
@@ -185,13 +190,13 @@ pub fn decide(policy: &Policy, obs: Observation<'_>) -> Decision {
         return decision(
             Action::Rollback,
             format!(
-                "errors worse: {} of treatment units failed ({:.3}%) vs {} of control ({:.3}%), relative risk {}, e-value {:.0} ≥ {:.0}",
+                "errors worse: {} of treatment units failed ({:.3}%) vs {} of control ({:.3}%), relative risk {}, e-value {} ≥ {:.0}",
                 e.treatment_units,
                 e.treatment_rate * 100.0,
                 e.control_units,
                 e.control_rate * 100.0,
                 risk(e.relative_risk),
-                e.harm_e,
+                ev(e.harm_e),
                 e.harm_threshold
             ),
         );
@@ -200,12 +205,12 @@ pub fn decide(policy: &Policy, obs: Observation<'_>) -> Decision {
         return decision(
             Action::Rollback,
             format!(
-                "latency worse: {:.2}% of treatment units slower than {} µs vs {:.2}% of control, relative risk {}, e-value {:.0} ≥ {:.0}",
+                "latency worse: {:.2}% of treatment units slower than {} µs vs {:.2}% of control, relative risk {}, e-value {} ≥ {:.0}",
                 l.treatment_rate * 100.0,
                 obs.slow_threshold_us.unwrap_or(0),
                 l.control_rate * 100.0,
                 risk(l.relative_risk),
-                l.harm_e,
+                ev(l.harm_e),
                 l.harm_threshold
             ),
         );
@@ -214,10 +219,10 @@ pub fn decide(policy: &Policy, obs: Observation<'_>) -> Decision {
         return decision(
             Action::Pause,
             format!(
-                "sample_ratio_mismatch: treatment has {:.3}% of units, configured {}%, e-value {:.0} ≥ {:.0}",
+                "sample_ratio_mismatch: treatment has {:.3}% of units, configured {}%, e-value {} ≥ {:.0}",
                 numbers.observed_share.unwrap_or(0.0) * 100.0,
                 obs.percent,
-                numbers.ratio_e,
+                ev(numbers.ratio_e),
                 ratio_threshold
             ),
         );

@@ -1,0 +1,233 @@
+//! Ramp verdicts that hold up in production, end to end with real processes (a control plane, two
+//! sidecars, a real upstream): an incident that hits both arms does not roll an A/A ramp back;
+//! requests whose variant was not randomised (a targeting match, no bucketing key) stay out of the
+//! ramp's statistics; a flags write racing a rollback does not bring the treatment back.
+
+mod process;
+#[path = "../proxy/tests/support/mod.rs"]
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use process::checkout::checkout_upstream;
+use process::{start_control, start_sidecar};
+use serde_json::{Value, json};
+use support::*;
+
+const FLAGS: &str = r#"
+flags:
+  new-checkout:
+    state: ENABLED
+    variants: { "on": true, "off": false }
+    defaultVariant: "off"
+    targeting:
+      if: [{ starts_with: [{ var: targetingKey }, "qa-"] }, "on", null]
+"#;
+
+fn cli(http: SocketAddr, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(args)
+        .env("RAMPART_CONTROL_PLANE", format!("http://{http}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "rampart {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn status(http: SocketAddr) -> Value {
+    serde_json::from_str(&cli(http, &["ramp", "status", "new-checkout", "--json"])).unwrap()
+}
+
+async fn ramp_block(admin: SocketAddr) -> Value {
+    let (_, body) = get(&format!("http://{admin}/flags"), &[]).await;
+    serde_json::from_str::<Value>(&body).unwrap()["flags"]["flags"]["new-checkout"]["ramp"].clone()
+}
+
+/// A control plane and two sidecars following it, in `dir`, in front of `upstream`.
+async fn stack(dir: &std::path::Path, upstream: SocketAddr) -> (process::Running, [process::Running; 2]) {
+    std::fs::write(dir.join("flags.yaml"), FLAGS).unwrap();
+    let control = start_control(dir, "127.0.0.1:0", "127.0.0.1:0");
+    let grpc = control.addr("grpc");
+    let sidecars = [start_sidecar(dir, "a", upstream, grpc), start_sidecar(dir, "b", upstream, grpc)];
+    for s in &sidecars {
+        let admin = s.addr("admin");
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                let (_, body) = get(&format!("http://{admin}/flags"), &[]).await;
+                serde_json::from_str::<Value>(&body).unwrap()["version"].as_u64() >= Some(1)
+            })
+            .await
+        );
+    }
+    (control, sidecars)
+}
+
+/// Requests from ever-new users (`{prefix}{i}`; no `x-user-id` at all when `prefix` is empty)
+/// through the sidecars, 4 at a time, until `stop` or `limit` requests.
+fn traffic(
+    sidecars: Vec<SocketAddr>,
+    prefix: &'static str,
+    stop: Arc<AtomicBool>,
+    limit: u64,
+) -> tokio::task::JoinHandle<u64> {
+    let next = Arc::new(AtomicU64::new(0));
+    tokio::spawn(async move {
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                let (sidecars, stop, next) = (sidecars.clone(), stop.clone(), next.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= limit || stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let url = format!("http://{}/buy", sidecars[i as usize % sidecars.len()]);
+                        let user = format!("{prefix}{i}");
+                        let headers: &[(&str, &str)] = if prefix.is_empty() { &[] } else { &[("x-user-id", &user)] };
+                        get(&url, headers).await;
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.await.unwrap();
+        }
+        next.load(Ordering::Relaxed).min(limit)
+    })
+}
+
+/// PUT a JSON body; the answer must be a success.
+async fn put(url: &str, body: &str) {
+    let req = http::Request::put(url)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_owned())).map_err(|never| match never {}).boxed())
+        .unwrap();
+    let (code, _, answer) = send(req).await;
+    assert!(code.is_success(), "{answer}");
+}
+
+fn rollbacks(s: &Value) -> usize {
+    s["decisions"].as_array().into_iter().flatten().filter(|d| d["action"] == "ROLLBACK").count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incident_that_hits_both_arms_does_not_roll_an_aa_ramp_back() {
+    // Treatment and control are the same service: while the incident lasts, 5% of all requests
+    // fail, whatever their variant.
+    let incident = Arc::new(AtomicBool::new(false));
+    let counter = Arc::new(AtomicU64::new(0));
+    let (i, c) = (incident.clone(), counter.clone());
+    let up =
+        checkout_upstream(Arc::new(move |_| i.load(Ordering::Relaxed) && c.fetch_add(1, Ordering::Relaxed) % 20 == 0))
+            .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (control, sidecars) = stack(dir.path(), up).await;
+    let http = control.addr("http");
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = traffic(sidecars.iter().map(|s| s.addr("listen")).collect(), "user-", stop.clone(), 2_000_000);
+    cli(http, &["ramp", "start", "new-checkout", "--treatment", "on", "--steps", "25,50,100", "--min-dwell", "10m"]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    incident.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    incident.store(false, Ordering::Relaxed);
+    // Reports of the incident's last seconds reach the engine within a second or two.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let sent = load.await.unwrap();
+    let s = status(http);
+    let failing = s["decisions"].as_array().unwrap().last().unwrap()["numbers"]["errors"].clone();
+    println!("{sent} requests; errors guardrail at the end: {failing}");
+    assert!(failing["treatment_units"].as_u64().unwrap() > 0, "the incident reached the treatment: {failing}");
+    assert!(failing["control_units"].as_u64().unwrap() > 0, "and the control: {failing}");
+    assert_eq!(s["state"], "running", "{:#}", s["events"]);
+    assert_eq!(rollbacks(&s), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targeting_matches_and_keyless_requests_stay_out_of_the_ramp() {
+    let up = checkout_upstream(Arc::new(|_| false)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (control, sidecars) = stack(dir.path(), up).await;
+    let http = control.addr("http");
+    let listen: Vec<SocketAddr> = sidecars.iter().map(|s| s.addr("listen")).collect();
+    cli(http, &["ramp", "start", "new-checkout", "--treatment", "on", "--steps", "50,100", "--min-dwell", "10m"]);
+    // QA users get the treatment by targeting; requests without a user get the control by
+    // default. Neither was randomised.
+    let never = Arc::new(AtomicBool::new(false));
+    assert_eq!(traffic(listen.clone(), "qa-", never.clone(), 300).await.unwrap(), 300);
+    assert_eq!(traffic(listen.clone(), "", never.clone(), 300).await.unwrap(), 300);
+    let served = |variant: &'static str| async move {
+        let (_, body) = get(&format!("http://{http}/api/v1/stats/new-checkout"), &[]).await;
+        serde_json::from_str::<Value>(&body).unwrap()["variants"][variant]["requests"].as_u64().unwrap_or(0)
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async { served("on").await == 300 && served("off").await == 300 }).await
+    );
+    // A couple of engine ticks later the ramp has still seen no randomised unit.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let numbers = status(http)["decisions"].as_array().unwrap().last().unwrap()["numbers"].clone();
+    assert_eq!(
+        (numbers["treatment_units"].as_u64(), numbers["control_units"].as_u64()),
+        (Some(0), Some(0)),
+        "{numbers}"
+    );
+    // Randomised users do count (so the check above could fail).
+    assert_eq!(traffic(listen, "user-", never, 300).await.unwrap(), 300);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let n = status(http)["decisions"].as_array().unwrap().last().unwrap()["numbers"].clone();
+            n["treatment_units"].as_u64().unwrap_or(0) + n["control_units"].as_u64().unwrap_or(0) == 300
+        })
+        .await,
+        "{:#}",
+        status(http)["decisions"].as_array().unwrap().last().unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flags_write_racing_a_rollback_leaves_the_treatment_off() {
+    let up = checkout_upstream(Arc::new(|variant| variant == Some("on"))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (control, sidecars) = stack(dir.path(), up).await;
+    let http = control.addr("http");
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = traffic(sidecars.iter().map(|s| s.addr("listen")).collect(), "user-", stop.clone(), 2_000_000);
+    cli(http, &["ramp", "start", "new-checkout", "--treatment", "on", "--steps", "50,100", "--min-dwell", "10m"]);
+    // An operator's stale copy of the flags, with the ramp at 50%, written again and again
+    // while the engine rolls the broken treatment back.
+    let stale = json!({"flags": {"new-checkout": {"state": "ENABLED", "variants": {"on": true, "off": false},
+        "defaultVariant": "off", "ramp": {"treatment": "on", "percent": 50}}}})
+    .to_string();
+    let url = format!("http://{http}/api/v1/flags");
+    let mut writes = 0;
+    while status(http)["state"] == "running" && writes < 2_000 {
+        put(&url, &stale).await;
+        writes += 1;
+    }
+    for _ in 0..20 {
+        put(&url, &stale).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    let s = status(http);
+    assert_eq!(s["state"], "rolled_back", "{:#}", s["events"]);
+    println!("{writes} flag writes raced the rollback");
+    for sidecar in &sidecars {
+        let admin = sidecar.addr("admin");
+        assert!(
+            eventually(Duration::from_secs(5), || async { ramp_block(admin).await["percent"].as_f64() == Some(0.0) })
+                .await,
+            "{}",
+            ramp_block(admin).await
+        );
+    }
+    let (_, body) = get(&format!("http://{http}/api/v1/flags"), &[]).await;
+    let served: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(served["flags"]["flags"]["new-checkout"]["ramp"]["percent"], 0.0, "{served}");
+}
