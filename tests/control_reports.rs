@@ -1,0 +1,103 @@
+//! Reports the control plane must not drop, over a real gRPC stream to a real control plane (SQLite
+//! in a temporary directory): a delta in which a variant has more errors than requests (several
+//! proxy workers can produce one, see `rampart_stats::SeriesStats`) is applied and acknowledged —
+//! a variant whose every request fails is exactly the one to see — and it rolls the ramp back.
+
+#[path = "../proxy/tests/support/mod.rs"]
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rampart_proto::rampart::v1::ramp_control_client::RampControlClient;
+use rampart_proto::rampart::v1::{
+    Hello, ProxyMessage, SplitStats, StatsReport, VariantStats, control_message, proxy_message,
+};
+use serde_json::Value;
+use support::*;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+const FLAGS: &str = "flags:\n  new-checkout:\n    state: ENABLED\n    variants: { \"on\": true, \"off\": false }\n    defaultVariant: \"off\"\n";
+
+fn variant(name: &str, requests: u64, errors: u64, units: u64, failing: u64) -> VariantStats {
+    VariantStats {
+        flag: "new-checkout".into(),
+        variant: name.into(),
+        requests,
+        errors,
+        split: Some(SplitStats { requests, errors, units, failing_units: failing, ..SplitStats::default() }),
+        ..VariantStats::default()
+    }
+}
+
+fn report(seq: u64, stats: Vec<VariantStats>) -> ProxyMessage {
+    ProxyMessage {
+        msg: Some(proxy_message::Msg::Report(StatsReport { seq, first_seq: seq, stats, ..StatsReport::default() })),
+    }
+}
+
+async fn api(http: SocketAddr, path: &str) -> Value {
+    let (_, body) = get(&format!("http://{http}{path}"), &[]).await;
+    serde_json::from_str(&body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_variant_with_more_errors_than_requests_is_counted_and_rolls_the_ramp_back() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("flags.yaml"), FLAGS).unwrap();
+    let text = "flags = \"flags.yaml\"\nstore = \"c.db\"\n";
+    let config = rampart_control::Config::parse(&dir.path().join("control.toml"), text).unwrap();
+    let control = rampart_control::Control::open(&config).unwrap();
+    let (grpc, http) =
+        (TcpListener::bind("127.0.0.1:0").await.unwrap(), TcpListener::bind("127.0.0.1:0").await.unwrap());
+    let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    tokio::spawn(control.run(grpc, http, stop.clone()));
+
+    let start = r#"{"flag": "new-checkout", "treatment": "on", "steps": [10, 100]}"#;
+    let (code, _, answer) = post_json(&format!("http://{http_addr}/api/v1/ramps"), start, &[]).await;
+    assert!(code.is_success(), "{answer}");
+
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}")).unwrap().connect().await.unwrap();
+    let mut client = RampControlClient::new(channel);
+    let hello = ProxyMessage {
+        msg: Some(proxy_message::Msg::Hello(Hello {
+            proxy_id: "p".into(),
+            service: "shop".into(),
+            flags_version: 0,
+            epoch: 7,
+        })),
+    };
+    // Every treatment request failed, and a worker counted three failures whose requests land in
+    // the next report: 3 errors of 2 requests.
+    let messages = vec![hello, report(1, vec![variant("on", 2, 3, 2, 2), variant("off", 98, 0, 98, 0)])];
+    let mut inbound = client.connect(tokio_stream::iter(messages)).await.unwrap().into_inner();
+    let acked = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(m) = inbound.message().await.unwrap() {
+            if let Some(control_message::Msg::Ack(a)) = m.msg {
+                return a.seq;
+            }
+        }
+        0
+    })
+    .await
+    .unwrap();
+    assert_eq!(acked, 1);
+    let stats = api(http_addr, "/api/v1/stats/new-checkout").await;
+    assert_eq!(
+        (stats["variants"]["on"]["requests"].as_u64(), stats["variants"]["on"]["errors"].as_u64()),
+        (Some(2), Some(3))
+    );
+    // The next engine tick sees the window.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            api(http_addr, "/api/v1/ramps/new-checkout").await["state"] == "rolled_back"
+        })
+        .await,
+        "{:#}",
+        api(http_addr, "/api/v1/ramps/new-checkout").await
+    );
+    stop.cancel();
+}
