@@ -250,6 +250,16 @@ pub fn decide(policy: &Policy, obs: Observation<'_>) -> Decision {
                     obs.next_percent
                 ));
             }
+            (None, None) if g.treatment_units + g.control_units == 0 => {
+                // Nothing failed (or was slow) in either arm: there is no risk to compare, and
+                // only an absolute bound (the error budget) can show the treatment is safe.
+                return decision(
+                    Action::Hold,
+                    format!(
+                        "{name}: no failing units in either arm yet, nothing to compare (an error budget advances on an absolute bound)"
+                    ),
+                );
+            }
             (excess, _) => {
                 let budget =
                     excess.map_or_else(String::new, |x| format!("; at most {x:.1} excess units/h at the next step"));
