@@ -122,6 +122,19 @@ impl AtomicHistogram {
         }
         SparseHistogram { buckets }
     }
+
+    /// What has been recorded since the last `take`, left in place (for inspection; a report
+    /// uses `take`). Not an instantaneous snapshot across buckets under concurrent records.
+    pub fn peek(&self) -> SparseHistogram {
+        let buckets = self
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(index, bucket)| (index as u32, bucket.load(Ordering::Relaxed)))
+            .filter(|&(_, count)| count != 0)
+            .collect();
+        SparseHistogram { buckets }
+    }
 }
 
 impl Default for AtomicHistogram {

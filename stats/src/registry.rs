@@ -96,6 +96,21 @@ impl Registry {
         deltas
     }
 
+    /// Every series as [`SeriesStats::peek`] shows it — the window in progress, left in place —
+    /// as `(flag, variant, delta)` sorted by flag then variant, idle series included.
+    pub fn peek_all(&self) -> Vec<(String, String, Delta)> {
+        let series = self.lock();
+        let mut deltas: Vec<_> = series
+            .by_flag
+            .iter()
+            .flat_map(|(flag, variants)| variants.iter().map(move |(variant, stats)| (flag, variant, stats.peek())))
+            .map(|(flag, variant, delta)| (flag.clone(), variant.clone(), delta))
+            .collect();
+        drop(series);
+        deltas.sort_unstable_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        deltas
+    }
+
     /// The map is consistent after any panic (an insert either happened or not), so a poisoned
     /// lock is recovered rather than propagated.
     fn lock(&self) -> MutexGuard<'_, Series> {
@@ -159,5 +174,11 @@ mod tests {
         let keys: Vec<_> = taken.iter().map(|(f, v, d)| (f.as_str(), v.as_str(), d.requests, d.errors)).collect();
         assert_eq!(keys, [("a", "off", 2, 0), ("b", "on", 1, 1)]);
         assert!(registry.take_all().is_empty(), "a second take finds nothing new");
+
+        a_off.record_split(Outcome::Ok, Some(40), 9, u64::MAX);
+        let peeked = registry.peek_all();
+        let keys: Vec<_> = peeked.iter().map(|(f, v, d)| (f.as_str(), v.as_str(), d.requests, d.split.units)).collect();
+        assert_eq!(keys, [("a", "off", 1, 1), ("a", "on", 0, 0), ("b", "on", 0, 0)], "idle series too");
+        assert_eq!(registry.take_all().len(), 1, "peeking drained nothing");
     }
 }

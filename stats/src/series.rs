@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::histogram::{AtomicHistogram, SparseHistogram};
-use crate::units::{UnitSetLarge, UnitSetSmall};
+use crate::units::{Taken, UnitSetLarge, UnitSetSmall};
 
 /// The `slow_us` of [`SeriesStats::record_split`] when the ramp has no latency threshold (yet):
 /// nothing counts as slow, not even a timeout, because the latency guardrail is not active.
@@ -103,16 +103,20 @@ impl SeriesStats {
         let errors = self.errors.swap(0, Ordering::Relaxed);
         let timeouts = self.timeouts.swap(0, Ordering::Relaxed);
         let latency = self.latency.take();
-        let (units, failing, slow) = (self.split_units.take(), self.split_failing.take(), self.split_slow.take());
-        let split = Split {
-            requests: units.inserts,
-            errors: failing.inserts,
-            slow: slow.inserts,
-            units: units.units,
-            failing_units: failing.units,
-            slow_units: slow.units,
-        };
+        let split = Split::of(self.split_units.take(), self.split_failing.take(), self.split_slow.take());
         Delta { requests, errors, timeouts, latency, split }
+    }
+
+    /// What [`take`](Self::take) would return now, leaving everything in place: the window in
+    /// progress, for inspection (the admin `/stats` endpoint). Reports use `take`.
+    pub fn peek(&self) -> Delta {
+        Delta {
+            requests: self.requests.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            timeouts: self.timeouts.load(Ordering::Relaxed),
+            latency: self.latency.peek(),
+            split: Split::of(self.split_units.peek(), self.split_failing.peek(), self.split_slow.peek()),
+        }
     }
 }
 
@@ -136,6 +140,19 @@ pub struct Split {
 }
 
 impl Split {
+    /// The counts of the three unit sets: every randomised request's unit, the failing ones'
+    /// and the slow ones' (each set's inserts are the matching request count).
+    fn of(units: Taken, failing: Taken, slow: Taken) -> Split {
+        Split {
+            requests: units.inserts,
+            errors: failing.inserts,
+            slow: slow.inserts,
+            units: units.units,
+            failing_units: failing.units,
+            slow_units: slow.units,
+        }
+    }
+
     /// Adds `other` into `self`, saturating. Unit counts add up as *unit-windows*: a unit seen in
     /// two merged windows counts twice.
     pub fn merge(&mut self, other: &Split) {
@@ -278,6 +295,21 @@ mod tests {
         s.record_split(Outcome::Ok, Some(0), 3, 0);
         let split = s.take().split;
         assert_eq!((split.slow, split.slow_units), (2, 2));
+    }
+
+    #[test]
+    fn peek_shows_the_window_in_progress_without_draining() {
+        let s = SeriesStats::new();
+        s.record(Outcome::Error, Some(10));
+        s.record_split(Outcome::Timeout, None, 3, 100);
+        let peeked = s.peek();
+        assert_eq!(s.peek(), peeked);
+        assert_eq!(
+            (peeked.requests, peeked.latency.count(), peeked.split.units, peeked.split.slow_units),
+            (2, 1, 1, 1)
+        );
+        assert_eq!(s.take(), peeked);
+        assert!(s.peek().is_empty());
     }
 
     #[test]

@@ -100,10 +100,24 @@ impl<const WORDS: usize> UnitSet<WORDS> {
 
     /// Drains the set: the inserts and distinct units since the last `take`, all back to zero.
     pub fn take(&self) -> Taken {
+        // Load first: most words are zero, and a load does not take the cache line exclusively.
+        let drain = |a: &AtomicU64| if a.load(Ordering::Relaxed) == 0 { 0 } else { a.swap(0, Ordering::Relaxed) };
         let overflowed = self.overflowed.swap(false, Ordering::Relaxed);
-        let exact = self.slots.iter().filter(|s| s.swap(0, Ordering::Relaxed) != 0).count() as u64;
-        let zero_bits: u32 = self.bits.iter().map(|w| w.swap(0, Ordering::Relaxed).count_zeros()).sum();
+        let exact = self.slots.iter().filter(|s| drain(s) != 0).count() as u64;
+        let zero_bits: u32 = self.bits.iter().map(|w| drain(w).count_zeros()).sum();
         let inserts = self.inserts.swap(0, Ordering::Relaxed);
+        Self::count(overflowed, exact, zero_bits, inserts)
+    }
+
+    /// What [`take`](Self::take) would return now, leaving the set as it is (for inspection).
+    pub fn peek(&self) -> Taken {
+        let overflowed = self.overflowed.load(Ordering::Relaxed);
+        let exact = self.slots.iter().filter(|s| s.load(Ordering::Relaxed) != 0).count() as u64;
+        let zero_bits: u32 = self.bits.iter().map(|w| w.load(Ordering::Relaxed).count_zeros()).sum();
+        Self::count(overflowed, exact, zero_bits, self.inserts.load(Ordering::Relaxed))
+    }
+
+    fn count(overflowed: bool, exact: u64, zero_bits: u32, inserts: u64) -> Taken {
         let units = if !overflowed {
             exact
         } else if zero_bits == 0 {
@@ -175,7 +189,10 @@ mod tests {
         for i in 0..1_000 {
             set.insert(hash(i));
         }
-        assert_eq!(set.take().inserts, 1_000);
+        let peeked = set.peek();
+        assert_eq!(peeked.inserts, 1_000);
+        assert_eq!(set.peek(), peeked, "peek leaves the set as it is");
+        assert_eq!(set.take(), peeked);
         assert_eq!(set.take(), Taken::default());
         set.insert(hash(7));
         assert_eq!(set.take(), Taken { inserts: 1, units: 1 }, "exact again after an overflowed window");
