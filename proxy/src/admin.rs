@@ -1,5 +1,6 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics` (Prometheus) and `/flags` (the loaded
-//! definitions and their version). Loopback by default; never on the client listener.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics` (Prometheus), `/flags` (the loaded
+//! definitions and their version) and `/stats` (the per-variant stats of the report window in
+//! progress). Loopback by default; never on the client listener.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,6 +18,8 @@ use tokio_util::task::TaskTracker;
 
 use std::sync::atomic::Ordering;
 
+use rampart_stats::{Delta, Registry};
+
 use crate::metrics::Metrics;
 use crate::reporter::Status;
 use crate::snapshot::Current;
@@ -25,6 +28,8 @@ use crate::snapshot::Current;
 pub(crate) struct Admin {
     pub(crate) current: Current,
     pub(crate) metrics: Metrics,
+    /// The recorded series, read (never drained) by `/stats`.
+    pub(crate) stats: Arc<Registry>,
     /// The control stream's state, when the sidecar follows a control plane.
     pub(crate) control: Option<Arc<Status>>,
 }
@@ -97,18 +102,61 @@ impl Admin {
             }
             "/flags" => {
                 let snapshot = self.current.load();
-                let body = serde_json::json!({
+                json(&serde_json::json!({
                     "version": snapshot.version,
                     "loaded_at": unix_seconds(snapshot.loaded_at),
                     "flags": snapshot.flags.definition(),
-                });
-                let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-                r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-                r
+                }))
             }
-            _ => text(StatusCode::NOT_FOUND, "not found: try /healthz, /readyz, /metrics, /flags\n".to_owned()),
+            "/stats" => json(&self.stats_body()),
+            _ => text(StatusCode::NOT_FOUND, "not found: try /healthz, /readyz, /metrics, /flags, /stats\n".to_owned()),
         }
     }
+}
+
+impl Admin {
+    /// `/stats`: every recorded series as it stands in the window in progress — since the last
+    /// report to the control plane, or since start without one. Reading drains nothing.
+    fn stats_body(&self) -> serde_json::Value {
+        let series: Vec<_> =
+            self.stats.peek_all().iter().map(|(flag, variant, d)| series_json(flag, variant, d)).collect();
+        let window = if self.control.is_some() { "since the last stats report" } else { "since start" };
+        serde_json::json!({
+            "window": window,
+            "series": series,
+            "overflow": self.stats.overflow().load(Ordering::Relaxed),
+        })
+    }
+}
+
+fn series_json(flag: &str, variant: &str, d: &Delta) -> serde_json::Value {
+    let s = &d.split;
+    serde_json::json!({
+        "flag": flag,
+        "variant": variant,
+        "requests": d.requests,
+        "errors": d.errors,
+        "timeouts": d.timeouts,
+        "latency_us": {
+            "count": d.latency.count(),
+            "p50": d.latency.quantile(0.5),
+            "p99": d.latency.quantile(0.99),
+        },
+        "split": {
+            "requests": s.requests,
+            "errors": s.errors,
+            "slow": s.slow,
+            "units": s.units,
+            "failing_units": s.failing_units,
+            "slow_units": s.slow_units,
+        },
+    })
+}
+
+fn json(body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r
 }
 
 fn unix_seconds(t: std::time::SystemTime) -> u64 {

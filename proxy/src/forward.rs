@@ -117,17 +117,18 @@ impl Forwarder {
     }
 
     /// Records the request's outcome for every tracked flag it was assigned, on the snapshot it
-    /// was evaluated with.
+    /// was evaluated with; randomised assignments (a unit from the ramp's split) also as such.
     fn record(&self, snapshot: &Snapshot, tracked: &Tracked, outcome: Outcome, micros: Option<u64>) {
-        for &(i, v) in tracked {
-            let Some(inj) = snapshot.injected.get(i as usize) else { continue };
+        for a in tracked {
+            let Some(inj) = snapshot.injected.get(a.flag as usize) else { continue };
             if !inj.tracked {
                 // Returned only because a route matches on it.
                 continue;
             }
-            let stats = inj.variants.get(v as usize).map(|out| &out.stats);
-            match stats {
-                Some(Some(series)) => series.record(outcome, micros),
+            let stats = inj.variants.get(a.variant as usize).map(|out| &out.stats);
+            match (stats, a.unit) {
+                (Some(Some(series)), Some(unit)) => series.record_split(outcome, micros, unit.get(), inj.slow_us),
+                (Some(Some(series)), None) => series.record(outcome, micros),
                 _ => {
                     self.metrics.stats_overflow.increment(1);
                     self.stats.overflow().fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -5,9 +5,10 @@
 //! is the one allocation left (see `benches/` for the counts).
 
 use std::cell::RefCell;
+use std::num::NonZeroU64;
 
 use http::{HeaderMap, Request};
-use rampart_flags::Bump;
+use rampart_flags::{Bump, Reason};
 use smallvec::SmallVec;
 
 use crate::config::Attribute;
@@ -20,13 +21,27 @@ thread_local! {
     static ARENA: RefCell<Bump> = RefCell::new(Bump::with_capacity(4096));
 }
 
-/// The assignments the rest of the request path needs: `(injected index, variant index)` of every
-/// flag that is tracked (`Injected::tracked`: recorded once the response is known) or that a route
-/// matches on (`Injected::routed`: routing compares these integers, see `route.rs`). Whoever fills
-/// it (evaluation here, or assignments reused from a propagated header) must push an entry for
-/// every tracked *or* routed flag that got a variant; consumers filter by those two bits. Inline
-/// up to 16 entries; more spill to the heap.
-pub type Tracked = SmallVec<[(u32, u32); 16]>;
+/// One flag's assignment for this request, as the rest of the request path needs it. 16 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Assigned {
+    /// Index into the snapshot's injected flags.
+    pub flag: u32,
+    /// Index of the variant in the flag's variants.
+    pub variant: u32,
+    /// Set only when this sidecar evaluated the flag and the ramp's split chose the variant
+    /// (reason `SPLIT`): the unit's hash (`Resolution::unit`), recorded as randomised traffic.
+    /// `None` for targeting, the default, and variants given by a propagated assignment or an
+    /// override token. A hash of 0 is kept as `u64::MAX` (a collision chance of 2^-64).
+    pub unit: Option<NonZeroU64>,
+}
+
+/// The assignments the rest of the request path needs: every flag that is tracked
+/// (`Injected::tracked`: recorded once the response is known) or that a route matches on
+/// (`Injected::routed`: routing compares the integers, see `route.rs`). Whoever fills it
+/// (evaluation here, or assignments reused from a propagated header) must push an entry for every
+/// tracked *or* routed flag that got a variant; consumers filter by those two bits. Inline up to
+/// 16 entries; more spill to the heap.
+pub type Tracked = SmallVec<[Assigned; 16]>;
 
 /// Strips headers under `prefix` from `req`, then evaluates and injects `snapshot`'s flags.
 /// Returns the assignments of tracked and routed flags (see [`Tracked`]).
@@ -54,8 +69,17 @@ pub fn inject_flags<B>(snapshot: &Snapshot, context: &[Attribute], prefix: &str,
         let received = propagation.map(|p| p.receive(req.headers_mut(), arena)).unwrap_or_default();
         let ctx = extract::context(context, req, arena);
         let flags = snapshot.flags.flags();
+        // By injected index: the unit of a randomised assignment (see `Assigned::unit`).
+        let units = arena.alloc_slice_fill_copy(snapshot.injected.len(), None::<NonZeroU64>);
         let chosen = arena.alloc_slice_fill_iter(snapshot.injected.iter().enumerate().map(|(i, inj)| {
-            received.given(i).or_else(|| flags[inj.flag].evaluate(&ctx, arena).variant.map(|v| v.index()))
+            if let Some(given) = received.given(i) {
+                return Some(given);
+            }
+            let r = flags[inj.flag].evaluate(&ctx, arena);
+            if r.reason == Reason::Split {
+                units[i] = r.unit.map(|h| NonZeroU64::new(h).unwrap_or(NonZeroU64::MAX));
+            }
+            r.variant.map(|v| v.index())
         }));
         let headers = req.headers_mut();
         // One more for `x-forwarded-for`, added later. hyper sizes a parsed map to the headers it
@@ -70,7 +94,7 @@ pub fn inject_flags<B>(snapshot: &Snapshot, context: &[Attribute], prefix: &str,
                     }
                     if inj.tracked || inj.routed {
                         // Both fit: a snapshot has far fewer than 2^32 flags or variants.
-                        tracked.push((i as u32, v as u32));
+                        tracked.push(Assigned { flag: i as u32, variant: v as u32, unit: units[i] });
                     }
                 }
                 None => inj.unresolved.increment(1),

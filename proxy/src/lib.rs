@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use crate::config::{Config, ConfigError};
-pub use crate::inject::{Tracked, inject_flags};
+pub use crate::inject::{Assigned, Tracked, inject_flags};
 pub use crate::query::QueryListeners;
 pub use crate::reload::LoadError;
 pub use crate::snapshot::Snapshot;
@@ -138,6 +138,7 @@ impl Proxy {
         let admin_state = Arc::new(admin::Admin {
             current: self.current.clone(),
             metrics: self.metrics.clone(),
+            stats: self.stats.clone(),
             control: c.control_plane.as_ref().map(|_| status.clone()),
         });
         let limits = server::Limits {

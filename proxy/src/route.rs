@@ -84,7 +84,9 @@ impl Router {
             .find(|(i, route)| {
                 let flags_match = !route.has_flags
                     || match resolved.0.get(*i) {
-                        Some(Some(Condition::Variants(all))) => all.iter().all(|pair| assigned.contains(pair)),
+                        Some(Some(Condition::Variants(all))) => all
+                            .iter()
+                            .all(|&(flag, variant)| assigned.iter().any(|a| (a.flag, a.variant) == (flag, variant))),
                         _ => false,
                     };
                 flags_match
@@ -136,6 +138,7 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
+    use crate::inject::Assigned;
     use crate::metrics::Metrics;
     use crate::snapshot::Outputs;
 
@@ -161,7 +164,8 @@ mod tests {
     }
 
     fn pick(router: &Router, snapshot: &Snapshot, assigned: &[(u32, u32)], req: &Request<()>) -> String {
-        router.select(&snapshot.routes, &assigned.iter().copied().collect(), req).cluster.name().to_owned()
+        let assigned = assigned.iter().map(|&(flag, variant)| Assigned { flag, variant, unit: None }).collect();
+        router.select(&snapshot.routes, &assigned, req).cluster.name().to_owned()
     }
 
     #[test]

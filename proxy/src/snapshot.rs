@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue};
 use metrics::Counter;
 use rampart_flags::{Flag, FlagSet};
-use rampart_stats::{Registry, SeriesStats};
+use rampart_stats::{NO_SLOW_THRESHOLD, Registry, SeriesStats};
 
 use crate::metrics::Metrics;
 use crate::propagate::Prepared;
@@ -39,6 +39,9 @@ pub(crate) struct Injected {
     /// Whether a route matches on this flag's variant (its assignment is then returned by
     /// `inject_flags` even when the flag is not tracked).
     pub(crate) routed: bool,
+    /// The ramp's `slowUs`: a randomised request slower than this (µs) counts as slow;
+    /// [`NO_SLOW_THRESHOLD`] without a ramp or a threshold.
+    pub(crate) slow_us: u64,
 }
 
 /// A complete flag configuration as served.
@@ -112,6 +115,7 @@ impl Snapshot {
                 unresolved: out.metrics.evaluations(flag.key(), ""),
                 tracked,
                 routed: false,
+                slow_us: flag.ramp().and_then(|r| r.slow_us()).unwrap_or(NO_SLOW_THRESHOLD),
             });
         }
         Ok(Snapshot {

@@ -119,8 +119,10 @@ impl Pending {
 mod tests {
     use super::*;
 
+    /// `requests` requests, all randomised, from one unit.
     fn delta(requests: u64) -> Vec<(String, String, Delta)> {
-        vec![("f".into(), "on".into(), Delta { requests, ..Delta::default() })]
+        let split = rampart_stats::Split { requests, units: 1, ..Default::default() };
+        vec![("f".into(), "on".into(), Delta { requests, split, ..Delta::default() })]
     }
 
     fn total(reports: &[StatsReport]) -> u64 {
@@ -160,6 +162,9 @@ mod tests {
         let resent = p.next_to_send();
         assert_eq!(resent[0].seq, 1, "the sent report is resent as it was, never merged");
         assert_eq!(total(&resent), (1..=100).sum::<u64>());
+        let split = || resent.iter().flat_map(|r| &r.stats).filter_map(|s| s.split.as_ref());
+        assert_eq!(split().map(|s| s.requests).sum::<u64>(), (1..=100).sum::<u64>());
+        assert_eq!(split().map(|s| s.units).sum::<u64>(), 100, "merged windows count unit-windows");
         assert_eq!(resent.iter().map(|r| r.overflow).sum::<u64>(), 99);
         let last = resent.last().unwrap();
         assert_eq!(last.seq, 100);
