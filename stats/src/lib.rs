@@ -30,6 +30,7 @@
 //! ```
 
 mod histogram;
+mod recent;
 mod registry;
 mod series;
 mod units;
@@ -37,6 +38,7 @@ mod units;
 pub use histogram::{
     AtomicHistogram, BucketOutOfRange, MAX_TRACKABLE_MICROS, NUM_BUCKETS, SparseHistogram, bucket_bounds, bucket_index,
 };
+pub use recent::HORIZON_S;
 pub use registry::Registry;
 pub use series::{Delta, NO_SLOW_THRESHOLD, Outcome, SeriesStats, Split};
 pub use units::{EXACT_SLOTS, Taken, UnitSet, UnitSetLarge, UnitSetSmall};

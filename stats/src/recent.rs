@@ -30,10 +30,11 @@ impl Recent {
     /// counted within the last [`HORIZON_S`] seconds; counting it records `now_s`.
     #[inline]
     pub fn first(&self, unit: u64, now_s: u32) -> bool {
-        // The slot from the middle bits, the tag from the top ones (the low bits picked the
-        // unit's ramp bucket); tag 0 is reserved for "empty".
-        let slot = &self.slots[((unit >> 20) as usize) % SLOTS];
-        let tag = (unit >> TIME_BITS).max(1);
+        // Mixed first (Fibonacci hashing), so keys that differ only in a few bits spread over
+        // the table; the slot from the top bits, the tag from the rest; tag 0 means "empty".
+        let mixed = unit.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let slot = &self.slots[(mixed >> (64 - SLOTS.trailing_zeros())) as usize];
+        let tag = (mixed >> TIME_BITS).max(1);
         let now = u64::from(now_s) & TIME_MASK;
         let seen = slot.load(Ordering::Relaxed);
         if seen >> TIME_BITS == tag && (now.wrapping_sub(seen & TIME_MASK) & TIME_MASK) < u64::from(HORIZON_S) {

@@ -2,9 +2,12 @@
 //! randomised (ramp-split) part with its distinct units, recorded lock-free by the proxy and drained
 //! into mergeable [`Delta`]s for the stats report.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use crate::histogram::{AtomicHistogram, SparseHistogram};
+use crate::recent::{HORIZON_S, Recent};
 use crate::units::{Taken, UnitSetLarge, UnitSetSmall};
 
 /// The `slow_us` of [`SeriesStats::record_split`] when the ramp has no latency threshold (yet):
@@ -28,7 +31,8 @@ pub enum Outcome {
 /// [`record`](Self::record) touches only atomics (2–4 `fetch_add(Relaxed)`, no lock, no
 /// allocation); [`record_split`](Self::record_split) adds one to three [`UnitSet`](crate::UnitSet)
 /// inserts (lock-free, allocation-free). Memory: 3 × 8 B counters, one [`AtomicHistogram`]
-/// (≈ 15.5 KiB) and three unit sets (4.3 KiB + 2 × 0.8 KiB), ≈ 21.5 KiB per series.
+/// (≈ 15.5 KiB), three unit sets (4.3 KiB + 2 × 0.8 KiB) and two recent-unit tables (2 × 8 KiB),
+/// ≈ 37.5 KiB per series.
 ///
 /// [`take`](Self::take) swaps every counter, bucket and unit set to zero. Each recorded request
 /// lands in exactly one delta, but the counters, the histogram and the sets are drained one after
@@ -49,6 +53,17 @@ pub struct SeriesStats {
     split_failing: UnitSetSmall,
     /// Units of randomised requests that were slow; its inserts are `Split::slow`.
     split_slow: UnitSetSmall,
+    /// Units counted as failing (as slow) within the last [`HORIZON_S`] seconds, which are not
+    /// counted again in a later window.
+    recent_failing: Recent,
+    recent_slow: Recent,
+}
+
+/// Seconds since the first randomised failure recorded in this process: the clock of [`Recent`].
+fn now_s() -> u32 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    // Wraps after 136 years; `Recent` compares modulo 2^20 s anyway.
+    START.get_or_init(Instant::now).elapsed().as_secs() as u32
 }
 
 impl SeriesStats {
@@ -86,13 +101,24 @@ impl SeriesStats {
     pub fn record_split(&self, outcome: Outcome, latency_micros: Option<u64>, unit: u64, slow_us: u64) {
         self.record(outcome, latency_micros);
         self.split_units.insert(unit);
-        if outcome != Outcome::Ok {
-            self.split_failing.insert(unit);
-        }
+        let failed = outcome != Outcome::Ok;
         let slow = slow_us != NO_SLOW_THRESHOLD
             && (outcome == Outcome::Timeout || latency_micros.is_some_and(|micros| micros > slow_us));
+        if !(failed || slow) {
+            return;
+        }
+        // Only failures read the clock. A unit counts as failing (slow) once per horizon, so one
+        // user's retries over a few seconds are one failing unit, not one per report window.
+        let now = now_s();
+        if failed {
+            if self.recent_failing.first(unit, now) {
+                self.split_failing.insert(unit)
+            } else {
+                self.split_failing.sighting()
+            }
+        }
         if slow {
-            self.split_slow.insert(unit);
+            if self.recent_slow.first(unit, now) { self.split_slow.insert(unit) } else { self.split_slow.sighting() }
         }
     }
 
@@ -279,6 +305,23 @@ mod tests {
         s.record_split(Outcome::Ok, Some(1), 5, NO_SLOW_THRESHOLD);
         merged.merge(&s.take());
         assert_eq!((merged.split.requests, merged.split.units), (2, 2));
+    }
+
+    #[test]
+    fn a_failing_unit_counts_once_across_windows_within_the_horizon() {
+        let s = SeriesStats::new();
+        // One user retries through three report windows; another fails once.
+        for _ in 0..3 {
+            s.record_split(Outcome::Error, Some(10), 7, 5);
+            s.record_split(Outcome::Error, Some(10), 7, 5);
+        }
+        s.record_split(Outcome::Error, Some(10), 8, 5);
+        let first = s.take().split;
+        s.record_split(Outcome::Error, Some(10), 7, 5);
+        let second = s.take().split;
+        assert_eq!((first.errors, first.failing_units, first.slow_units), (7, 2, 2));
+        assert_eq!((second.errors, second.failing_units, second.slow_units), (1, 0, 0), "counted in the first");
+        assert_eq!(second.units, 1, "still a unit of the second window");
     }
 
     #[test]

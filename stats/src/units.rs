@@ -79,6 +79,13 @@ impl<const WORDS: usize> UnitSet<WORDS> {
         }
     }
 
+    /// Records one sighting of a unit already counted (its distinct count stays): see
+    /// `SeriesStats::record_split`, which counts a failing unit once per horizon.
+    #[inline]
+    pub fn sighting(&self) {
+        self.inserts.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Puts `hash` in the exact set; `false` when every slot holds another unit. Slots fill in
     /// order and every inserter claims the first empty one, so a unit never takes two slots.
     fn insert_exact(&self, hash: u64) -> bool {
