@@ -15,7 +15,7 @@ const TIME_MASK: u64 = (1 << TIME_BITS) - 1;
 pub const HORIZON_S: u32 = 60;
 
 #[derive(Debug)]
-pub struct Recent {
+pub(crate) struct Recent {
     slots: Box<[AtomicU64]>,
 }
 
@@ -29,7 +29,7 @@ impl Recent {
     /// Whether `unit` (a 64-bit unit hash) should count at second `now_s`: true unless it was
     /// counted within the last [`HORIZON_S`] seconds; counting it records `now_s`.
     #[inline]
-    pub fn first(&self, unit: u64, now_s: u32) -> bool {
+    pub(crate) fn first(&self, unit: u64, now_s: u32) -> bool {
         // Mixed first (Fibonacci hashing), so keys that differ only in a few bits spread over
         // the table; the slot from the top bits, the tag from the rest; tag 0 means "empty".
         let mixed = unit.wrapping_mul(0x9E37_79B9_7F4A_7C15);

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::histogram::{AtomicHistogram, SparseHistogram};
-use crate::recent::{HORIZON_S, Recent};
+use crate::recent::Recent;
 use crate::units::{Taken, UnitSetLarge, UnitSetSmall};
 
 /// The `slow_us` of [`SeriesStats::record_split`] when the ramp has no latency threshold (yet):
@@ -53,8 +53,8 @@ pub struct SeriesStats {
     split_failing: UnitSetSmall,
     /// Units of randomised requests that were slow; its inserts are `Split::slow`.
     split_slow: UnitSetSmall,
-    /// Units counted as failing (as slow) within the last [`HORIZON_S`] seconds, which are not
-    /// counted again in a later window.
+    /// Units counted as failing (as slow) within the last `HORIZON_S` seconds, which are not
+    /// counted again in a later window (see `crate::HORIZON_S`).
     recent_failing: Recent,
     recent_slow: Recent,
 }
