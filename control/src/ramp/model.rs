@@ -75,7 +75,7 @@ pub const RECENT_MS: i64 = 60_000;
 /// Fewest control latencies before a slow threshold is set.
 pub const MIN_THRESHOLD_SAMPLES: u64 = 200;
 /// The quantile of the control's recent latencies that makes the slow threshold.
-pub const SLOW_QUANTILE: f64 = 0.99;
+pub const SLOW_QUANTILE: f64 = 0.95;
 /// The default steps: the last testing step keeps a 5% holdback, so there is always a concurrent
 /// control; 100% is reached only when it passes.
 pub const DEFAULT_STEPS: [f64; 6] = [1.0, 5.0, 25.0, 50.0, 95.0, 100.0];
