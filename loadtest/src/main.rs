@@ -15,6 +15,7 @@ mod procfs;
 mod procs;
 mod prometheus;
 mod scenario;
+mod simulate;
 mod upstream;
 
 /// Load generators for Rampart's figures (loopback targets only).
@@ -39,6 +40,9 @@ enum Mode {
     /// A ramp end to end: control plane, sidecars, an upstream whose treatment misbehaves (or
     /// not, `--aa`); time to detect, time to stop, requests served by the bad variant.
     Scenario(scenario::Args),
+    /// Simulated ramps: the real decision code on declarative scenarios (`scenarios/*.toml`),
+    /// many seeded runs each; false rollbacks, time to rollback and to 100%.
+    Simulate(simulate::Args),
     /// The fast upstream (`200 ok`) as its own process, for `compare`.
     Upstream(upstream::Args),
 }
@@ -70,6 +74,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Mode::Compare(args) => compare::run(args).await,
             Mode::Scenario(args) => scenario::run(args).await,
             Mode::Upstream(args) => upstream::run(args).await,
+            // CPU work on scoped threads of its own; nothing else runs on this runtime.
+            Mode::Simulate(args) => simulate::run(args),
         }
     })
 }
