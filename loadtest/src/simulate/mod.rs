@@ -10,6 +10,7 @@ mod world;
 #[cfg(test)]
 mod catalogue_tests;
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -56,8 +57,9 @@ pub(crate) struct Args {
     /// The commit measured, recorded in the JSON and markdown (e.g. `git rev-parse HEAD`).
     #[arg(long)]
     commit: Option<String>,
-    /// Instead of measuring: run number RUN of each scenario once and print every tick's window
-    /// (when it has traffic) and every decision other than a dwell hold, as JSON lines.
+    /// Instead of measuring: run number RUN of each scenario once and print, as JSON lines, every
+    /// tick whose window has traffic or whose decision is not a dwell hold (arms as [requests,
+    /// errors, slow, units, failing units, slow units]), then the outcome.
     #[arg(long, value_name = "RUN")]
     trace: Option<usize>,
     /// Exit 1 when a scenario misses its `[check]` bounds.
@@ -117,24 +119,30 @@ pub(crate) fn measure(sc: &Scenario, runs: usize, seed: u64, threads: usize) -> 
     summary::summarise(sc, seed, &outcomes, started.elapsed().as_secs_f64())
 }
 
-/// Prints run `index` of `sc` tick by tick (JSON lines), then its outcome.
-fn trace(sc: &Scenario, seed: u64, index: usize) {
+/// Prints run `index` of `sc` tick by tick (JSON lines), then its outcome; stops quietly when
+/// stdout is closed (`| head`).
+fn trace(sc: &Scenario, seed: u64, index: usize) -> std::io::Result<()> {
     let arm = |a: &Arm| serde_json::json!([a.requests, a.errors, a.slow, a.units, a.failing_units, a.slow_units]);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut result = Ok(());
     let outcome = world::run_traced(sc, run_seed(seed, index), &mut |tick, w, d| {
         let has_traffic = w.treatment.requests + w.control.requests > 0;
         let routine = d.action == Action::Hold && d.reason.starts_with("dwell");
-        if has_traffic || !routine {
+        if result.is_ok() && (has_traffic || !routine) {
             let line = serde_json::json!({
                 "t": tick,
                 "treatment": arm(&w.treatment),
                 "control": arm(&w.control),
+                "slow_threshold_us": d.numbers.slow_threshold_us,
                 "action": d.action,
                 "reason": d.reason,
             });
-            println!("{line}");
+            result = writeln!(out, "{line}");
         }
     });
-    println!("{}", serde_json::json!({ "scenario": sc.name, "run": index, "outcome": outcome }));
+    result?;
+    writeln!(out, "{}", serde_json::json!({ "scenario": sc.name, "run": index, "outcome": outcome }))?;
+    out.flush()
 }
 
 /// The scenario files named: files as given, directories' `*.toml` by name.
@@ -190,7 +198,10 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if let Some(i) = args.trace {
         for sc in &scenarios {
-            trace(sc, args.seed, i);
+            match trace(sc, args.seed, i) {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
+                other => other.context("cannot write the trace")?,
+            }
         }
         return Ok(ExitCode::SUCCESS);
     }

@@ -90,8 +90,9 @@ pub(crate) struct ArmModel {
     pub(crate) latency_multiplier: Curve,
 }
 
-/// Loose bounds the test suite checks at few runs (shares of runs). Unset bounds take the
-/// defaults of the scenario's kind (see `check_bounds`).
+/// Loose bounds the test suite checks at few runs (shares of runs; the "at least" bounds on
+/// rollbacks and completions of the runs that did not pause). Unset bounds take the defaults of
+/// the scenario's kind (see `summary::check_bounds`).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Check {
