@@ -23,6 +23,7 @@ impl From<&Split> for SplitStats {
             units: s.units,
             failing_units: s.failing_units,
             slow_units: s.slow_units,
+            new_units: s.new_units,
         }
     }
 }
@@ -36,6 +37,7 @@ impl From<&SplitStats> for Split {
             units: s.units,
             failing_units: s.failing_units,
             slow_units: s.slow_units,
+            new_units: s.new_units,
         }
     }
 }
@@ -90,7 +92,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_validation() {
-        let split = Split { requests: 8, errors: 2, slow: 1, units: 5, failing_units: 2, slow_units: 1 };
+        let split = Split { requests: 8, errors: 2, slow: 1, units: 5, failing_units: 2, slow_units: 1, new_units: 4 };
         let mut d = Delta { requests: 10, errors: 2, timeouts: 1, latency: SparseHistogram::default(), split };
         d.latency.record(1500);
         d.latency.record(90_000);

@@ -1,43 +1,51 @@
-//! Which units were counted as failing (or slow) lately: a unit counts at most once per horizon
-//! across report windows, so one user's retries spread over a few seconds are one failing unit,
-//! not one per window. Lock-free and fixed-size: a direct-mapped table of (unit tag, second) in
-//! atomics; a collision forgets a unit early (it may then count twice), never loses a new one.
+//! Which units were counted lately: a unit counts at most once per horizon across report windows —
+//! as failing (or slow), so one user's retries spread over a few seconds are one failing unit, not
+//! one per window; and as a *new* unit, so a user who stays for minutes is one unit in the
+//! sample-ratio test, not one per window. Lock-free and fixed-size: a direct-mapped table of
+//! (unit tag, second) in atomics; a collision forgets a unit early (it may then count twice),
+//! never loses a new one.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Slots of the table: 1 024 × 8 B = 8 KiB.
-const SLOTS: usize = 1024;
+/// Slots of a failing/slow table: 1 024 × 8 B = 8 KiB.
+pub(crate) const SMALL: usize = 1024;
+/// Slots of the new-units table: 8 192 × 8 B = 64 KiB (units seen within [`NEW_HORIZON_S`]
+/// beyond that many per series start to be forgotten early and counted again).
+pub(crate) const LARGE: usize = 8192;
 /// Bits of the stored second (wraps after 2^20 s ≈ 12 days; comparisons are modular).
 const TIME_BITS: u32 = 20;
 const TIME_MASK: u64 = (1 << TIME_BITS) - 1;
 
-/// How long a counted unit is not counted again, seconds.
+/// How long a unit counted as failing (slow) is not counted again, seconds.
 pub const HORIZON_S: u32 = 60;
+/// How long a unit counted as new is not counted again, seconds.
+pub const NEW_HORIZON_S: u32 = 600;
 
 #[derive(Debug)]
 pub(crate) struct Recent {
     slots: Box<[AtomicU64]>,
-}
-
-impl Default for Recent {
-    fn default() -> Self {
-        Recent { slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect() }
-    }
+    horizon_s: u32,
 }
 
 impl Recent {
+    /// A table of `slots` (a power of two) that forgets a unit after `horizon_s` seconds.
+    pub(crate) fn new(slots: usize, horizon_s: u32) -> Recent {
+        debug_assert!(slots.is_power_of_two());
+        Recent { slots: (0..slots).map(|_| AtomicU64::new(0)).collect(), horizon_s }
+    }
+
     /// Whether `unit` (a 64-bit unit hash) should count at second `now_s`: true unless it was
-    /// counted within the last [`HORIZON_S`] seconds; counting it records `now_s`.
+    /// counted within the horizon; counting it records `now_s`.
     #[inline]
     pub(crate) fn first(&self, unit: u64, now_s: u32) -> bool {
         // Mixed first (Fibonacci hashing), so keys that differ only in a few bits spread over
         // the table; the slot from the top bits, the tag from the rest; tag 0 means "empty".
         let mixed = unit.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let slot = &self.slots[(mixed >> (64 - SLOTS.trailing_zeros())) as usize];
+        let slot = &self.slots[(mixed >> (64 - self.slots.len().trailing_zeros())) as usize];
         let tag = (mixed >> TIME_BITS).max(1);
         let now = u64::from(now_s) & TIME_MASK;
         let seen = slot.load(Ordering::Relaxed);
-        if seen >> TIME_BITS == tag && (now.wrapping_sub(seen & TIME_MASK) & TIME_MASK) < u64::from(HORIZON_S) {
+        if seen >> TIME_BITS == tag && (now.wrapping_sub(seen & TIME_MASK) & TIME_MASK) < u64::from(self.horizon_s) {
             return false;
         }
         slot.store(tag << TIME_BITS | now, Ordering::Relaxed);
@@ -51,7 +59,7 @@ mod tests {
 
     #[test]
     fn a_unit_counts_once_per_horizon() {
-        let r = Recent::default();
+        let r = Recent::new(SMALL, HORIZON_S);
         let unit = 0x1234_5678_9abc_def0;
         assert!(r.first(unit, 100));
         assert!(!r.first(unit, 100));
@@ -62,7 +70,7 @@ mod tests {
 
     #[test]
     fn the_clock_wraps() {
-        let r = Recent::default();
+        let r = Recent::new(LARGE, NEW_HORIZON_S);
         let unit = 42 << 40;
         let late = (1u32 << TIME_BITS) - 5;
         assert!(r.first(unit, late));

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::histogram::{AtomicHistogram, SparseHistogram};
-use crate::recent::Recent;
+use crate::recent::{HORIZON_S, LARGE, NEW_HORIZON_S, Recent, SMALL};
 use crate::units::{Taken, UnitSetLarge, UnitSetSmall};
 
 /// The `slow_us` of [`SeriesStats::record_split`] when the ramp has no latency threshold (yet):
@@ -31,8 +31,8 @@ pub enum Outcome {
 /// [`record`](Self::record) touches only atomics (2–4 `fetch_add(Relaxed)`, no lock, no
 /// allocation); [`record_split`](Self::record_split) adds one to three [`UnitSet`](crate::UnitSet)
 /// inserts (lock-free, allocation-free). Memory: 3 × 8 B counters, one [`AtomicHistogram`]
-/// (≈ 15.5 KiB), three unit sets (4.3 KiB + 2 × 0.8 KiB) and two recent-unit tables (2 × 8 KiB),
-/// ≈ 37.5 KiB per series.
+/// (≈ 15.5 KiB), three unit sets (4.3 KiB + 2 × 0.8 KiB) and three recent-unit tables (2 × 8 KiB
+/// for failing and slow units, 64 KiB for new units), ≈ 102 KiB per series.
 ///
 /// [`take`](Self::take) swaps every counter, bucket and unit set to zero. Each recorded request
 /// lands in exactly one delta, but the counters, the histogram and the sets are drained one after
@@ -41,7 +41,7 @@ pub enum Outcome {
 /// instant (even `errors > requests` in a tiny delta, and the same within [`Split`]); sums of the
 /// counters over deltas are exact (distinct-unit counts are per window and do not sum to distinct
 /// units, see [`Delta::merge`]).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SeriesStats {
     requests: AtomicU64,
     errors: AtomicU64,
@@ -57,6 +57,27 @@ pub struct SeriesStats {
     /// counted again in a later window (see `crate::HORIZON_S`).
     recent_failing: Recent,
     recent_slow: Recent,
+    /// Units counted as new within the last `NEW_HORIZON_S` seconds; `new_units` counts the others.
+    recent_units: Recent,
+    new_units: AtomicU64,
+}
+
+impl Default for SeriesStats {
+    fn default() -> Self {
+        SeriesStats {
+            requests: AtomicU64::default(),
+            errors: AtomicU64::default(),
+            timeouts: AtomicU64::default(),
+            latency: AtomicHistogram::default(),
+            split_units: UnitSetLarge::default(),
+            split_failing: UnitSetSmall::default(),
+            split_slow: UnitSetSmall::default(),
+            recent_failing: Recent::new(SMALL, HORIZON_S),
+            recent_slow: Recent::new(SMALL, HORIZON_S),
+            recent_units: Recent::new(LARGE, NEW_HORIZON_S),
+            new_units: AtomicU64::default(),
+        }
+    }
 }
 
 /// Seconds since the first randomised failure recorded in this process: the clock of [`Recent`].
@@ -101,15 +122,15 @@ impl SeriesStats {
     pub fn record_split(&self, outcome: Outcome, latency_micros: Option<u64>, unit: u64, slow_us: u64) {
         self.record(outcome, latency_micros);
         self.split_units.insert(unit);
+        let now = now_s();
+        if self.recent_units.first(unit, now) {
+            self.new_units.fetch_add(1, Ordering::Relaxed);
+        }
         let failed = outcome != Outcome::Ok;
         let slow = slow_us != NO_SLOW_THRESHOLD
             && (outcome == Outcome::Timeout || latency_micros.is_some_and(|micros| micros > slow_us));
-        if !(failed || slow) {
-            return;
-        }
-        // Only failures read the clock. A unit counts as failing (slow) once per horizon, so one
-        // user's retries over a few seconds are one failing unit, not one per report window.
-        let now = now_s();
+        // A unit counts as failing (slow) once per horizon, so one user's retries over a few
+        // seconds are one failing unit, not one per report window.
         if failed {
             if self.recent_failing.first(unit, now) {
                 self.split_failing.insert(unit)
@@ -129,7 +150,8 @@ impl SeriesStats {
         let errors = self.errors.swap(0, Ordering::Relaxed);
         let timeouts = self.timeouts.swap(0, Ordering::Relaxed);
         let latency = self.latency.take();
-        let split = Split::of(self.split_units.take(), self.split_failing.take(), self.split_slow.take());
+        let mut split = Split::of(self.split_units.take(), self.split_failing.take(), self.split_slow.take());
+        split.new_units = self.new_units.swap(0, Ordering::Relaxed);
         Delta { requests, errors, timeouts, latency, split }
     }
 
@@ -141,7 +163,10 @@ impl SeriesStats {
             errors: self.errors.load(Ordering::Relaxed),
             timeouts: self.timeouts.load(Ordering::Relaxed),
             latency: self.latency.peek(),
-            split: Split::of(self.split_units.peek(), self.split_failing.peek(), self.split_slow.peek()),
+            split: Split {
+                new_units: self.new_units.load(Ordering::Relaxed),
+                ..Split::of(self.split_units.peek(), self.split_failing.peek(), self.split_slow.peek())
+            },
         }
     }
 }
@@ -163,6 +188,10 @@ pub struct Split {
     pub failing_units: u64,
     /// Distinct units with at least one slow request.
     pub slow_units: u64,
+    /// Units not counted in this series within the last 10 minutes (`NEW_HORIZON_S`): a user who
+    /// stays for minutes is one new unit, not one per window, which is what the sample-ratio test
+    /// needs (its units must be independent draws of the assignment).
+    pub new_units: u64,
 }
 
 impl Split {
@@ -176,6 +205,7 @@ impl Split {
             units: units.units,
             failing_units: failing.units,
             slow_units: slow.units,
+            new_units: 0,
         }
     }
 
@@ -188,6 +218,7 @@ impl Split {
         self.units = self.units.saturating_add(other.units);
         self.failing_units = self.failing_units.saturating_add(other.failing_units);
         self.slow_units = self.slow_units.saturating_add(other.slow_units);
+        self.new_units = self.new_units.saturating_add(other.new_units);
     }
 
     /// Whether every count is zero.
@@ -295,7 +326,8 @@ mod tests {
         }
         let d = s.take();
         assert_eq!((d.requests, d.errors, d.timeouts), (31, 8, 1));
-        let want = Split { requests: 30, errors: 7, slow: 2, units: 10, failing_units: 3, slow_units: 2 };
+        let want =
+            Split { requests: 30, errors: 7, slow: 2, units: 10, failing_units: 3, slow_units: 2, new_units: 10 };
         assert_eq!(d.split, want);
         assert!(s.take().is_empty());
 
@@ -322,6 +354,7 @@ mod tests {
         assert_eq!((first.errors, first.failing_units, first.slow_units), (7, 2, 2));
         assert_eq!((second.errors, second.failing_units, second.slow_units), (1, 0, 0), "counted in the first");
         assert_eq!(second.units, 1, "still a unit of the second window");
+        assert_eq!((first.new_units, second.new_units), (2, 0), "but not a new one");
     }
 
     #[test]

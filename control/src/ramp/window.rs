@@ -22,6 +22,10 @@ pub struct Arm {
     pub failing_units: u64,
     /// Distinct units with at least one slow request.
     pub slow_units: u64,
+    /// Units not seen by their sidecar within the last 10 minutes: the sample-ratio test's draws
+    /// (a returning user is not a new draw of the assignment).
+    #[serde(default)]
+    pub new_units: u64,
 }
 
 impl From<&rampart_stats::Split> for Arm {
@@ -33,6 +37,7 @@ impl From<&rampart_stats::Split> for Arm {
             units: s.units,
             failing_units: s.failing_units,
             slow_units: s.slow_units,
+            new_units: s.new_units,
         }
     }
 }
@@ -45,6 +50,7 @@ impl Arm {
         self.units = self.units.saturating_add(other.units);
         self.failing_units = self.failing_units.saturating_add(other.failing_units);
         self.slow_units = self.slow_units.saturating_add(other.slow_units);
+        self.new_units = self.new_units.saturating_add(other.new_units);
     }
 }
 

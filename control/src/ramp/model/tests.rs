@@ -7,7 +7,7 @@ use super::*;
 use crate::ramp::window::Arm;
 
 fn arm(units: u64, failing: u64, slow: u64) -> Arm {
-    Arm { requests: units, errors: failing, slow, units, failing_units: failing, slow_units: slow }
+    Arm { requests: units, errors: failing, slow, units, failing_units: failing, slow_units: slow, new_units: units }
 }
 
 fn latency(n: u64, us: u64) -> SparseHistogram {
