@@ -38,7 +38,7 @@ mod units;
 pub use histogram::{
     AtomicHistogram, BucketOutOfRange, MAX_TRACKABLE_MICROS, NUM_BUCKETS, SparseHistogram, bucket_bounds, bucket_index,
 };
-pub use recent::HORIZON_S;
+pub use recent::{HORIZON_S, NEW_HORIZON_S};
 pub use registry::Registry;
 pub use series::{Delta, NO_SLOW_THRESHOLD, Outcome, SeriesStats, Split};
 pub use units::{EXACT_SLOTS, Taken, UnitSet, UnitSetLarge, UnitSetSmall};
