@@ -59,7 +59,7 @@ pub(crate) struct Args {
     commit: Option<String>,
     /// Instead of measuring: run number RUN of each scenario once and print, as JSON lines, every
     /// tick whose window has traffic or whose decision is not a dwell hold (arms as [requests,
-    /// errors, slow, units, failing units, slow units]), then the outcome.
+    /// errors, slow, units, failing units, slow units, new units]), then the outcome.
     #[arg(long, value_name = "RUN")]
     trace: Option<usize>,
     /// Exit 1 when a scenario misses its `[check]` bounds.
@@ -122,7 +122,9 @@ pub(crate) fn measure(sc: &Scenario, runs: usize, seed: u64, threads: usize) -> 
 /// Prints run `index` of `sc` tick by tick (JSON lines), then its outcome; stops quietly when
 /// stdout is closed (`| head`).
 fn trace(sc: &Scenario, seed: u64, index: usize) -> std::io::Result<()> {
-    let arm = |a: &Arm| serde_json::json!([a.requests, a.errors, a.slow, a.units, a.failing_units, a.slow_units]);
+    let arm = |a: &Arm| {
+        serde_json::json!([a.requests, a.errors, a.slow, a.units, a.failing_units, a.slow_units, a.new_units])
+    };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut result = Ok(());
     let outcome = world::run_traced(sc, run_seed(seed, index), &mut |tick, w, d| {

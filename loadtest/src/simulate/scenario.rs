@@ -99,6 +99,7 @@ pub(crate) struct Check {
     pub(crate) rollback_at_most: Option<f64>,
     pub(crate) rollback_at_least: Option<f64>,
     pub(crate) completed_at_least: Option<f64>,
+    pub(crate) paused_at_most: Option<f64>,
     pub(crate) paused_at_least: Option<f64>,
     /// Share of runs that left the first step.
     pub(crate) advanced_at_most: Option<f64>,

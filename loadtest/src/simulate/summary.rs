@@ -171,16 +171,17 @@ pub(crate) fn summarise(sc: &Scenario, seed: u64, outcomes: &[Outcome], wall_s: 
     summary
 }
 
-/// The file's bounds, else its kind's: A/A rolls back at most 15% of runs, a bad change at least
-/// 80%, a good one completes 80% and rolls back at most 15%, a lost-units one pauses in 50%.
-/// "At least" bounds on rollbacks and completions count the runs that did not pause on a
-/// sample-ratio mismatch (a pause is judged on its own: see the pause rates of the A/A runs).
+/// The file's bounds, else its kind's: equal arms (A/A, good) roll back at most 15% of runs and
+/// pause at most 10% (the sample-ratio test's level is `α × 0.2`, 1% by default); a bad change
+/// rolls back at least 80%, a good one completes 80%, a lost-units one pauses in 50%. "At least"
+/// bounds on rollbacks and completions count the runs that did not pause (a pause is judged on its
+/// own, by the pause bound of equal arms).
 pub(crate) fn check_bounds(s: &Summary, check: &Check) -> Vec<String> {
-    let (rb_max, rb_min, done_min, pause_min) = match s.kind {
-        Kind::Aa => (Some(0.15), None, None, None),
-        Kind::Bad => (None, Some(0.8), None, None),
-        Kind::Good => (Some(0.15), None, Some(0.8), None),
-        Kind::Srm => (None, None, None, Some(0.5)),
+    let (rb_max, rb_min, done_min, pause_max, pause_min) = match s.kind {
+        Kind::Aa => (Some(0.15), None, None, Some(0.1), None),
+        Kind::Bad => (None, Some(0.8), None, None, None),
+        Kind::Good => (Some(0.15), None, Some(0.8), Some(0.1), None),
+        Kind::Srm => (None, None, None, None, Some(0.5)),
     };
     let unpaused = s.runs - s.paused_srm.runs;
     let of_unpaused = |share: &Share| Share::of(share.runs, unpaused);
@@ -205,7 +206,7 @@ pub(crate) fn check_bounds(s: &Summary, check: &Check) -> Vec<String> {
         check.rollback_at_least.or(rb_min),
     );
     check_share("completed (of unpaused runs)", of_unpaused(&s.completed), None, check.completed_at_least.or(done_min));
-    check_share("paused", s.paused_srm, None, check.paused_at_least.or(pause_min));
+    check_share("paused", s.paused_srm, check.paused_at_most.or(pause_max), check.paused_at_least.or(pause_min));
     check_share("advanced", s.advanced, check.advanced_at_most, None);
     failures
 }

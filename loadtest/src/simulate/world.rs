@@ -18,8 +18,10 @@ use serde::Serialize;
 
 use super::scenario::{PerUnit, Scenario};
 
-/// The sidecar counts a unit as failing (or slow) at most once in this long.
-pub(crate) const FAIL_HORIZON_US: u64 = 60_000_000;
+/// The sidecar counts a unit as failing (or slow) at most once in this long, and as new (a draw of
+/// the assignment, for the sample-ratio test) once in this long.
+const FAIL_HORIZON_US: u64 = rampart_stats::HORIZON_S as u64 * SECOND_US;
+const NEW_HORIZON_US: u64 = rampart_stats::NEW_HORIZON_S as u64 * SECOND_US;
 /// Sidecar windows close this long before an engine tick (their clocks are not aligned), so a
 /// report waits half a second for the tick that reads it (half the interval if that is shorter):
 /// window `k` ends at `(k + 1) × report_interval − phase` and is read at the first tick after.
@@ -87,8 +89,11 @@ struct Unit {
     retries: u32,
     /// `2 × window + arm + 1` of the last window that counted it.
     seen: u64,
-    failed_at: Option<u64>,
-    slow_at: Option<u64>,
+    /// When each arm's sidecar series last counted it as new, failing, slow (a series per variant,
+    /// each with its own memory).
+    new_at: [Option<u64>; 2],
+    failed_at: [Option<u64>; 2],
+    slow_at: [Option<u64>; 2],
 }
 
 /// The sidecars' current report window.
@@ -335,8 +340,16 @@ impl<'a> World<'a> {
                 if p >= 1.0 { 1 } else { 1 + ((1.0 - u).ln() / (1.0 - p).ln()).floor().min(1e6) as u32 }
             }
         };
-        let unit =
-            Unit { bucket, lost, left: n.saturating_sub(1), retries: 0, seen: 0, failed_at: None, slow_at: None };
+        let unit = Unit {
+            bucket,
+            lost,
+            left: n.saturating_sub(1),
+            retries: 0,
+            seen: 0,
+            new_at: [None; 2],
+            failed_at: [None; 2],
+            slow_at: [None; 2],
+        };
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.units[slot as usize] = unit;
@@ -403,14 +416,20 @@ impl<'a> World<'a> {
                 unit.seen = stamp;
                 a.units += 1;
             }
-            let fresh = |at: Option<u64>| at.is_none_or(|at| t_us.saturating_sub(at) >= FAIL_HORIZON_US);
-            if failed && fresh(unit.failed_at) {
-                unit.failed_at = Some(t_us);
-                a.failing_units += 1;
+            // Counts once per horizon: true when not counted within it (and then remembers now).
+            let first = |at: &mut Option<u64>, horizon: u64| {
+                let fresh = at.is_none_or(|at| t_us.saturating_sub(at) >= horizon);
+                if fresh {
+                    *at = Some(t_us);
+                }
+                u64::from(fresh)
+            };
+            a.new_units += first(&mut unit.new_at[arm], NEW_HORIZON_US);
+            if failed {
+                a.failing_units += first(&mut unit.failed_at[arm], FAIL_HORIZON_US);
             }
-            if slow && fresh(unit.slow_at) {
-                unit.slow_at = Some(t_us);
-                a.slow_units += 1;
+            if slow {
+                a.slow_units += first(&mut unit.slow_at[arm], FAIL_HORIZON_US);
             }
             if arm == CONTROL {
                 let b = bucket_index(latency_us);

@@ -70,12 +70,15 @@ fn a_burst_is_one_failing_unit() {
 fn a_failing_unit_counts_once_per_horizon() {
     // Every request fails; a unit lives ~8 s, well within the horizon: one failing unit each.
     let sc = scenario("rps = 500\nmax_duration = \"60s\"\n[policy]\nmin_dwell = \"1h\"\n[arms.both]\nerror_rate = 1\n");
-    let (_, _, c, _) = totals(&sc, 9);
+    let (_, t, c, _) = totals(&sc, 9);
     assert_eq!(c.errors, c.requests);
-    let units_arrived = c.requests as f64 / 5.0;
-    let failing = c.failing_units as f64;
+    let units_arrived = (c.requests + t.requests) as f64 / 5.0;
+    let failing = (c.failing_units + t.failing_units) as f64;
     assert!((failing / units_arrived - 1.0).abs() < 0.15, "{failing} failing units, ~{units_arrived} units");
     assert!(c.units as f64 > 2.0 * failing, "units are counted per window, failures per horizon");
+    // A unit is new once (it lives well within the new-unit horizon), in each arm it is seen in.
+    let new = (c.new_units + t.new_units) as f64;
+    assert!((new / units_arrived - 1.0).abs() < 0.15, "{new} new units, ~{units_arrived} units");
 }
 
 #[test]
