@@ -234,7 +234,8 @@ fn spread_time(s: Option<&Spread>) -> String {
 }
 
 fn spread_count(s: Option<&Spread>) -> String {
-    s.map_or_else(|| "–".to_owned(), |s| format!("{:.0} / {:.0}", s.median, s.p90))
+    // `+ 0.0` turns a rounded −0 into 0.
+    s.map_or_else(|| "–".to_owned(), |s| format!("{:.0} / {:.0}", s.median.round() + 0.0, s.p90.round() + 0.0))
 }
 
 fn at_percent(v: &[AtPercent]) -> String {
