@@ -71,7 +71,8 @@ fn drift(truth: f64, alt: f64, null: f64, rho: f64) -> f64 {
 
 const HARM: [(f64, f64); 8] =
     [(1.5, 0.1), (2.0, 0.1), (3.0, 0.1), (5.0, 0.15), (10.0, 0.2), (20.0, 0.15), (50.0, 0.1), (100.0, 0.1)];
-const DIVISORS: [f64; 5] = [1.25, 1.5, 2.0, 3.0, 5.0];
+/// The bound tests' weight on relative risk 1 (see `sequential.rs`).
+const EQUAL_WEIGHT: f64 = 0.6;
 
 /// Seconds for the harm test to reach `1/level` under a 2× risk: the fastest component.
 fn detect(units_per_s: f64, p: f64, rho: f64, level: f64) -> Option<f64> {
@@ -88,20 +89,14 @@ fn detect(units_per_s: f64, p: f64, rho: f64, level: f64) -> Option<f64> {
 pub fn plan(policy: &Policy, steps: &[f64], from: usize, units_per_s: f64, p_fail: f64, p_slow: f64) -> Plan {
     let detect_at = steps.get(from).copied().unwrap_or(1.0) / 100.0;
     let bound = 1.0 + policy.delta;
-    let needed = |share: f64| (1.0 / (policy.alpha * share)).ln() + (DIVISORS.len() as f64).ln();
+    let needed = |share: f64| (1.0 / (policy.alpha * share)).ln() - EQUAL_WEIGHT.ln();
     // Nats still to gather per guardrail, and the nats per second each step brings.
     let mut remaining = [needed(ERRORS_SHARE), needed(LATENCY_SHARE)];
     let mut total = 0.0;
     let mut feasible = units_per_s > 0.0;
     for &percent in steps.iter().skip(from).take(steps.len().saturating_sub(from + 1)) {
         let rho = percent / 100.0;
-        let rates: Vec<f64> = [p_fail, p_slow]
-            .iter()
-            .map(|&p| {
-                let best = DIVISORS.iter().map(|d| drift(1.0, bound / d, bound, rho)).fold(0.0, f64::max);
-                units_per_s * p * best
-            })
-            .collect();
+        let rates: Vec<f64> = [p_fail, p_slow].iter().map(|&p| units_per_s * p * drift(1.0, 1.0, bound, rho)).collect();
         let mut t = policy.min_dwell.as_secs_f64().max(policy.min_samples as f64 / (units_per_s * rho).max(1e-12));
         for (left, rate) in remaining.iter().zip(&rates) {
             if *left > 0.0 {

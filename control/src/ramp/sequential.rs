@@ -105,17 +105,27 @@ impl Harm {
     }
 }
 
-/// Alternatives of each bound test, as divisors of the bound tested: `r₀/1.5` is 1 when `r₀` is
-/// the default 1.5 (an equal treatment shows it fastest), the others cover better treatments and
-/// bounds further out.
-const BOUND_DIVISORS: [f64; 5] = [1.25, 1.5, 2.0, 3.0, 5.0];
+/// Alternatives of each bound test `r₀`: relative risk 1 (an equal treatment, the case a ramp
+/// must get through quickly) with most of the weight, and `r₀` divided by these, for treatments a
+/// little worse than equal, or better.
+const BOUND_DIVISORS: [f64; 4] = [1.25, 2.0, 3.0, 5.0];
+const BOUND_WEIGHTS: [f64; 5] = [0.6, 0.1, 0.1, 0.1, 0.1];
+const BOUND_ALTERNATIVES: usize = BOUND_DIVISORS.len() + 1;
+
+/// The alternatives of the bound `r₀`, in the order of [`BOUND_WEIGHTS`].
+fn bound_alternatives(r0: f64) -> impl Iterator<Item = f64> {
+    std::iter::once(1.0).chain(BOUND_DIVISORS.iter().map(move |d| r0 / d))
+}
 /// The bounds whose rejection the confidence sequence reports (the upper end of the sequence is
 /// the lowest grid value above which every value is rejected).
 const GRID: [f64; 14] = [1.1, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 7.0, 10.0, 20.0, 50.0, 100.0];
 
 /// An upper confidence sequence on the relative risk: for each bound `r₀` (the policy's `1 + δ`
 /// first, then [`GRID`]), an e-process against "relative risk ≥ r₀" (mixing alternatives below
-/// `r₀`; by monotone likelihood ratio the product is a supermartingale for every risk ≥ r₀).
+/// `r₀`; by monotone likelihood ratio the product is a supermartingale for every risk ≥ r₀). The
+/// evidence runs over the whole ramp: every stratum compares the arms at the same time, so the
+/// early steps' evidence still counts at the later ones (the harm test covers a treatment whose
+/// risk grows with its share).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RiskBound {
     /// The decision bound `1 + δ`.
@@ -130,7 +140,7 @@ pub struct RiskBound {
 
 impl RiskBound {
     pub fn new(bound: f64) -> RiskBound {
-        RiskBound { bound, logs: vec![0.0; (GRID.len() + 1) * BOUND_DIVISORS.len()], mh: (0.0, 0.0), events: 0 }
+        RiskBound { bound, logs: vec![0.0; (GRID.len() + 1) * BOUND_ALTERNATIVES], mh: (0.0, 0.0), events: 0 }
     }
 
     fn nulls(&self) -> impl Iterator<Item = f64> + '_ {
@@ -139,13 +149,13 @@ impl RiskBound {
 
     pub fn update(&mut self, cell: &Cell) {
         let Some((k, m, rho)) = cell.conditional() else { return };
-        if self.logs.len() != (GRID.len() + 1) * BOUND_DIVISORS.len() {
+        if self.logs.len() != (GRID.len() + 1) * BOUND_ALTERNATIVES {
             *self = RiskBound::new(self.bound);
         }
         let nulls: Vec<f64> = self.nulls().collect();
-        for (row, r0) in self.logs.chunks_mut(BOUND_DIVISORS.len()).zip(nulls) {
-            for (log, d) in row.iter_mut().zip(BOUND_DIVISORS) {
-                *log += log_lr(k, m, rho, r0 / d, r0);
+        for (row, r0) in self.logs.chunks_mut(BOUND_ALTERNATIVES).zip(nulls) {
+            for (log, alt) in row.iter_mut().zip(bound_alternatives(r0)) {
+                *log += log_lr(k, m, rho, alt, r0);
             }
         }
         self.mh.0 += k * (1.0 - rho);
@@ -154,9 +164,9 @@ impl RiskBound {
     }
 
     fn log_e_row(&self, row: usize) -> f64 {
-        let n = BOUND_DIVISORS.len();
+        let n = BOUND_ALTERNATIVES;
         match self.logs.get(row * n..(row + 1) * n) {
-            Some(logs) => log_mix(&[1.0 / n as f64; BOUND_DIVISORS.len()], logs),
+            Some(logs) => log_mix(&BOUND_WEIGHTS, logs),
             None => 0.0,
         }
     }
