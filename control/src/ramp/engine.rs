@@ -149,11 +149,12 @@ pub(crate) fn start(shared: &Shared, req: StartRequest) -> Result<Ramp, RampErro
     }
     let id = ramps.keys().next_back().map_or(1, |last| last + 1);
     let now = now_ms();
-    let (t, c) = (totals(shared, &req.flag, &req.treatment), totals(shared, &req.flag, control));
+    // The slow threshold comes from the control's latencies of the first ticks (the variant's
+    // totals may be days old), so the latency guardrail starts a moment after the ramp.
+    let t = totals(shared, &req.flag, &req.treatment);
     let mut ramp = Ramp::new(id, &req.flag, &req.treatment, control, req.steps, req.policy, now, &t);
     ramp.change_id = req.change_id;
     ramp.commit_ms = req.commit_ms;
-    ramp.slow_threshold_us = plan::threshold_of(&c.latency);
     let version = set_percent(shared, &ramp)?;
     persist(shared, &ramp)?;
     event(
@@ -162,7 +163,6 @@ pub(crate) fn start(shared: &Shared, req: StartRequest) -> Result<Ramp, RampErro
         "started",
         format!("{} → {}% of {} (flags version {version})", ramp.flag, ramp.percent(), ramp.treatment),
     )?;
-
     ramps.insert(id, ramp.clone());
     Ok(ramp)
 }
