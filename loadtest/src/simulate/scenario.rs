@@ -103,7 +103,10 @@ pub(crate) struct Check {
     pub(crate) paused_at_least: Option<f64>,
     /// Share of runs that left the first step.
     pub(crate) advanced_at_most: Option<f64>,
-    /// Runs and `max_duration` for the test suite (default 40 and the file's).
+    /// Why the scenario misses its bounds for now (a defect found, not yet fixed): the test suite
+    /// then requires it to miss them, so a fix is noticed and this line removed.
+    pub(crate) known_issue: Option<String>,
+    /// Runs and `max_duration` for the test suite (default 30 and the file's).
     pub(crate) runs: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     pub(crate) max_duration: Option<Duration>,
