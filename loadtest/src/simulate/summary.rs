@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::scenario::{Check, Kind, Scenario};
-use super::world::{End, Outcome};
+use super::world::{End, Expected, Outcome};
 
 /// A count of runs, its share and the share's 95% Wilson score interval.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -92,6 +92,11 @@ pub(crate) struct Summary {
     /// Where the rollbacks happened, and the share of them below 50%.
     pub(crate) rollback_at_percent: Vec<AtPercent>,
     pub(crate) rollbacks_below_50: Option<f64>,
+    /// What the engine's plan expected (medians over the runs that stated one): time to 100% from
+    /// the start, and time to roll back a 2× error or latency regression from the plan's step.
+    pub(crate) plan_full_s: Option<Spread>,
+    pub(crate) plan_detect_2x_errors_s: Option<Spread>,
+    pub(crate) plan_detect_2x_latency_s: Option<Spread>,
     /// When each step was reached, over the runs that reached it.
     pub(crate) steps: Vec<StepTime>,
     /// Where the runs still running at `max_duration` were.
@@ -135,6 +140,9 @@ pub(crate) fn summarise(sc: &Scenario, seed: u64, outcomes: &[Outcome], wall_s: 
             Spread::of(times.collect()).map(|reached| StepTime { percent: p, reached })
         })
         .collect();
+    let planned = |f: &dyn Fn(&Expected) -> Option<f64>| {
+        Spread::of(outcomes.iter().filter_map(|o| o.plan.as_ref().and_then(f)).collect())
+    };
     let ended_at = |end: End| Spread::of(outcomes.iter().filter(|o| o.end == end).map(|o| o.at_s as f64).collect());
     let example = |end: &dyn Fn(End) -> bool| outcomes.iter().find(|o| end(o.end)).map(|o| o.reason.clone());
     let mut summary = Summary {
@@ -160,6 +168,9 @@ pub(crate) fn summarise(sc: &Scenario, seed: u64, outcomes: &[Outcome], wall_s: 
         rollback_at_percent: by_percent(rollbacks.iter().copied()),
         rollbacks_below_50: (!rollbacks.is_empty())
             .then(|| rollbacks.iter().filter(|o| o.percent < 50.0).count() as f64 / rollbacks.len() as f64),
+        plan_full_s: planned(&|p| p.full_s),
+        plan_detect_2x_errors_s: planned(&|p| p.detect_2x_errors_s),
+        plan_detect_2x_latency_s: planned(&|p| p.detect_2x_latency_s),
         steps,
         running_at_percent: by_percent(outcomes.iter().filter(|o| o.end == End::Running)),
         example_rollback: example(&End::rolled_back),
@@ -283,6 +294,14 @@ impl Summary {
                 "  rolled back at: {} ({} below 50%)",
                 at_percent(&self.rollback_at_percent),
                 self.rollbacks_below_50.map_or_else(String::new, pct)
+            ));
+        }
+        if self.plan_full_s.is_some() || self.plan_detect_2x_errors_s.is_some() {
+            lines.push(format!(
+                "  the engine's plan (median / p90): 100% at {}; a 2x regression rolled back in {} (errors), {} (latency)",
+                spread_time(self.plan_full_s.as_ref()),
+                spread_time(self.plan_detect_2x_errors_s.as_ref()),
+                spread_time(self.plan_detect_2x_latency_s.as_ref())
             ));
         }
         if !self.steps.is_empty() {

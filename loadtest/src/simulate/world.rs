@@ -8,6 +8,7 @@ use std::collections::{BinaryHeap, VecDeque};
 
 use rampart_control::ramp::decide::Decision;
 use rampart_control::ramp::model::{Ramp, State, Transition};
+use rampart_control::ramp::plan;
 use rampart_control::ramp::window::{Arm, Window};
 use rampart_flags::{Bucketer, percent_to_threshold};
 use rampart_stats::{Delta, NUM_BUCKETS, SparseHistogram, bucket_index};
@@ -75,6 +76,21 @@ pub(crate) struct Outcome {
     pub(crate) control_expected_failed: f64,
     /// The last decision's reason.
     pub(crate) reason: String,
+    /// What the engine expected when it stated its plan (as the live engine does, once, 30 s
+    /// after the first exposure): seconds since the ramp started.
+    pub(crate) plan: Option<Expected>,
+}
+
+/// The engine's plan, in the simulation's time.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub(crate) struct Expected {
+    /// When the plan was stated.
+    pub(crate) at_s: u64,
+    /// Expected time to 100% from the start (the plan's `to_full_s` from its step, plus `at_s`).
+    pub(crate) full_s: Option<f64>,
+    /// Expected time to roll back a 2× regression at the plan's step, from the plan.
+    pub(crate) detect_2x_errors_s: Option<f64>,
+    pub(crate) detect_2x_latency_s: Option<f64>,
 }
 
 /// One unit (user) while it still makes requests; slots are reused.
@@ -208,6 +224,7 @@ impl<'a> World<'a> {
         let mut steps = Vec::new();
         let max_s = sc.max_duration.as_secs().max(1);
         let mut last: Option<Decision> = None;
+        let mut expected = None;
         for tick in 1..=max_s {
             let tick_us = self.origin_us + tick * SECOND_US;
             self.advance_to(tick_us);
@@ -234,8 +251,17 @@ impl<'a> World<'a> {
                 }
                 None => None,
             };
+            if ramp.plan_due(now_ms) {
+                ramp.planned = true;
+                expected = plan::from_ramp(&ramp, now_ms).map(|p| Expected {
+                    at_s: tick,
+                    full_s: p.to_full_s.map(|s| s + tick as f64),
+                    detect_2x_errors_s: p.detect_2x_errors_s,
+                    detect_2x_latency_s: p.detect_2x_latency_s,
+                });
+            }
             if let Some(end) = end {
-                return self.outcome(end, tick, percent, steps, decision.reason);
+                return self.outcome(end, tick, percent, steps, decision.reason, expected);
             }
             debug_assert_eq!(ramp.state, State::Running);
             let now = Applied { percent: ramp.percent(), slow_us: ramp.slow_threshold_us };
@@ -246,10 +272,18 @@ impl<'a> World<'a> {
             last = Some(decision);
         }
         let reason = last.map(|d| d.reason).unwrap_or_default();
-        self.outcome(End::Running, max_s, ramp.percent(), steps, reason)
+        self.outcome(End::Running, max_s, ramp.percent(), steps, reason, expected)
     }
 
-    fn outcome(&self, end: End, at_s: u64, percent: f64, steps: Vec<(f64, u64)>, reason: String) -> Outcome {
+    fn outcome(
+        &self,
+        end: End,
+        at_s: u64,
+        percent: f64,
+        steps: Vec<(f64, u64)>,
+        reason: String,
+        plan: Option<Expected>,
+    ) -> Outcome {
         Outcome {
             end,
             at_s,
@@ -259,6 +293,7 @@ impl<'a> World<'a> {
             treatment_failed: self.treatment_failed,
             control_expected_failed: self.control_expected_failed,
             reason,
+            plan,
         }
     }
 
