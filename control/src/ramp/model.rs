@@ -234,18 +234,19 @@ impl Ramp {
         self.sums.1.add(&w.control);
         self.step_sums.0.add(&w.treatment);
         self.step_sums.1.add(&w.control);
-        let opened = self.open.since_ms;
         if let Some((t, c)) = self.open.push(now_ms, w) {
             self.errors.harm.update(&errors_cell(&t, &c));
             self.errors.bound.update(&errors_cell(&t, &c));
             self.latency.harm.update(&slow_cell(&t, &c));
             self.latency.bound.update(&slow_cell(&t, &c));
-            if opened >= self.step_started_ms + RATIO_SETTLE_MS {
-                // New units only: a user who returns window after window is one draw of the
-                // assignment, and counting it in every window would make the test see a
-                // mismatch in what is only a heavy user.
-                self.ratio.update(t.new_units, c.new_units, self.percent());
-            }
+        }
+        // The sample-ratio test takes every window, not strata: assignment does not drift, and a
+        // stratum is closed (or dropped) by whether the treatment showed up, which is what this
+        // test measures. New units only: a user who returns window after window is one draw of
+        // the assignment, and counting it in every window would make a heavy user look like a
+        // mismatch.
+        if now_ms >= self.step_started_ms + RATIO_SETTLE_MS {
+            self.ratio.update(w.treatment.new_units, w.control.new_units, self.percent());
         }
         let dwell_ms = (now_ms - self.step_started_ms).max(0);
         let (st, sc) = self.step_sums;
