@@ -9,9 +9,9 @@ use std::collections::{BinaryHeap, VecDeque};
 use rampart_control::ramp::decide::Decision;
 use rampart_control::ramp::model::{Ramp, State, Transition};
 use rampart_control::ramp::plan;
-use rampart_control::ramp::window::{Arm, Window};
-use rampart_flags::{Bucketer, percent_to_threshold};
-use rampart_stats::{Delta, NUM_BUCKETS, SparseHistogram, bucket_index};
+use rampart_control::ramp::window::Window;
+use rampart_flags::Bucketer;
+use rampart_stats::Delta;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Exp1, StandardNormal};
@@ -19,15 +19,12 @@ use serde::Serialize;
 
 use super::scenario::{PerUnit, Scenario};
 
-/// The sidecar counts a unit as failing (or slow) at most once in this long, and as new (a draw of
-/// the assignment, for the sample-ratio test) once in this long.
-const FAIL_HORIZON_US: u64 = rampart_stats::HORIZON_S as u64 * SECOND_US;
-const NEW_HORIZON_US: u64 = rampart_stats::NEW_HORIZON_S as u64 * SECOND_US;
-/// Sidecar windows close this long before an engine tick (their clocks are not aligned), so a
-/// report waits half a second for the tick that reads it (half the interval if that is shorter):
-/// window `k` ends at `(k + 1) × report_interval − phase` and is read at the first tick after.
-const REPORT_PHASE_US: u64 = 500_000;
+mod sidecar;
+
+use sidecar::{Applied, CONTROL, Memory, Sidecar, TREATMENT};
+
 const SECOND_US: u64 = 1_000_000;
+
 /// Traffic before the ramp starts, so it starts on a steady population of units and a sidecar
 /// that already remembers recent failures: at least a minute (the failure horizon), at least three
 /// unit lifetimes.
@@ -35,8 +32,6 @@ fn warmup_us(sc: &Scenario) -> u64 {
     let lifetime = sc.requests_per_unit * sc.think_time.as_secs_f64();
     ((3.0 * lifetime).ceil() as u64).clamp(60, 1800) * SECOND_US
 }
-const CONTROL: usize = 0;
-const TREATMENT: usize = 1;
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -103,42 +98,8 @@ struct Unit {
     left: u32,
     /// Failing retries still to make.
     retries: u32,
-    /// `2 × window + arm + 1` of the last window that counted it.
-    seen: u64,
-    /// When each arm's sidecar series last counted it as new, failing, slow (a series per variant,
-    /// each with its own memory).
-    new_at: [Option<u64>; 2],
-    failed_at: [Option<u64>; 2],
-    slow_at: [Option<u64>; 2],
-}
-
-/// The sidecars' current report window.
-#[derive(Debug)]
-struct Acc {
-    index: u64,
-    end_us: u64,
-    arms: [Arm; 2],
-    latency: Vec<u64>,
-    touched: Vec<u32>,
-}
-
-impl Acc {
-    fn take(&mut self) -> Window {
-        let mut pairs = Vec::with_capacity(self.touched.len());
-        for &b in &self.touched {
-            pairs.push((b, std::mem::take(&mut self.latency[b as usize])));
-        }
-        self.touched.clear();
-        let [control, treatment] = std::mem::take(&mut self.arms);
-        Window { treatment, control, control_latency: SparseHistogram::from_pairs(pairs).unwrap_or_default() }
-    }
-}
-
-/// What the sidecars apply: percent and slow threshold.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Applied {
-    percent: f64,
-    slow_us: Option<u64>,
+    /// What the sidecar remembers of it.
+    memory: Memory,
 }
 
 struct World<'a> {
@@ -155,12 +116,11 @@ struct World<'a> {
     next_arrival_us: u64,
     /// Unit arrivals per µs.
     arrival_rate: f64,
-    applied: Applied,
-    threshold: u32,
+    /// Percent and threshold changes on their way to the sidecar: (when they apply, what).
     changes: VecDeque<(u64, Applied)>,
     /// When the applied percent first reached each treatment curve's `from_percent` (seconds).
     onsets: [Option<f64>; 2],
-    acc: Acc,
+    sidecar: Sidecar,
     /// Reports waiting for their tick (second).
     reports: VecDeque<(u64, Window)>,
     treatment_requests: u64,
@@ -184,7 +144,6 @@ fn micros(d: std::time::Duration) -> u64 {
 
 impl<'a> World<'a> {
     fn new(sc: &'a Scenario, seed: u64) -> World<'a> {
-        let interval = micros(sc.report_interval);
         World {
             sc,
             rng: ChaCha8Rng::seed_from_u64(seed),
@@ -196,17 +155,9 @@ impl<'a> World<'a> {
             queue: BinaryHeap::new(),
             next_arrival_us: 0,
             arrival_rate: sc.rps / sc.requests_per_unit / 1e6,
-            applied: Applied { percent: 0.0, slow_us: None },
-            threshold: 0,
             changes: VecDeque::new(),
             onsets: [None; 2],
-            acc: Acc {
-                index: 0,
-                end_us: interval - REPORT_PHASE_US.min(interval / 2),
-                arms: [Arm::default(); 2],
-                latency: vec![0; NUM_BUCKETS],
-                touched: Vec::new(),
-            },
+            sidecar: Sidecar::new(micros(sc.report_interval)),
             reports: VecDeque::new(),
             treatment_requests: 0,
             treatment_failed: 0,
@@ -309,7 +260,7 @@ impl<'a> World<'a> {
     fn advance_to(&mut self, until_us: u64) {
         loop {
             let change = self.changes.front().map_or(u64::MAX, |c| c.0);
-            let window = self.acc.end_us;
+            let window = self.sidecar.window_end_us;
             let request = self.queue.peek().map_or(u64::MAX, |r| r.0.0);
             let next = change.min(window).min(self.next_arrival_us).min(request);
             if next >= until_us {
@@ -335,8 +286,7 @@ impl<'a> World<'a> {
     }
 
     fn apply(&mut self, t_us: u64, applied: Applied) {
-        self.applied = applied;
-        self.threshold = percent_to_threshold(applied.percent);
+        self.sidecar.apply(applied);
         let t = self.seconds(t_us);
         let curves = [&self.sc.treatment.error_rate, &self.sc.treatment.latency_multiplier];
         for (onset, curve) in self.onsets.iter_mut().zip(curves) {
@@ -347,10 +297,7 @@ impl<'a> World<'a> {
     }
 
     fn close_window(&mut self) {
-        let end_us = self.acc.end_us;
-        let window = self.acc.take();
-        self.acc.index += 1;
-        self.acc.end_us = end_us.saturating_add(micros(self.sc.report_interval));
+        let (end_us, window) = self.sidecar.close();
         // Reports from before the ramp started are not the ramp's.
         let Some(tick) = end_us.checked_sub(self.origin_us).map(|d| d.div_ceil(SECOND_US)).filter(|&t| t > 0) else {
             return;
@@ -375,16 +322,7 @@ impl<'a> World<'a> {
                 if p >= 1.0 { 1 } else { 1 + ((1.0 - u).ln() / (1.0 - p).ln()).floor().min(1e6) as u32 }
             }
         };
-        let unit = Unit {
-            bucket,
-            lost,
-            left: n.saturating_sub(1),
-            retries: 0,
-            seen: 0,
-            new_at: [None; 2],
-            failed_at: [None; 2],
-            slow_at: [None; 2],
-        };
+        let unit = Unit { bucket, lost, left: n.saturating_sub(1), retries: 0, memory: Memory::default() };
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.units[slot as usize] = unit;
@@ -417,7 +355,7 @@ impl<'a> World<'a> {
         let sc = self.sc;
         let t = self.seconds(t_us);
         let mut unit = self.units[slot as usize];
-        let arm = if unit.bucket < self.threshold { TREATMENT } else { CONTROL };
+        let arm = self.sidecar.arm(unit.bucket);
         let p = self.curve(arm, 0, t);
         let retry = unit.retries > 0;
         let mut failed = if retry {
@@ -435,45 +373,13 @@ impl<'a> World<'a> {
         if failed && !retry {
             unit.retries = sc.burst - 1;
         }
-        let slow = self.applied.slow_us.is_some_and(|s| timed_out || latency_us > s);
         if arm == TREATMENT {
             self.treatment_requests += 1;
             self.treatment_failed += u64::from(failed);
             self.control_expected_failed += self.curve(CONTROL, 0, t);
         }
         if !(arm == TREATMENT && unit.lost) {
-            let stamp = 2 * self.acc.index + arm as u64 + 1;
-            let a = &mut self.acc.arms[arm];
-            a.requests += 1;
-            a.errors += u64::from(failed);
-            a.slow += u64::from(slow);
-            if unit.seen != stamp {
-                unit.seen = stamp;
-                a.units += 1;
-            }
-            // Counts once per horizon: true when not counted within it (and then remembers now).
-            let first = |at: &mut Option<u64>, horizon: u64| {
-                let fresh = at.is_none_or(|at| t_us.saturating_sub(at) >= horizon);
-                if fresh {
-                    *at = Some(t_us);
-                }
-                u64::from(fresh)
-            };
-            a.new_units += first(&mut unit.new_at[arm], NEW_HORIZON_US);
-            if failed {
-                a.failing_units += first(&mut unit.failed_at[arm], FAIL_HORIZON_US);
-            }
-            if slow {
-                a.slow_units += first(&mut unit.slow_at[arm], FAIL_HORIZON_US);
-            }
-            if arm == CONTROL {
-                let b = bucket_index(latency_us);
-                let count = &mut self.acc.latency[b as usize];
-                if *count == 0 {
-                    self.acc.touched.push(b);
-                }
-                *count += 1;
-            }
+            self.sidecar.record(&mut unit.memory, arm, t_us, failed, timed_out, latency_us);
         }
         let next = if unit.retries > 0 {
             Some(t_us.saturating_add(micros(sc.retry_gap).max(1)))

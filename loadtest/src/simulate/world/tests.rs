@@ -1,6 +1,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use rampart_control::ramp::window::Arm;
+
 use super::*;
 use crate::simulate::run_many;
 
