@@ -25,7 +25,7 @@
 //! assert_eq!((flag.as_str(), variant.as_str()), ("new-checkout", "on"));
 //! assert_eq!((delta.requests, delta.errors, delta.timeouts), (4, 1, 1));
 //! assert_eq!(delta.latency.count(), 3);
-//! let split = Split { requests: 3, errors: 1, slow: 2, units: 2, failing_units: 1, slow_units: 2 };
+//! let split = Split { requests: 3, errors: 1, slow: 2, units: 2, failing_units: 1, slow_units: 2, new_units: 2 };
 //! assert_eq!(delta.split, split);
 //! ```
 

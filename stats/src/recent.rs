@@ -5,13 +5,15 @@
 //! (unit tag, second) in atomics; a collision forgets a unit early (it may then count twice),
 //! never loses a new one.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Slots of a failing/slow table: 1 024 × 8 B = 8 KiB.
 pub(crate) const SMALL: usize = 1024;
-/// Slots of the new-units table: 8 192 × 8 B = 64 KiB (units seen within [`NEW_HORIZON_S`]
-/// beyond that many per series start to be forgotten early and counted again).
-pub(crate) const LARGE: usize = 8192;
+/// Slots of a flag's new-units table: 65 536 × 8 B = 512 KiB, allocated at the flag's first
+/// randomised request (beyond about that many units within [`NEW_HORIZON_S`], units start to be
+/// forgotten early and counted again — on every arm alike, the table being the flag's).
+pub(crate) const LARGE: usize = 65_536;
 /// Bits of the stored second (wraps after 2^20 s ≈ 12 days; comparisons are modular).
 const TIME_BITS: u32 = 20;
 const TIME_MASK: u64 = (1 << TIME_BITS) - 1;
@@ -50,6 +52,26 @@ impl Recent {
         }
         slot.store(tag << TIME_BITS | now, Ordering::Relaxed);
         true
+    }
+}
+
+/// A flag's table of units seen, shared by the series of all its variants, so that when units
+/// are forgotten early (the table is full) it happens to every arm alike and the arms' counts of
+/// new units stay comparable. Allocated on first use: only ramped flags record randomised units.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    table: OnceLock<Recent>,
+}
+
+impl Shared {
+    pub(crate) fn new() -> Shared {
+        Shared { table: OnceLock::new() }
+    }
+
+    /// [`Recent::first`] on the flag's table of new units.
+    #[inline]
+    pub(crate) fn first(&self, unit: u64, now_s: u32) -> bool {
+        self.table.get_or_init(|| Recent::new(LARGE, NEW_HORIZON_S)).first(unit, now_s)
     }
 }
 

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use crate::recent::Shared;
 use crate::series::{Delta, SeriesStats};
 
 /// Every recorded flag×variant series, at most `max_series` of them (each ≈ 21.5 KiB, see
@@ -26,6 +27,8 @@ pub struct Registry {
 #[derive(Debug, Default)]
 struct Series {
     by_flag: HashMap<String, HashMap<String, Arc<SeriesStats>>>,
+    /// Per flag, the table of units seen that its variants' series share.
+    seen: HashMap<String, Arc<Shared>>,
     len: usize,
 }
 
@@ -61,7 +64,8 @@ impl Registry {
         if series.len >= self.max_series {
             return None;
         }
-        let created = Arc::new(SeriesStats::new());
+        let seen = Arc::clone(series.seen.entry(flag.to_owned()).or_insert_with(|| Arc::new(Shared::new())));
+        let created = Arc::new(SeriesStats::with_seen(seen));
         series.by_flag.entry(flag.to_owned()).or_default().insert(variant.to_owned(), Arc::clone(&created));
         series.len += 1;
         Some(created)

@@ -2,12 +2,12 @@
 //! randomised (ramp-split) part with its distinct units, recorded lock-free by the proxy and drained
 //! into mergeable [`Delta`]s for the stats report.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use crate::histogram::{AtomicHistogram, SparseHistogram};
-use crate::recent::{HORIZON_S, LARGE, NEW_HORIZON_S, Recent, SMALL};
+use crate::recent::{HORIZON_S, Recent, SMALL, Shared};
 use crate::units::{Taken, UnitSetLarge, UnitSetSmall};
 
 /// The `slow_us` of [`SeriesStats::record_split`] when the ramp has no latency threshold (yet):
@@ -31,8 +31,9 @@ pub enum Outcome {
 /// [`record`](Self::record) touches only atomics (2–4 `fetch_add(Relaxed)`, no lock, no
 /// allocation); [`record_split`](Self::record_split) adds one to three [`UnitSet`](crate::UnitSet)
 /// inserts (lock-free, allocation-free). Memory: 3 × 8 B counters, one [`AtomicHistogram`]
-/// (≈ 15.5 KiB), three unit sets (4.3 KiB + 2 × 0.8 KiB) and three recent-unit tables (2 × 8 KiB
-/// for failing and slow units, 64 KiB for new units), ≈ 102 KiB per series.
+/// (≈ 15.5 KiB), three unit sets (4.3 KiB + 2 × 0.8 KiB) and two recent-unit tables (2 × 8 KiB),
+/// ≈ 38 KiB per series; plus, per ramped flag, one 512 KiB table of the units seen in the last
+/// 10 minutes, shared by its variants.
 ///
 /// [`take`](Self::take) swaps every counter, bucket and unit set to zero. Each recorded request
 /// lands in exactly one delta, but the counters, the histogram and the sets are drained one after
@@ -57,13 +58,21 @@ pub struct SeriesStats {
     /// counted again in a later window (see `crate::HORIZON_S`).
     recent_failing: Recent,
     recent_slow: Recent,
-    /// Units counted as new within the last `NEW_HORIZON_S` seconds; `new_units` counts the others.
-    recent_units: Recent,
+    /// Units counted as new within the last `NEW_HORIZON_S` seconds, shared by every variant of
+    /// the flag (see [`Registry`](crate::Registry)); `new_units` counts the others.
+    seen: Arc<Shared>,
     new_units: AtomicU64,
 }
 
 impl Default for SeriesStats {
     fn default() -> Self {
+        SeriesStats::with_seen(Arc::new(Shared::new()))
+    }
+}
+
+impl SeriesStats {
+    /// A series whose new units are told apart with `seen`, its flag's table.
+    pub(crate) fn with_seen(seen: Arc<Shared>) -> Self {
         SeriesStats {
             requests: AtomicU64::default(),
             errors: AtomicU64::default(),
@@ -74,7 +83,7 @@ impl Default for SeriesStats {
             split_slow: UnitSetSmall::default(),
             recent_failing: Recent::new(SMALL, HORIZON_S),
             recent_slow: Recent::new(SMALL, HORIZON_S),
-            recent_units: Recent::new(LARGE, NEW_HORIZON_S),
+            seen,
             new_units: AtomicU64::default(),
         }
     }
@@ -123,7 +132,7 @@ impl SeriesStats {
         self.record(outcome, latency_micros);
         self.split_units.insert(unit);
         let now = now_s();
-        if self.recent_units.first(unit, now) {
+        if self.seen.first(unit, now) {
             self.new_units.fetch_add(1, Ordering::Relaxed);
         }
         let failed = outcome != Outcome::Ok;

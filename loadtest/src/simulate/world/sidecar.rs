@@ -31,8 +31,10 @@ pub(super) struct Applied {
 pub(super) struct Memory {
     /// `2 × window + arm + 1` of the last window that counted it.
     seen: u64,
-    /// When each variant's series last counted it as new, failing, slow.
-    new_at: [Option<u64>; 2],
+    /// When the flag last counted it as new (one table for all variants, as the sidecar's: a
+    /// unit that moves to the treatment at a step is not a new draw), and when each variant's
+    /// series last counted it as failing, slow.
+    new_at: Option<u64>,
     failed_at: [Option<u64>; 2],
     slow_at: [Option<u64>; 2],
 }
@@ -105,7 +107,7 @@ impl Sidecar {
             }
             u64::from(fresh)
         };
-        a.new_units += first(&mut unit.new_at[arm], NEW_HORIZON_US);
+        a.new_units += first(&mut unit.new_at, NEW_HORIZON_US);
         if failed {
             a.failing_units += first(&mut unit.failed_at[arm], FAIL_HORIZON_US);
         }
