@@ -9,13 +9,12 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use process::checkout::checkout_upstream;
-use process::{start_control, start_sidecar};
+use process::{cli, ramp_status, start_control, start_sidecar};
 use serde_json::Value;
 use support::*;
 
@@ -32,19 +31,8 @@ async fn broken_treatment(broken: Arc<AtomicBool>) -> SocketAddr {
     checkout_upstream(Arc::new(move |variant| variant == Some("on") && broken.load(Ordering::Relaxed))).await
 }
 
-/// Runs the `rampart` CLI against the control plane; returns its stdout.
-fn cli(http: SocketAddr, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_rampart"))
-        .args(args)
-        .env("RAMPART_CONTROL_PLANE", format!("http://{http}"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "rampart {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn status(http: SocketAddr) -> Value {
-    serde_json::from_str(&cli(http, &["ramp", "status", "new-checkout", "--json"])).unwrap()
+    ramp_status(http, "new-checkout")
 }
 
 async fn flags_version(admin: SocketAddr) -> u64 {

@@ -8,7 +8,6 @@ mod process;
 mod support;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -16,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use process::checkout::checkout_upstream;
-use process::{start_control, start_sidecar};
+use process::{cli, ramp_status, start_control, start_sidecar};
 use serde_json::{Value, json};
 use support::*;
 
@@ -30,18 +29,8 @@ flags:
       if: [{ starts_with: [{ var: targetingKey }, "qa-"] }, "on", null]
 "#;
 
-fn cli(http: SocketAddr, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_rampart"))
-        .args(args)
-        .env("RAMPART_CONTROL_PLANE", format!("http://{http}"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "rampart {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn status(http: SocketAddr) -> Value {
-    serde_json::from_str(&cli(http, &["ramp", "status", "new-checkout", "--json"])).unwrap()
+    ramp_status(http, "new-checkout")
 }
 
 async fn ramp_block(admin: SocketAddr) -> Value {

@@ -10,6 +10,22 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+/// Runs the `rampart` CLI against the control plane's API at `http`; it must succeed. Its stdout.
+pub fn cli(http: SocketAddr, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(args)
+        .env("RAMPART_CONTROL_PLANE", format!("http://{http}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "rampart {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `rampart ramp status FLAG --json`.
+pub fn ramp_status(http: SocketAddr, flag: &str) -> serde_json::Value {
+    serde_json::from_str(&cli(http, &["ramp", "status", flag, "--json"])).unwrap()
+}
+
 pub struct Running {
     pub child: Child,
     /// `key=addr` pairs from the "serving" log line.
