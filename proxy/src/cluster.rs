@@ -67,6 +67,21 @@ pub(crate) enum Failure {
     Request(#[source] hyper::Error),
 }
 
+impl Failure {
+    /// Whether the request failed because reading the *client's* body failed (malformed chunked
+    /// encoding, a client that went away mid-body): hyper reports the body stream's own error as
+    /// a user error whose source is the incoming body's `hyper::Error`.
+    pub(crate) fn client_body_failed(&self) -> bool {
+        match self {
+            Failure::Request(e) => {
+                e.is_user()
+                    && std::error::Error::source(e).is_some_and(|cause| cause.downcast_ref::<hyper::Error>().is_some())
+            }
+            Failure::Connect(_) => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Pick {
     index: usize,

@@ -82,6 +82,12 @@ impl Forwarder {
         let elapsed = started.elapsed();
         let (mut resp, lease) = match result {
             Ok(Ok(sent)) => sent,
+            Ok(Err(e)) if e.client_body_failed() => {
+                // The client's own fault (a malformed or cut-off request body): a 400, and no
+                // outcome recorded — it must never count against the variant it was assigned.
+                tracing::debug!(error = %e, "client request body failed while forwarding");
+                return Ok(self.error(StatusCode::BAD_REQUEST, "bad request body\n"));
+            }
             Ok(Err(e)) => {
                 self.metrics.upstream_failures.increment(1);
                 self.record(&snapshot, &tracked, Outcome::Error, None);

@@ -184,3 +184,31 @@ async fn slow_randomised_requests_count_against_the_ramps_threshold() {
     }
     assert_eq!(seen_units, 11);
 }
+
+/// A client that sends a malformed chunked body gets a 400, and its request counts against no
+/// variant: otherwise any client could roll a ramp back by sending broken bodies as treatment users.
+#[tokio::test]
+async fn a_malformed_request_body_is_the_clients_fault_not_the_variants() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let up = upstream().await;
+    let sc = sidecar(up.addr, &flags(None), CONFIG).await;
+    let user = (0..100).map(|i| format!("u{i}")).find(|u| variant_of(u) == "on").unwrap();
+    for _ in 0..5 {
+        let mut s = tokio::net::TcpStream::connect(sc.addr).await.unwrap();
+        let head = format!(
+            "POST /buy HTTP/1.1\r\nHost: x\r\nx-user-id: {user}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    }
+    let on = stats(sc.admin).await.get("on").cloned().unwrap_or(Value::Null);
+    assert_eq!(on["errors"].as_u64().unwrap_or(0), 0, "{on}");
+    assert_eq!(on["split"]["errors"].as_u64().unwrap_or(0), 0, "{on}");
+    // A well-formed request of the same user is counted (so the check above could fail).
+    assert_eq!(get(&format!("http://{}/buy", sc.addr), &[("x-user-id", &user)]).await.0, http::StatusCode::OK);
+    assert_eq!(stats(sc.admin).await["on"]["requests"].as_u64(), Some(1));
+}
