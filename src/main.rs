@@ -17,6 +17,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// A file holding the operator token for the control plane's API (else `RAMPART_TOKEN`).
+    #[arg(long, global = true, env = "RAMPART_TOKEN_FILE")]
+    token_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -42,6 +45,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(file) = &cli.token_file {
+        match std::fs::read_to_string(file) {
+            Ok(token) => cli::http::set_token(token.trim()),
+            Err(e) => {
+                eprintln!("error: --token-file {}: {e}", file.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let result = match cli.command {
         Command::Demo(args) => cli::demo::run(&args),
         Command::Check(args) => cli::flags::check(&args),

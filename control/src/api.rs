@@ -1,5 +1,6 @@
 //! The HTTP JSON API (the operator contract): `/api/v1/proxies`, `/api/v1/flags` (GET, PUT),
-//! `/api/v1/stats/{flag}`, plus `/metrics` and `/healthz`. Errors are JSON `{"error": ...}`.
+//! `/api/v1/stats/{flag}`, ramps, DORA, plus `/metrics` and `/healthz`, behind the operators'
+//! roles (`operators.rs`). Errors are JSON `{"error": ...}`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use crate::ramp::decide::Policy;
 use crate::ramp::engine::{self, RampError, StartRequest};
 use crate::state::{Shared, lock, now_ms};
 
-pub(crate) fn router(shared: Arc<Shared>) -> Router {
+pub(crate) fn router(shared: Arc<Shared>, operators: Option<crate::operators::Operators>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
@@ -32,6 +33,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/dora", get(dora))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(shared)
+        .layer(axum::middleware::from_fn_with_state(operators, crate::operators::authorize))
 }
 
 fn error(status: StatusCode, message: &str) -> Response {

@@ -33,6 +33,11 @@ struct Raw {
     tls: Option<RawTls>,
     /// A file of bearer tokens, one per line, any of which a sidecar may present.
     tokens_file: Option<PathBuf>,
+    /// Operators of the HTTP API: `name role token` per line.
+    api_tokens_file: Option<PathBuf>,
+    /// Serve the API without operator tokens on an address other than loopback.
+    #[serde(default)]
+    allow_unauthenticated: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,6 +81,9 @@ pub struct Config {
     /// Bearer tokens accepted from sidecars. When tokens or a client CA are configured, a stream
     /// must present a valid client certificate or one of these.
     pub tokens: Vec<String>,
+    /// Operators of the HTTP API and their roles; `None`: the API is open (and then on loopback
+    /// unless `allow_unauthenticated`).
+    pub operators: Option<crate::operators::Operators>,
 }
 
 impl Default for Config {
@@ -87,6 +95,7 @@ impl Default for Config {
             store: default_store(),
             tls: None,
             tokens: Vec::new(),
+            operators: None,
         }
     }
 }
@@ -126,6 +135,27 @@ impl Config {
                 tokens
             }
         };
+        let operators = match raw.api_tokens_file {
+            None => None,
+            Some(f) => {
+                let file = base.join(f);
+                let text = std::fs::read_to_string(&file)
+                    .map_err(|e| invalid("api_tokens_file", format!("{}: {e}", file.display())))?;
+                let operators = crate::operators::Operators::parse(&text)
+                    .map_err(|e| invalid("api_tokens_file", format!("{}: {e}", file.display())))?;
+                Some(operators)
+            }
+        };
+        if operators.is_none() && !raw.http_listen.ip().is_loopback() && !raw.allow_unauthenticated {
+            return Err(invalid(
+                "http_listen",
+                format!(
+                    "{} is not a loopback address and there is no api_tokens_file: anyone who reaches it could \
+                     change flags and ramps (set api_tokens_file, or allow_unauthenticated = true)",
+                    raw.http_listen
+                ),
+            ));
+        }
         let tls = raw.tls.map(|t| Tls {
             cert: base.join(t.cert),
             key: base.join(t.key),
@@ -147,6 +177,7 @@ impl Config {
             store: base.join(raw.store),
             tls,
             tokens,
+            operators,
         })
     }
 }
@@ -166,5 +197,21 @@ mod tests {
         assert!(e.starts_with("c.toml:1:9: "), "{e}");
         let e = Config::parse(Path::new("c.toml"), "\nstroe = \"x\"\n").unwrap_err().to_string();
         assert!(e.starts_with("c.toml:2:1: unknown field"), "{e}");
+    }
+
+    #[test]
+    fn an_open_api_stays_on_loopback_unless_allowed() {
+        let open = "http_listen = \"0.0.0.0:8401\"\n";
+        let e = Config::parse(Path::new("c.toml"), open).unwrap_err().to_string();
+        assert!(e.starts_with("c.toml: http_listen: 0.0.0.0:8401 is not a loopback address"), "{e}");
+        let allowed = format!("{open}allow_unauthenticated = true\n");
+        assert!(Config::parse(Path::new("c.toml"), &allowed).unwrap().operators.is_none());
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ops"), "ann admin aaaaaaaaaaaaaaaaaaaa\nbob boss bbbbbbbbbbbbbbbbbbbb\n")
+            .unwrap();
+        let e = Config::parse(&dir.path().join("c.toml"), &format!("{open}api_tokens_file = \"ops\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("api_tokens_file: ") && e.contains("line 2: unknown role \"boss\""), "{e}");
     }
 }

@@ -12,6 +12,7 @@ mod dora;
 mod flags;
 mod ingest;
 mod metrics;
+pub mod operators;
 pub mod ramp;
 mod state;
 mod store;
@@ -92,6 +93,7 @@ pub struct Control {
     shared: Arc<Shared>,
     tls: Option<config::Tls>,
     tokens: Vec<String>,
+    operators: Option<operators::Operators>,
 }
 
 impl config::Tls {
@@ -156,7 +158,12 @@ impl Control {
             // Fail before binding anything when the files do not load.
             tls.server_config()?;
         }
-        Ok(Control { shared: Arc::new(shared), tls: config.tls.clone(), tokens: config.tokens.clone() })
+        Ok(Control {
+            shared: Arc::new(shared),
+            tls: config.tls.clone(),
+            tokens: config.tokens.clone(),
+            operators: config.operators.clone(),
+        })
     }
 
     /// The flags version being distributed.
@@ -195,7 +202,14 @@ impl Control {
                 tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
                 shutdown.clone().cancelled_owned(),
             );
-        let http_server = axum::serve(http, api::router(self.shared.clone()))
+        if self.operators.is_none() {
+            let at = http.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            tracing::warn!(
+                http = %at,
+                "no api_tokens_file: the HTTP API is open to anyone who reaches {at} (served on loopback unless allow_unauthenticated)"
+            );
+        }
+        let http_server = axum::serve(http, api::router(self.shared.clone(), self.operators.clone()))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         tasks.spawn(ramp_engine(self.shared.clone(), shutdown.clone()));
         let (g, h) = tokio::join!(grpc_server, http_server);

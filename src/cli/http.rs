@@ -13,6 +13,18 @@ use serde_json::Value;
 /// The control plane's HTTP API when `--control-plane` is not given.
 pub(crate) const DEFAULT_CONTROL_PLANE: &str = "http://127.0.0.1:8401";
 
+/// The operator token from `--token-file`, which takes precedence over `RAMPART_TOKEN`.
+static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+pub(crate) fn set_token(token: &str) {
+    let _ = TOKEN.set(token.to_owned());
+}
+
+/// The operator token sent as `Authorization: Bearer`, if any.
+fn token() -> Option<String> {
+    TOKEN.get().cloned().or_else(|| std::env::var("RAMPART_TOKEN").ok()).filter(|t| !t.trim().is_empty())
+}
+
 /// A client for [`call_async`].
 pub(crate) type JsonClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -30,12 +42,11 @@ pub(crate) async fn call_async(
 ) -> anyhow::Result<(StatusCode, Value)> {
     let url = format!("{}{path}", base.trim_end_matches('/'));
     let payload = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-    let req = Request::builder()
-        .method(method)
-        .uri(&url)
-        .header("content-type", "application/json")
-        .body(Full::new(payload))
-        .with_context(|| format!("bad control-plane URL {url}"))?;
+    let mut req = Request::builder().method(method).uri(&url).header("content-type", "application/json");
+    if let Some(token) = token() {
+        req = req.header("authorization", format!("Bearer {}", token.trim()));
+    }
+    let req = req.body(Full::new(payload)).with_context(|| format!("bad control-plane URL {url}"))?;
     let resp = tokio::time::timeout(std::time::Duration::from_secs(10), client.request(req))
         .await
         .with_context(|| format!("{url}: no answer within 10 s"))?
