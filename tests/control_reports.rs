@@ -2,6 +2,8 @@
 //! in a temporary directory): a delta in which a variant has more errors than requests (several
 //! proxy workers can produce one, see `rampart_stats::SeriesStats`) is applied and acknowledged —
 //! a variant whose every request fails is exactly the one to see — and it rolls the ramp back.
+//! And a sidecar that stays connected but never confirms the rollback's flags does not hold back
+//! its acknowledgement past the deadline.
 
 #[path = "../proxy/tests/support/mod.rs"]
 mod support;
@@ -42,8 +44,10 @@ async fn api(http: SocketAddr, path: &str) -> Value {
     serde_json::from_str(&body).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_variant_with_more_errors_than_requests_is_counted_and_rolls_the_ramp_back() {
+/// A control plane with a ramp of `new-checkout` at 10%, and a sidecar stream that sends one
+/// report in which every treatment request failed, then stays open (confirming nothing).
+async fn rolled_back_by_a_report()
+-> (SocketAddr, CancellationToken, tonic::Streaming<rampart_proto::rampart::v1::ControlMessage>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("flags.yaml"), FLAGS).unwrap();
     let text = "flags = \"flags.yaml\"\nstore = \"c.db\"\n";
@@ -73,7 +77,14 @@ async fn a_variant_with_more_errors_than_requests_is_counted_and_rolls_the_ramp_
     // Every treatment request failed, and a worker counted three failures whose requests land in
     // the next report: 3 errors of 2 requests.
     let messages = vec![hello, report(1, vec![variant("on", 2, 3, 2, 2), variant("off", 98, 0, 98, 0)])];
-    let mut inbound = client.connect(tokio_stream::iter(messages)).await.unwrap().into_inner();
+    let outbound = tokio_stream::StreamExt::chain(tokio_stream::iter(messages), tokio_stream::pending());
+    let inbound = client.connect(outbound).await.unwrap().into_inner();
+    (http_addr, stop, inbound, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_variant_with_more_errors_than_requests_is_counted_and_rolls_the_ramp_back() {
+    let (http_addr, stop, mut inbound, _dir) = rolled_back_by_a_report().await;
     let acked = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(m) = inbound.message().await.unwrap() {
             if let Some(control_message::Msg::Ack(a)) = m.msg {
@@ -99,5 +110,25 @@ async fn a_variant_with_more_errors_than_requests_is_counted_and_rolls_the_ramp_
         "{:#}",
         api(http_addr, "/api/v1/ramps/new-checkout").await
     );
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_that_never_confirms_does_not_hold_back_the_acknowledgement() {
+    let (http_addr, stop, _inbound, _dir) = rolled_back_by_a_report().await;
+    let acked = eventually(Duration::from_secs(15), || async {
+        api(http_addr, "/api/v1/ramps/new-checkout").await["rollback_acked_ms"].is_i64()
+    })
+    .await;
+    let ramp = api(http_addr, "/api/v1/ramps/new-checkout").await;
+    assert!(acked, "{ramp:#}");
+    let after = ramp["rollback_acked_ms"].as_i64().unwrap() - ramp["rollback_ms"].as_i64().unwrap();
+    assert!(after >= 5_000, "acknowledged {after} ms after the decision, before the deadline");
+    let event =
+        ramp["events"].as_array().unwrap().iter().find(|e| e["kind"] == "rollback_acknowledged").unwrap().clone();
+    assert!(event["detail"].as_str().unwrap().contains("unresponsive (no confirmation within 5 s): p"), "{event}");
+    let proxies = api(http_addr, "/api/v1/proxies").await;
+    assert_eq!(proxies["proxies"][0]["connected"], true, "{proxies}");
+    assert_eq!(proxies["proxies"][0]["unresponsive"], true, "{proxies}");
     stop.cancel();
 }

@@ -16,6 +16,8 @@ pub(crate) struct Metrics {
     pub(crate) reports_duplicate: Counter,
     pub(crate) reports_invalid: Counter,
     pub(crate) commit_failures: Counter,
+    /// Sidecars that did not confirm a rollback's flags version within the deadline.
+    pub(crate) unresponsive_sidecars: Counter,
     /// From a report's window end to its commit.
     pub(crate) ingest_delay: Histogram,
     pub(crate) batch_size: Histogram,
@@ -53,6 +55,7 @@ impl Metrics {
             reports_duplicate: counter("rampart_control_reports_duplicate_total"),
             reports_invalid: counter("rampart_control_reports_invalid_total"),
             commit_failures: counter("rampart_control_commit_failures_total"),
+            unresponsive_sidecars: counter("rampart_control_unresponsive_sidecars_total"),
             ingest_delay: recorder.register_histogram(&Key::from_name(INGEST_DELAY), &META),
             batch_size: recorder.register_histogram(&Key::from_name(BATCH), &META),
             connected: recorder.register_gauge(&Key::from_name("rampart_control_connected_proxies"), &META),

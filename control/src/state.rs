@@ -33,6 +33,9 @@ pub(crate) struct ProxyInfo {
     pub(crate) connected_ms: i64,
     pub(crate) last_report_ms: Option<i64>,
     pub(crate) last_seq: u64,
+    /// Connected, but did not confirm a rollback's flags version within the deadline: a rollback
+    /// is acknowledged without it (and it is reported), until it confirms a version again.
+    pub(crate) unresponsive: bool,
     /// Identifies the stream, so a stale stream ending does not mark a newer one disconnected.
     #[serde(skip)]
     pub(crate) stream: u64,

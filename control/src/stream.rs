@@ -63,6 +63,7 @@ impl RampControl for Service {
                 connected_ms: now_ms(),
                 last_report_ms: None,
                 last_seq: last_applied,
+                unresponsive: false,
                 stream: stream_id,
             },
         );
@@ -112,6 +113,7 @@ impl RampControl for Service {
                         Ok(Some(ProxyMessage { msg: Some(proxy_message::Msg::FlagsApplied(applied)) })) => {
                             if let Some(p) = lock(&shared.proxies).get_mut(&key.0).filter(|p| p.stream == stream_id) {
                                 p.flags_version = applied.version;
+                                p.unresponsive = false;
                             }
                             crate::ramp::engine::flags_applied(&shared, now_ms());
                         }

@@ -315,25 +315,48 @@ fn settle_rollback(shared: &Shared, ramp: &mut Ramp, treatment: &Delta, now: i64
     acknowledge(shared, ramp, now)
 }
 
-/// Notes the moment every connected sidecar serves the rollback's flags version.
+/// How long a connected sidecar has to confirm a rollback's flags version before the rollback
+/// is acknowledged without it: one sidecar that never answers must not hold back the
+/// acknowledgement (and the recovery time of the DORA figures) until it disconnects.
+pub(crate) const ACK_DEADLINE_MS: i64 = 5_000;
+
+/// Notes the moment every connected sidecar serves the rollback's flags version — or, past
+/// [`ACK_DEADLINE_MS`], every one but those that never confirmed, which are marked unresponsive.
 fn acknowledge(shared: &Shared, ramp: &mut Ramp, now: i64) -> Result<(), RampError> {
     let (None, Some(version)) = (ramp.rollback_acked_ms, ramp.rollback_version) else { return Ok(()) };
-    let all = {
-        let proxies = lock(&shared.proxies);
-        let mut connected = proxies.values().filter(|p| p.connected).peekable();
-        connected.peek().is_some() && connected.all(|p| p.flags_version >= version)
+    let after = now - ramp.rollback_ms.unwrap_or(now);
+    let late: Vec<String> = {
+        let mut proxies = lock(&shared.proxies);
+        let mut connected = proxies.values_mut().filter(|p| p.connected).peekable();
+        if connected.peek().is_none() {
+            return Ok(());
+        }
+        let late: Vec<&mut crate::state::ProxyInfo> = connected.filter(|p| p.flags_version < version).collect();
+        if !late.is_empty() && after < ACK_DEADLINE_MS {
+            return Ok(());
+        }
+        late.into_iter()
+            .map(|p| {
+                p.unresponsive = true;
+                p.proxy_id.clone()
+            })
+            .collect()
     };
-    if all {
-        ramp.rollback_acked_ms = Some(now);
-        persist(shared, ramp)?;
-        let after = now - ramp.rollback_ms.unwrap_or(now);
-        event(
-            shared,
-            ramp,
-            "rollback_acknowledged",
-            format!("every connected sidecar serves version {version}, {after} ms after the decision"),
-        )?;
-    }
+    ramp.rollback_acked_ms = Some(now);
+    persist(shared, ramp)?;
+    let detail = if late.is_empty() {
+        format!("every connected sidecar serves version {version}, {after} ms after the decision")
+    } else {
+        shared.metrics.unresponsive_sidecars.increment(late.len() as u64);
+        tracing::warn!(version, sidecars = ?late, "sidecars did not confirm a rollback within the deadline");
+        format!(
+            "every responsive sidecar serves version {version}, {after} ms after the decision; unresponsive (no \
+             confirmation within {} s): {}",
+            ACK_DEADLINE_MS / 1000,
+            late.join(", ")
+        )
+    };
+    event(shared, ramp, "rollback_acknowledged", detail)?;
     Ok(())
 }
 
