@@ -132,3 +132,52 @@ async fn a_sidecar_that_never_confirms_does_not_hold_back_the_acknowledgement() 
     assert_eq!(proxies["proxies"][0]["unresponsive"], true, "{proxies}");
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_longer_than_a_flag_file_allows_are_refused_on_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("flags.yaml"), FLAGS).unwrap();
+    let config =
+        rampart_control::Config::parse(&dir.path().join("control.toml"), "flags = \"flags.yaml\"\nstore = \"c.db\"\n")
+            .unwrap();
+    let control = rampart_control::Control::open(&config).unwrap();
+    let (grpc, http) =
+        (TcpListener::bind("127.0.0.1:0").await.unwrap(), TcpListener::bind("127.0.0.1:0").await.unwrap());
+    let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    tokio::spawn(control.run(grpc, http, stop.clone()));
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}")).unwrap().connect().await.unwrap();
+    let mut client = RampControlClient::new(channel);
+    let hello = |proxy_id: String| ProxyMessage {
+        msg: Some(proxy_message::Msg::Hello(Hello { proxy_id, service: "shop".into(), flags_version: 0, epoch: 1 })),
+    };
+    let refused = client.connect(tokio_stream::iter([hello("p".repeat(1_000))])).await;
+    let refused = match refused {
+        Ok(resp) => resp.into_inner().message().await.map(|_| ()),
+        Err(status) => Err(status),
+    };
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::InvalidArgument);
+
+    let long = VariantStats { flag: "f".repeat(1_000), ..variant("on", 5, 0, 5, 0) };
+    let messages = vec![hello("p".into()), report(1, vec![long, variant("on", 5, 0, 5, 0)])];
+    let outbound = tokio_stream::StreamExt::chain(tokio_stream::iter(messages), tokio_stream::pending());
+    let mut inbound = client.connect(outbound).await.unwrap().into_inner();
+    let acked = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(m) = inbound.message().await.unwrap() {
+            if let Some(control_message::Msg::Ack(a)) = m.msg {
+                return a.seq;
+            }
+        }
+        0
+    })
+    .await
+    .unwrap();
+    assert_eq!(acked, 1, "the report is applied");
+    assert_eq!(api(http_addr, "/api/v1/stats/new-checkout").await["variants"]["on"]["requests"], 5);
+    let (status, _) = get(&format!("http://{http_addr}/api/v1/stats/{}", "f".repeat(1_000)), &[]).await;
+    assert_eq!(status, http::StatusCode::NOT_FOUND, "the over-long series was dropped");
+    let (_, metrics) = get(&format!("http://{http_addr}/metrics"), &[]).await;
+    assert!(metrics.contains("rampart_control_series_refused_total 1"), "{metrics}");
+    stop.cancel();
+}

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use rampart_flags::MAX_NAME_BYTES;
 use rampart_proto::convert;
 use rampart_proto::rampart::v1::StatsReport;
 use rampart_stats::Delta;
@@ -69,6 +70,12 @@ async fn apply(shared: &Arc<Shared>, batch: Vec<Submission>) {
                 continue;
             };
             for (v, d) in deltas {
+                // Names no flag file can hold (see `rampart_flags::MAX_NAME_BYTES`): dropped, so a
+                // stream cannot grow the control plane's maps with them.
+                if v.flag.len() > MAX_NAME_BYTES || v.variant.len() > MAX_NAME_BYTES {
+                    shared.metrics.series_refused.increment(1);
+                    continue;
+                }
                 let key = (v.flag.clone(), v.variant.clone());
                 if d.split != rampart_stats::Split::default() {
                     let (arm, latency) = windows.entry(key.clone()).or_default();

@@ -16,6 +16,8 @@ pub(crate) struct Metrics {
     pub(crate) reports_duplicate: Counter,
     pub(crate) reports_invalid: Counter,
     pub(crate) commit_failures: Counter,
+    /// Series of stats reports dropped for names longer than any flag file allows.
+    pub(crate) series_refused: Counter,
     /// Sidecars that did not confirm a rollback's flags version within the deadline.
     pub(crate) unresponsive_sidecars: Counter,
     /// From a report's window end to its commit.
@@ -56,6 +58,7 @@ impl Metrics {
             reports_invalid: counter("rampart_control_reports_invalid_total"),
             commit_failures: counter("rampart_control_commit_failures_total"),
             unresponsive_sidecars: counter("rampart_control_unresponsive_sidecars_total"),
+            series_refused: counter("rampart_control_series_refused_total"),
             ingest_delay: recorder.register_histogram(&Key::from_name(INGEST_DELAY), &META),
             batch_size: recorder.register_histogram(&Key::from_name(BATCH), &META),
             connected: recorder.register_gauge(&Key::from_name("rampart_control_connected_proxies"), &META),

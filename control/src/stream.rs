@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use rampart_flags::MAX_NAME_BYTES;
 use rampart_proto::rampart::v1::ramp_control_server::RampControl;
 use rampart_proto::rampart::v1::{
     ControlMessage, FlagsSnapshot, ProxyMessage, StatsAck, Welcome, control_message, proxy_message,
@@ -49,6 +50,9 @@ impl RampControl for Service {
             Some(ProxyMessage { msg: Some(proxy_message::Msg::Hello(h)) }) if !h.proxy_id.is_empty() => h,
             _ => return Err(Status::invalid_argument("the first message must be a Hello with a proxy_id")),
         };
+        if hello.proxy_id.len() > MAX_NAME_BYTES || hello.service.len() > MAX_NAME_BYTES {
+            return Err(Status::invalid_argument(format!("proxy_id and service are at most {MAX_NAME_BYTES} bytes")));
+        }
         let key = (hello.proxy_id.clone(), hello.epoch);
         let stream_id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let last_applied = lock(&self.shared.seqs).get(&key).copied().unwrap_or(0);

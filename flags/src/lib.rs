@@ -41,3 +41,4 @@ pub use flag::{Flag, Ramp, ValueKind, Variant};
 pub use flagset::FlagSet;
 pub use resolution::{ErrorCode, Reason, Resolution};
 pub use source::Format;
+pub use validate::MAX_NAME_BYTES;

@@ -12,6 +12,15 @@ const TOP_LEVEL_KEYS: &[&str] = &["flags", "$evaluators", "metadata", "$schema"]
 const FLAG_KEYS: &[&str] = &["state", "variants", "defaultVariant", "targeting", "metadata", "ramp"];
 const RAMP_KEYS: &[&str] = &["treatment", "percent", "bucketBy", "slowUs"];
 
+/// Longest flag key or variant name, in bytes: the same bound in the control plane's API, on the
+/// stats stream and in the sidecars (they all validate with this crate).
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// `name` for an error's key path: whole when short, else its first 40 characters and an ellipsis.
+fn shown(name: &str) -> String {
+    if name.len() <= 64 { name.to_owned() } else { format!("{}…", name.chars().take(40).collect::<String>()) }
+}
+
 /// The validated content of a document.
 #[derive(Debug)]
 pub(crate) struct Validated {
@@ -63,6 +72,11 @@ pub(crate) fn validate(doc: &Value) -> Result<Validated, Vec<Problem>> {
 }
 
 fn flag(key: &str, def: &Value, evaluators: &Map<String, Value>, p: &mut Problems) -> Option<Flag> {
+    if key.len() > MAX_NAME_BYTES {
+        let message = format!("a flag key is at most {MAX_NAME_BYTES} bytes; this one has {}", key.len());
+        p.add(format!("flags.{}", shown(key)), message);
+        return None;
+    }
     let path = format!("flags.{key}");
     let before = p.0.len();
     let Some(def) = def.as_object() else {
@@ -132,6 +146,11 @@ fn variants(path: &str, value: Option<&Value>, p: &mut Problems) -> (Vec<Variant
     let mut kind: Option<(ValueKind, &str)> = None;
     let mut out = Vec::with_capacity(map.len());
     for (index, (name, value)) in map.iter().enumerate() {
+        if name.len() > MAX_NAME_BYTES {
+            let message = format!("a variant name is at most {MAX_NAME_BYTES} bytes; this one has {}", name.len());
+            p.add(format!("{path}.{}", shown(name)), message);
+            continue;
+        }
         let Some(k) = ValueKind::of(value) else {
             p.add(format!("{path}.{name}"), "a variant value must be a boolean, string, number or object");
             continue;

@@ -138,3 +138,23 @@ fn ramp_slow_threshold_is_read_and_does_not_change_assignments() {
         assert_eq!((a.variant_name(), a.reason, a.unit), (b.variant_name(), b.reason, b.unit));
     }
 }
+
+#[test]
+fn names_are_bounded_and_the_error_does_not_repeat_them() {
+    let key = "k".repeat(rampart_flags::MAX_NAME_BYTES + 1);
+    let text =
+        format!(r#"{{"flags": {{"{key}": {{"state": "ENABLED", "variants": {{"a": 1}}, "defaultVariant": "a"}}}}}}"#);
+    let p = problems("flags.json", &text);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].contains("a flag key is at most 256 bytes; this one has 257"), "{p:?}");
+    assert!(p[0].len() < 200, "the 257-byte key is not echoed whole: {}", p[0]);
+    let name = "v".repeat(300);
+    let text = format!(
+        r#"{{"flags": {{"f": {{"state": "ENABLED", "variants": {{"{name}": 1, "a": 2}}, "defaultVariant": "a"}}}}}}"#
+    );
+    assert!(problems("flags.json", &text)[0].contains("a variant name is at most 256 bytes; this one has 300"));
+    let fits = "k".repeat(rampart_flags::MAX_NAME_BYTES);
+    let text =
+        format!(r#"{{"flags": {{"{fits}": {{"state": "ENABLED", "variants": {{"a": 1}}, "defaultVariant": "a"}}}}}}"#);
+    assert!(FlagSet::from_str("flags.json", &text).is_ok());
+}
