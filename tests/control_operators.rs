@@ -12,6 +12,8 @@ use std::process::Command;
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
+use rampart_proto::rampart::v1::ramp_control_client::RampControlClient;
+use rampart_proto::rampart::v1::{Hello, ProxyMessage, proxy_message};
 use serde_json::Value;
 use support::*;
 use tokio::net::TcpListener;
@@ -22,7 +24,7 @@ const ADMIN: &str = "admin-token-0123456789";
 const OPERATOR: &str = "operator-token-0123456789";
 const VIEWER: &str = "viewer-token-0123456789";
 
-async fn control(dir: &std::path::Path) -> (SocketAddr, CancellationToken) {
+async fn control(dir: &std::path::Path) -> (SocketAddr, SocketAddr, CancellationToken) {
     std::fs::write(dir.join("flags.yaml"), FLAGS).unwrap();
     let ops = format!("# name role token\nann admin {ADMIN}\nolga operator {OPERATOR}\nvic viewer {VIEWER}\n");
     std::fs::write(dir.join("operators"), ops).unwrap();
@@ -31,10 +33,10 @@ async fn control(dir: &std::path::Path) -> (SocketAddr, CancellationToken) {
     let control = rampart_control::Control::open(&config).unwrap();
     let (grpc, http) =
         (TcpListener::bind("127.0.0.1:0").await.unwrap(), TcpListener::bind("127.0.0.1:0").await.unwrap());
-    let addr = http.local_addr().unwrap();
+    let (addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
     let stop = CancellationToken::new();
     tokio::spawn(control.run(grpc, http, stop.clone()));
-    (addr, stop)
+    (addr, grpc_addr, stop)
 }
 
 /// `method` `path` with an optional bearer token and JSON body: status and JSON answer.
@@ -64,7 +66,7 @@ fn rampart(http: SocketAddr, args: &[&str], envs: &[(&str, &str)]) -> std::proce
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_operators_with_the_role_steer_the_control_plane() {
     let dir = tempfile::tempdir().unwrap();
-    let (http, stop) = control(dir.path()).await;
+    let (http, grpc, stop) = control(dir.path()).await;
     let wipe = r#"{"flags": {}}"#;
 
     // Anonymous, or with a token nobody has: 401, JSON, and nothing changes.
@@ -105,6 +107,27 @@ async fn only_operators_with_the_role_steer_the_control_plane() {
     let out = rampart(http, &["ramp", "abort", "new-checkout", "--token-file", file.to_str().unwrap()], &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("aborted"));
+
+    // A connected sidecar's epoch (what a stream needs to report as it) is not shown to viewers.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
+    let hello = ProxyMessage {
+        msg: Some(proxy_message::Msg::Hello(Hello {
+            proxy_id: "shop-1".into(),
+            service: "shop".into(),
+            flags_version: 0,
+            epoch: 42,
+        })),
+    };
+    let outbound = tokio_stream::StreamExt::chain(tokio_stream::iter([hello]), tokio_stream::pending());
+    let _stream = RampControlClient::new(channel).connect(outbound).await.unwrap();
+    let listed = |token| async move {
+        let (_, list) = call(http, "GET", "/api/v1/proxies", Some(token), "").await;
+        list["proxies"][0].clone()
+    };
+    assert!(eventually(std::time::Duration::from_secs(5), || async { listed(ADMIN).await["epoch"] == 42 }).await);
+    let seen = listed(VIEWER).await;
+    assert_eq!(seen["proxy_id"], "shop-1");
+    assert!(seen.get("epoch").is_none(), "{seen}");
 
     // An admin replaces the flags.
     let (status, answer) = call(http, "PUT", "/api/v1/flags", Some(ADMIN), wipe).await;

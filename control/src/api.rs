@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::Query;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,6 +16,7 @@ use rampart_flags::Format;
 use serde_json::{Value, json};
 
 use crate::flags;
+use crate::operators::{Actor, Role};
 use crate::ramp::decide::Policy;
 use crate::ramp::engine::{self, RampError, StartRequest};
 use crate::state::{Shared, lock, now_ms};
@@ -44,8 +45,20 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], shared.metrics.render()).into_response()
 }
 
-async fn proxies(State(shared): State<Arc<Shared>>) -> Response {
-    let proxies: Vec<_> = lock(&shared.proxies).values().cloned().collect();
+/// The sidecars. A viewer does not see their epochs: with a proxy id, an epoch is what a stream
+/// needs to report as that sidecar.
+async fn proxies(State(shared): State<Arc<Shared>>, actor: Option<Extension<Actor>>) -> Response {
+    let hide_epochs = actor.is_some_and(|Extension(a)| a.role == Role::Viewer);
+    let proxies: Vec<Value> = lock(&shared.proxies)
+        .values()
+        .map(|p| {
+            let mut v = serde_json::to_value(p).unwrap_or(Value::Null);
+            if hide_epochs && let Some(m) = v.as_object_mut() {
+                m.remove("epoch");
+            }
+            v
+        })
+        .collect();
     axum::Json(json!({ "proxies": proxies })).into_response()
 }
 

@@ -132,9 +132,12 @@ fn refuse(status: StatusCode, message: &str) -> Response {
     resp
 }
 
-/// The name of the operator behind a request, for the handlers (and the audit trail to come).
+/// The operator behind a request, for the handlers (and the audit trail to come).
 #[derive(Debug, Clone)]
-pub struct Actor(pub String);
+pub struct Actor {
+    pub name: String,
+    pub role: Role,
+}
 
 /// Axum middleware: lets a request through when its operator's role suffices (401 without a
 /// valid token, 403 when the role is too low); everyone through when no tokens are configured.
@@ -158,7 +161,7 @@ pub(crate) async fn authorize(State(operators): State<Option<Operators>>, mut re
             format!("\"{}\" is a {}; this needs the {} role", operator.name, operator.role.as_str(), needed.as_str());
         return refuse(StatusCode::FORBIDDEN, &message);
     }
-    req.extensions_mut().insert(Actor(operator.name.clone()));
+    req.extensions_mut().insert(Actor { name: operator.name.clone(), role: operator.role });
     next.run(req).await
 }
 
