@@ -39,6 +39,8 @@ enum Command {
     Ramp(cli::ramp::RampArgs),
     /// DORA metrics from the control plane's ramp history.
     Dora(cli::ramp::DoraArgs),
+    /// Who changed flags and ramps, and what: the control plane's audit trail.
+    Audit(cli::ramp::AuditArgs),
     /// Sign a QA override token that forces variants (header `x-rampart-override`).
     Sign(cli::sign::SignArgs),
 }
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
         Command::Control(args) => cli::control::run(&args),
         Command::Ramp(args) => cli::ramp::ramp(&args),
         Command::Dora(args) => cli::ramp::dora(&args),
+        Command::Audit(args) => cli::ramp::audit(&args),
         Command::Sign(args) => cli::sign::run(&args),
     };
     match result {

@@ -1,6 +1,6 @@
 //! Only operators steer the control plane: with `api_tokens_file`, the HTTP API refuses anonymous
 //! requests (401) and roles too low for the action (403), as JSON; the CLI sends its token from
-//! `RAMPART_TOKEN` or `--token-file`. A real control plane (SQLite in a temporary directory), real
+//! `RAMPART_TOKEN` or `--token-file`; every change is in the audit trail with its operator. A real control plane (SQLite in a temporary directory), real
 //! HTTP, the real `rampart` binary.
 
 #[path = "../proxy/tests/support/mod.rs"]
@@ -132,5 +132,25 @@ async fn only_operators_with_the_role_steer_the_control_plane() {
     // An admin replaces the flags.
     let (status, answer) = call(http, "PUT", "/api/v1/flags", Some(ADMIN), wipe).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
+
+    // The audit trail names who did each change, with the flags version it produced; refused
+    // requests changed nothing and left no entry.
+    let (status, trail) = call(http, "GET", "/api/v1/audit?flag=new-checkout", Some(VIEWER), "").await;
+    assert_eq!(status, StatusCode::OK, "{trail}");
+    let entries: Vec<(String, String)> = trail["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["actor"].as_str().unwrap().to_owned(), a["action"].as_str().unwrap().to_owned()))
+        .collect();
+    let want = [("olga", "ramp_start"), ("olga", "ramp_abort"), ("ann", "flags_put")];
+    assert_eq!(entries, want.map(|(a, b)| (a.to_owned(), b.to_owned())), "{trail:#}");
+    let put = &trail["audit"][2];
+    assert_eq!(put["version"].as_u64(), answer["version"].as_u64(), "{put}");
+    assert!(put["detail"].as_str().unwrap().starts_with("removed"), "{put}");
+    let out = rampart(http, &["audit", "--flag", "new-checkout"], &[("RAMPART_TOKEN", VIEWER)]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.lines().count() == 3, "{text}");
+    assert!(text.lines().last().unwrap().contains("ann") && text.contains("ramp_abort"), "{text}");
     stop.cancel();
 }

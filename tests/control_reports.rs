@@ -110,6 +110,11 @@ async fn a_variant_with_more_errors_than_requests_is_counted_and_rolls_the_ramp_
         "{:#}",
         api(http_addr, "/api/v1/ramps/new-checkout").await
     );
+    // The engine's own decision is in the audit trail, with the version that turned it off.
+    let trail = api(http_addr, "/api/v1/audit?flag=new-checkout").await;
+    let rollback = trail["audit"].as_array().unwrap().iter().find(|a| a["action"] == "ramp_rollback").unwrap();
+    assert_eq!(rollback["actor"], "engine", "{trail}");
+    assert!(rollback["version"].as_u64().is_some(), "{trail}");
     stop.cancel();
 }
 

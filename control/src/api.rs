@@ -32,9 +32,15 @@ pub(crate) fn router(shared: Arc<Shared>, operators: Option<crate::operators::Op
         .route("/api/v1/ramps/{flag}", get(ramp_status))
         .route("/api/v1/ramps/{flag}/{action}", post(operate_ramp))
         .route("/api/v1/dora", get(dora))
+        .route("/api/v1/audit", get(audit_trail))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(shared)
         .layer(axum::middleware::from_fn_with_state(operators, crate::operators::authorize))
+}
+
+/// The operator behind a request, or `anonymous` on an API without operators.
+fn actor_name(actor: Option<&Extension<Actor>>) -> String {
+    actor.map_or_else(|| crate::audit::ANONYMOUS.to_owned(), |Extension(a)| a.name.clone())
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
@@ -69,7 +75,13 @@ async fn get_flags(State(shared): State<Arc<Shared>>) -> Response {
 
 /// Replaces the definitions: JSON, or YAML when the content type says so. Invalid → 400 with every
 /// located problem; the current flags stay.
-async fn put_flags(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn put_flags(
+    State(shared): State<Arc<Shared>>,
+    actor: Option<Extension<Actor>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let actor = actor_name(actor.as_ref());
     let Ok(text) = std::str::from_utf8(&body) else {
         return error(StatusCode::BAD_REQUEST, "the body must be UTF-8");
     };
@@ -89,7 +101,17 @@ async fn put_flags(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
         engine::impose_ramps(&ramps, &mut doc);
         let set = rampart_flags::FlagSet::from_value("request body", doc).map_err(flags::PublishError::from)?;
         let json_text = set.definition().to_string();
-        flags::publish(&shared2, &set, json_text, "api")
+        let before = shared2.flags.borrow().definition.clone();
+        let version = flags::publish(&shared2, &set, json_text, "api")?;
+        let changed = crate::audit::changed_flags(&before, set.definition());
+        if changed.is_empty() {
+            crate::audit::record(&shared2, &actor, "flags_put", None, Some(version), "no flag changed".to_owned())?;
+        }
+        for (flag, how) in changed {
+            let detail = format!("{how} by a flags PUT (version {version})");
+            crate::audit::record(&shared2, &actor, "flags_put", Some(&flag), Some(version), detail)?;
+        }
+        Ok(version)
     })
     .await;
     match published {
@@ -197,14 +219,16 @@ fn parse_start(body: &[u8]) -> Result<StartRequest, String> {
         policy,
         change_id: b.change_id,
         commit_ms,
+        actor: crate::audit::ANONYMOUS.to_owned(),
     })
 }
 
-async fn start_ramp(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
-    let req = match parse_start(&body) {
+async fn start_ramp(State(shared): State<Arc<Shared>>, actor: Option<Extension<Actor>>, body: Bytes) -> Response {
+    let mut req = match parse_start(&body) {
         Ok(r) => r,
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
+    req.actor = actor_name(actor.as_ref());
     let shared2 = shared.clone();
     let started = tokio::task::spawn_blocking(move || {
         let ramp = engine::start(&shared2, req)?;
@@ -241,10 +265,15 @@ async fn ramp_status(State(shared): State<Arc<Shared>>, Path(flag): Path<String>
     }
 }
 
-async fn operate_ramp(State(shared): State<Arc<Shared>>, Path((flag, action)): Path<(String, String)>) -> Response {
+async fn operate_ramp(
+    State(shared): State<Arc<Shared>>,
+    actor: Option<Extension<Actor>>,
+    Path((flag, action)): Path<(String, String)>,
+) -> Response {
+    let actor = actor_name(actor.as_ref());
     let shared2 = shared.clone();
     let done = tokio::task::spawn_blocking(move || {
-        let ramp = engine::operate(&shared2, &flag, &action)?;
+        let ramp = engine::operate(&shared2, &flag, &action, &actor)?;
         Ok::<_, RampError>(engine::status(&shared2, &ramp, 20)?)
     })
     .await;
@@ -258,6 +287,24 @@ async fn operate_ramp(State(shared): State<Arc<Shared>>, Path((flag, action)): P
 /// DORA over the last `window_ms`.
 pub(crate) fn dora_now(shared: &Shared, window_ms: i64) -> crate::dora::Dora {
     crate::dora::compute(lock(&shared.ramps).values(), now_ms(), window_ms)
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct AuditQuery {
+    flag: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /api/v1/audit?flag=F&limit=N`: the latest changes (default 100), oldest first.
+async fn audit_trail(State(shared): State<Arc<Shared>>, Query(q): Query<AuditQuery>) -> Response {
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    let shared2 = shared.clone();
+    let rows = tokio::task::spawn_blocking(move || lock(&shared2.store).audit(q.flag.as_deref(), limit)).await;
+    match rows {
+        Ok(Ok(rows)) => axum::Json(json!({ "audit": rows })).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
 }
 
 #[derive(Debug, serde::Deserialize)]

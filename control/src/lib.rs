@@ -6,6 +6,7 @@
 //! [`Control::run`] serves gRPC and HTTP on the given listeners until the shutdown token fires.
 
 mod api;
+mod audit;
 mod auth;
 pub mod config;
 mod dora;

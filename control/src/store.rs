@@ -9,8 +9,11 @@ use rampart_stats::{Delta, SparseHistogram};
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// The migrations, in order; `user_version` counts how many have run.
-const MIGRATIONS: &[&str] =
-    &[include_str!("../migrations/0001_init.sql"), include_str!("../migrations/0002_ramps.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_init.sql"),
+    include_str!("../migrations/0002_ramps.sql"),
+    include_str!("../migrations/0003_audit.sql"),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -162,7 +165,50 @@ pub(crate) struct EventRow {
     pub(crate) detail: String,
 }
 
+/// One change in the audit trail.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub(crate) struct AuditRow {
+    pub(crate) at_ms: i64,
+    /// An operator's name, `engine`, or `anonymous` (an API without operators).
+    pub(crate) actor: String,
+    pub(crate) action: String,
+    pub(crate) flag: Option<String>,
+    /// The flags version the change produced, if it published one.
+    pub(crate) version: Option<u64>,
+    pub(crate) detail: String,
+}
+
 impl Store {
+    pub(crate) fn add_audit(&self, a: &AuditRow) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO audit (at_ms, actor, action, flag, version, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![a.at_ms, a.actor, a.action, a.flag, a.version.map(|v| v as i64), a.detail])?;
+        Ok(())
+    }
+
+    /// The latest `limit` changes (of `flag`, when given), oldest first.
+    pub(crate) fn audit(&self, flag: Option<&str>, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT at_ms, actor, action, flag, version, detail FROM audit
+             WHERE ?1 IS NULL OR flag = ?1 ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![flag, limit], |r| {
+            Ok(AuditRow {
+                at_ms: r.get(0)?,
+                actor: r.get(1)?,
+                action: r.get(2)?,
+                flag: r.get(3)?,
+                version: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
+                detail: r.get(5)?,
+            })
+        })?;
+        let mut out: Vec<AuditRow> = rows.collect::<Result<_, _>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
     /// Inserts or replaces a ramp's record.
     pub(crate) fn put_ramp(
         &self,

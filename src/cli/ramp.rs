@@ -78,6 +78,51 @@ pub(crate) struct DoraArgs {
     control_plane: String,
 }
 
+#[derive(Debug, clap::Args)]
+pub(crate) struct AuditArgs {
+    /// Only the changes of this flag.
+    #[arg(long)]
+    flag: Option<String>,
+    /// How many of the latest changes.
+    #[arg(long, default_value_t = 100)]
+    limit: u32,
+    #[arg(long)]
+    json: bool,
+    #[arg(long, env = "RAMPART_CONTROL_PLANE", default_value = DEFAULT_CONTROL_PLANE)]
+    control_plane: String,
+}
+
+/// `rampart audit`: who changed what, oldest first.
+pub(crate) fn audit(args: &AuditArgs) -> anyhow::Result<ExitCode> {
+    let mut path = format!("/api/v1/audit?limit={}", args.limit);
+    if let Some(flag) = &args.flag {
+        path.push_str("&flag=");
+        path.extend(form_urlencoded::byte_serialize(flag.as_bytes()));
+    }
+    let answer = expect_ok(call(Method::GET, &args.control_plane, &path, None)?)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for a in answer["audit"].as_array().into_iter().flatten() {
+        let at = a["at_ms"]
+            .as_i64()
+            .and_then(|ms| time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok())
+            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .unwrap_or_default();
+        let version = a["version"].as_u64().map_or_else(|| "–".to_owned(), |v| format!("v{v}"));
+        println!(
+            "{at}  {:<12} {:<15} {:<20} {:>5}  {}",
+            a["actor"].as_str().unwrap_or(""),
+            a["action"].as_str().unwrap_or(""),
+            a["flag"].as_str().unwrap_or("–"),
+            version,
+            a["detail"].as_str().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(crate) fn ramp(args: &RampArgs) -> anyhow::Result<ExitCode> {
     let base = args.control_plane.as_str();
     match &args.command {

@@ -14,6 +14,7 @@ use super::decide::{Action, Decision, Policy};
 use super::model::{Ramp, State, Transition};
 use super::plan;
 use super::window::Window;
+use crate::audit;
 use crate::flags::{self, PublishError};
 use crate::state::{Shared, lock, now_ms};
 use crate::store::{DecisionRow, EventRow, StoreError};
@@ -44,6 +45,8 @@ pub(crate) struct StartRequest {
     pub(crate) policy: Policy,
     pub(crate) change_id: Option<String>,
     pub(crate) commit_ms: Option<i64>,
+    /// Who asked (for the audit trail).
+    pub(crate) actor: String,
 }
 
 fn totals(shared: &Shared, flag: &str, variant: &str) -> Delta {
@@ -157,23 +160,21 @@ pub(crate) fn start(shared: &Shared, req: StartRequest) -> Result<Ramp, RampErro
     ramp.commit_ms = req.commit_ms;
     let version = set_percent(shared, &ramp)?;
     persist(shared, &ramp)?;
-    event(
-        shared,
-        &ramp,
-        "started",
-        format!("{} → {}% of {} (flags version {version})", ramp.flag, ramp.percent(), ramp.treatment),
-    )?;
+    let detail = format!("{} → {}% of {} (flags version {version})", ramp.flag, ramp.percent(), ramp.treatment);
+    audit::record(shared, &req.actor, "ramp_start", Some(&ramp.flag), Some(version), detail.clone())?;
+    event(shared, &ramp, "started", detail)?;
     ramps.insert(id, ramp.clone());
     Ok(ramp)
 }
 
 /// The operator's pause, resume and abort.
-pub(crate) fn operate(shared: &Shared, flag: &str, op: &str) -> Result<Ramp, RampError> {
+pub(crate) fn operate(shared: &Shared, flag: &str, op: &str, actor: &str) -> Result<Ramp, RampError> {
     let mut ramps = lock(&shared.ramps);
     let Some(ramp) = ramps.values_mut().rev().find(|r| r.flag == flag) else {
         return Err(RampError::NotFound(flag.to_owned()));
     };
     let now = now_ms();
+    let mut version = None;
     match (op, ramp.state) {
         ("pause", State::Running) => ramp.state = State::Paused,
         ("resume", State::Paused) => ramp.resume(now),
@@ -181,9 +182,12 @@ pub(crate) fn operate(shared: &Shared, flag: &str, op: &str) -> Result<Ramp, Ram
             let before = ramp.clone();
             ramp.state = State::Aborted;
             ramp.finished_ms = Some(now);
-            if let Err(e) = set_percent(shared, ramp) {
-                *ramp = before;
-                return Err(e);
+            match set_percent(shared, ramp) {
+                Ok(v) => version = Some(v),
+                Err(e) => {
+                    *ramp = before;
+                    return Err(e);
+                }
             }
         }
         ("pause" | "resume" | "abort", state) => {
@@ -192,7 +196,9 @@ pub(crate) fn operate(shared: &Shared, flag: &str, op: &str) -> Result<Ramp, Ram
         _ => return Err(RampError::BadRequest(format!("unknown action \"{op}\" (pause, resume or abort)"))),
     }
     persist(shared, ramp)?;
-    event(shared, ramp, op, format!("{op} by the operator at {}%", ramp.percent()))?;
+    let detail = format!("{op} by {actor} at {}%", ramp.percent());
+    audit::record(shared, actor, &format!("ramp_{op}"), Some(&ramp.flag), version, detail.clone())?;
+    event(shared, ramp, op, detail)?;
     Ok(ramp.clone())
 }
 
@@ -257,24 +263,34 @@ fn carry_out(
         Some(Transition::Percent(p)) => {
             let version = set_percent(shared, ramp)?;
             let slow = threshold(ramp);
-            event(shared, ramp, "advanced", format!("→ {p}% (flags version {version}{slow}): {}", decision.reason))?;
+            let detail = format!("→ {p}% (flags version {version}{slow}): {}", decision.reason);
+            audit::record(shared, audit::ENGINE, "ramp_advance", Some(&ramp.flag), Some(version), detail.clone())?;
+            event(shared, ramp, "advanced", detail)?;
         }
         Some(Transition::Completed) => {
             let version = set_percent(shared, ramp)?;
-            event(shared, ramp, "completed", format!("→ 100% (flags version {version}): {}", decision.reason))?;
+            let detail = format!("→ 100% (flags version {version}): {}", decision.reason);
+            audit::record(shared, audit::ENGINE, "ramp_complete", Some(&ramp.flag), Some(version), detail.clone())?;
+            event(shared, ramp, "completed", detail)?;
         }
         Some(Transition::RolledBack) => {
             let version = set_percent(shared, ramp)?;
             ramp.rollback_version = Some(version);
-            event(shared, ramp, "rolled_back", format!("→ 0% (flags version {version}): {}", decision.reason))?;
+            let detail = format!("→ 0% (flags version {version}): {}", decision.reason);
+            audit::record(shared, audit::ENGINE, "ramp_rollback", Some(&ramp.flag), Some(version), detail.clone())?;
+            event(shared, ramp, "rolled_back", detail)?;
         }
         Some(Transition::Paused) => {
-            event(shared, ramp, "paused", format!("paused by the engine at {}%: {}", ramp.percent(), decision.reason))?;
+            let detail = format!("paused by the engine at {}%: {}", ramp.percent(), decision.reason);
+            audit::record(shared, audit::ENGINE, "ramp_pause", Some(&ramp.flag), None, detail.clone())?;
+            event(shared, ramp, "paused", detail)?;
         }
         None if ramp.slow_threshold_us != threshold_before => {
             let version = set_percent(shared, ramp)?;
             let slow = threshold(ramp);
-            event(shared, ramp, "threshold", format!("latency guardrail set (flags version {version}{slow})"))?;
+            let detail = format!("latency guardrail set (flags version {version}{slow})");
+            audit::record(shared, audit::ENGINE, "ramp_threshold", Some(&ramp.flag), Some(version), detail.clone())?;
+            event(shared, ramp, "threshold", detail)?;
         }
         None => {}
     }
