@@ -31,7 +31,7 @@ struct Raw {
     #[serde(default = "default_store")]
     store: PathBuf,
     tls: Option<RawTls>,
-    /// A file of bearer tokens, one per line, any of which a sidecar may present.
+    /// Bearer tokens for sidecars: `token`, or `service token` to bind it to a service.
     tokens_file: Option<PathBuf>,
     /// Operators of the HTTP API: `name role token` per line.
     api_tokens_file: Option<PathBuf>,
@@ -47,6 +47,14 @@ struct RawTls {
     key: PathBuf,
     /// Sidecars presenting a certificate from this CA are accepted without a token.
     client_ca: Option<PathBuf>,
+}
+
+/// A sidecar's bearer token; with a service, a stream presenting it may only say it is that
+/// service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SidecarToken {
+    pub service: Option<String>,
+    pub token: String,
 }
 
 /// TLS for the sidecar streams.
@@ -80,7 +88,7 @@ pub struct Config {
     pub tls: Option<Tls>,
     /// Bearer tokens accepted from sidecars. When tokens or a client CA are configured, a stream
     /// must present a valid client certificate or one of these.
-    pub tokens: Vec<String>,
+    pub tokens: Vec<SidecarToken>,
     /// Operators of the HTTP API and their roles; `None`: the API is open (and then on loopback
     /// unless `allow_unauthenticated`).
     pub operators: Option<crate::operators::Operators>,
@@ -123,12 +131,23 @@ impl Config {
                 let file = base.join(f);
                 let text = std::fs::read_to_string(&file)
                     .map_err(|e| invalid("tokens_file", format!("{}: {e}", file.display())))?;
-                let tokens: Vec<String> = text
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(str::to_owned)
-                    .collect();
+                let mut tokens = Vec::new();
+                for (i, line) in text.lines().enumerate() {
+                    let line = line.trim();
+                    if line.is_empty() || line.starts_with('#') {
+                        continue;
+                    }
+                    let token = match line.split_whitespace().collect::<Vec<_>>()[..] {
+                        [token] => SidecarToken { service: None, token: token.to_owned() },
+                        [service, token] => SidecarToken { service: Some(service.to_owned()), token: token.to_owned() },
+                        _ => {
+                            let message =
+                                format!("{} line {}: expected `token` or `service token`", file.display(), i + 1);
+                            return Err(invalid("tokens_file", message));
+                        }
+                    };
+                    tokens.push(token);
+                }
                 if tokens.is_empty() {
                     return Err(invalid("tokens_file", format!("{} holds no token", file.display())));
                 }

@@ -35,6 +35,8 @@ pub(crate) enum Outcome {
 #[derive(Debug)]
 pub(crate) struct Submission {
     pub(crate) key: ProxyKey,
+    /// The service the reporting sidecar serves (bound to its credential when tokens say so).
+    pub(crate) service: String,
     pub(crate) report: StatsReport,
     pub(crate) reply: oneshot::Sender<Outcome>,
 }
@@ -54,6 +56,8 @@ async fn apply(shared: &Arc<Shared>, batch: Vec<Submission>) {
     let mut seqs: HashMap<ProxyKey, u64> = HashMap::new();
     let mut totals: HashMap<(String, String), Delta> = HashMap::new();
     let mut windows = Windows::new();
+    let current_flags = shared.flags.borrow().clone();
+    let scopes = scopes(&current_flags.definition);
     {
         let applied = lock(&shared.seqs);
         let current = lock(&shared.totals);
@@ -74,6 +78,11 @@ async fn apply(shared: &Arc<Shared>, batch: Vec<Submission>) {
                 // stream cannot grow the control plane's maps with them.
                 if v.flag.len() > MAX_NAME_BYTES || v.variant.len() > MAX_NAME_BYTES {
                     shared.metrics.series_refused.increment(1);
+                    continue;
+                }
+                // Evidence about a flag counts only from the services that serve it.
+                if scopes.get(v.flag.as_str()).is_some_and(|services| !services.contains(&s.service.as_str())) {
+                    shared.metrics.series_out_of_scope.increment(1);
                     continue;
                 }
                 let key = (v.flag.clone(), v.variant.clone());
@@ -137,6 +146,19 @@ async fn apply(shared: &Arc<Shared>, batch: Vec<Submission>) {
         // A stream that went away no longer waits for its answer.
         let _ = s.reply.send(outcome);
     }
+}
+
+/// Per flag with `metadata.services` (a comma-separated list), the services whose sidecars may
+/// report about it; a flag without it takes reports from any service.
+fn scopes(definition: &serde_json::Value) -> HashMap<&str, Vec<&str>> {
+    let Some(flags) = definition.get("flags").and_then(serde_json::Value::as_object) else { return HashMap::new() };
+    flags
+        .iter()
+        .filter_map(|(key, def)| {
+            let list = def.get("metadata")?.get("services")?.as_str()?;
+            Some((key.as_str(), list.split(',').map(str::trim).filter(|s| !s.is_empty()).collect()))
+        })
+        .collect()
 }
 
 fn fail_applied(shared: &Shared, outcomes: &mut [Outcome]) {

@@ -93,7 +93,7 @@ async fn ramp_engine(shared: Arc<Shared>, shutdown: CancellationToken) {
 pub struct Control {
     shared: Arc<Shared>,
     tls: Option<config::Tls>,
-    tokens: Vec<String>,
+    tokens: Vec<config::SidecarToken>,
     operators: Option<operators::Operators>,
 }
 

@@ -18,6 +18,10 @@ pub(crate) struct Metrics {
     pub(crate) commit_failures: Counter,
     /// Series of stats reports dropped for names longer than any flag file allows.
     pub(crate) series_refused: Counter,
+    /// Series about a flag from a service not in its `metadata.services`, dropped.
+    pub(crate) series_out_of_scope: Counter,
+    /// Streams refused because their Hello contradicts their credential.
+    pub(crate) streams_refused: Counter,
     /// Sidecars that did not confirm a rollback's flags version within the deadline.
     pub(crate) unresponsive_sidecars: Counter,
     /// From a report's window end to its commit.
@@ -59,6 +63,8 @@ impl Metrics {
             commit_failures: counter("rampart_control_commit_failures_total"),
             unresponsive_sidecars: counter("rampart_control_unresponsive_sidecars_total"),
             series_refused: counter("rampart_control_series_refused_total"),
+            series_out_of_scope: counter("rampart_control_series_out_of_scope_total"),
+            streams_refused: counter("rampart_control_streams_refused_total"),
             ingest_delay: recorder.register_histogram(&Key::from_name(INGEST_DELAY), &META),
             batch_size: recorder.register_histogram(&Key::from_name(BATCH), &META),
             connected: recorder.register_gauge(&Key::from_name("rampart_control_connected_proxies"), &META),

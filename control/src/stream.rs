@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::Identity;
 use crate::ingest::{Outcome, Submission};
 use crate::state::{Flags, ProxyInfo, Shared, lock, now_ms};
 
@@ -45,6 +46,7 @@ impl RampControl for Service {
         &self,
         request: Request<Streaming<ProxyMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
+        let identity = request.extensions().get::<Identity>().cloned();
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {
             Some(ProxyMessage { msg: Some(proxy_message::Msg::Hello(h)) }) if !h.proxy_id.is_empty() => h,
@@ -52,6 +54,26 @@ impl RampControl for Service {
         };
         if hello.proxy_id.len() > MAX_NAME_BYTES || hello.service.len() > MAX_NAME_BYTES {
             return Err(Status::invalid_argument(format!("proxy_id and service are at most {MAX_NAME_BYTES} bytes")));
+        }
+        // With credentials configured, a stream is what its credential says, not what its Hello
+        // claims: a token bound to a service speaks only for that service, and a sidecar id
+        // already known under one service cannot be taken over by a stream of another.
+        if let Some(identity) = &identity {
+            if let Some(service) = identity.service.as_deref().filter(|s| *s != hello.service) {
+                self.shared.metrics.streams_refused.increment(1);
+                return Err(Status::permission_denied(format!(
+                    "this credential is for service \"{service}\", not \"{}\"",
+                    hello.service
+                )));
+            }
+            let owner = lock(&self.shared.proxies).get(&hello.proxy_id).map(|p| p.service.clone());
+            if let Some(owner) = owner.filter(|o| *o != hello.service) {
+                self.shared.metrics.streams_refused.increment(1);
+                return Err(Status::permission_denied(format!(
+                    "sidecar \"{}\" belongs to service \"{owner}\"",
+                    hello.proxy_id
+                )));
+            }
         }
         let key = (hello.proxy_id.clone(), hello.epoch);
         let stream_id = self.next_stream.fetch_add(1, Ordering::Relaxed);
@@ -84,6 +106,7 @@ impl RampControl for Service {
         let _ = tx.try_send(Ok(flags_message(&current)));
 
         let (shared, ingest, shutdown) = (self.shared.clone(), self.ingest.clone(), self.shutdown.clone());
+        let service = hello.service;
         self.tasks.spawn(async move {
             loop {
                 tokio::select! {
@@ -97,7 +120,7 @@ impl RampControl for Service {
                         Ok(Some(ProxyMessage { msg: Some(proxy_message::Msg::Report(report)) })) => {
                             let seq = report.seq;
                             let (reply, answer) = oneshot::channel();
-                            if ingest.send(Submission { key: key.clone(), report, reply }).await.is_err() { break; }
+                            if ingest.send(Submission { key: key.clone(), service: service.clone(), report, reply }).await.is_err() { break; }
                             match answer.await {
                                 Ok(Outcome::Applied | Outcome::Duplicate | Outcome::Invalid) => {
                                     if let Some(p) = lock(&shared.proxies).get_mut(&key.0).filter(|p| p.stream == stream_id) {
