@@ -2,18 +2,16 @@
 //! for another service, nor take over a sidecar id of another service; and a flag scoped to its
 //! services (`metadata.services`) counts evidence only from them. A real control plane, real gRPC.
 
+mod inprocess;
 #[path = "../proxy/tests/support/mod.rs"]
 mod support;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use rampart_proto::rampart::v1::ramp_control_client::RampControlClient;
-use rampart_proto::rampart::v1::{Hello, ProxyMessage, StatsReport, VariantStats, control_message, proxy_message};
+use rampart_proto::rampart::v1::{Hello, ProxyMessage, StatsReport, VariantStats, proxy_message};
 use serde_json::Value;
 use support::*;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 const FLAGS: &str = r#"
 flags:
@@ -77,13 +75,8 @@ async fn a_stream_speaks_only_for_its_credential_and_flags_count_only_their_serv
     std::fs::write(dir.path().join("flags.yaml"), FLAGS).unwrap();
     std::fs::write(dir.path().join("tokens"), format!("# service token\nshop {SHOP}\nbilling {BILLING}\n")).unwrap();
     let text = "flags = \"flags.yaml\"\nstore = \"c.db\"\ntokens_file = \"tokens\"\n";
-    let config = rampart_control::Config::parse(&dir.path().join("control.toml"), text).unwrap();
-    let control = rampart_control::Control::open(&config).unwrap();
-    let (grpc, http) =
-        (TcpListener::bind("127.0.0.1:0").await.unwrap(), TcpListener::bind("127.0.0.1:0").await.unwrap());
-    let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
-    let stop = CancellationToken::new();
-    tokio::spawn(control.run(grpc, http, stop.clone()));
+    let control = inprocess::start(dir.path(), text).await;
+    let (grpc_addr, http_addr) = (control.grpc, control.http);
 
     // The shop's token cannot say it is billing.
     let refused = stream(grpc_addr, SHOP, vec![hello("not-billing", "billing")]).await.unwrap_err();
@@ -99,16 +92,7 @@ async fn a_stream_speaks_only_for_its_credential_and_flags_count_only_their_serv
         })),
     };
     let mut shop = stream(grpc_addr, SHOP, vec![hello("shop-1", "shop"), report]).await.unwrap();
-    let acked = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(m) = shop.message().await.unwrap() {
-            if let Some(control_message::Msg::Ack(a)) = m.msg {
-                return a.seq;
-            }
-        }
-        0
-    })
-    .await
-    .unwrap();
+    let acked = inprocess::first_ack(&mut shop).await;
     assert_eq!(acked, 1);
     assert_eq!(api(http_addr, "/api/v1/stats/new-checkout").await["variants"]["on"]["requests"], 10);
     let billing = api(http_addr, "/api/v1/stats/billing-v2").await;
@@ -120,5 +104,5 @@ async fn a_stream_speaks_only_for_its_credential_and_flags_count_only_their_serv
     let refused = stream(grpc_addr, BILLING, vec![hello("shop-1", "billing")]).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     assert!(metrics.contains("rampart_control_streams_refused_total 1"), "{metrics}");
-    stop.cancel();
+    control.stop.cancel();
 }

@@ -3,6 +3,7 @@
 //! `RAMPART_TOKEN` or `--token-file`; every change is in the audit trail with its operator. A real control plane (SQLite in a temporary directory), real
 //! HTTP, the real `rampart` binary.
 
+mod inprocess;
 #[path = "../proxy/tests/support/mod.rs"]
 mod support;
 
@@ -16,7 +17,6 @@ use rampart_proto::rampart::v1::ramp_control_client::RampControlClient;
 use rampart_proto::rampart::v1::{Hello, ProxyMessage, proxy_message};
 use serde_json::Value;
 use support::*;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 const FLAGS: &str = "flags:\n  new-checkout:\n    state: ENABLED\n    variants: { \"on\": true, \"off\": false }\n    defaultVariant: \"off\"\n";
@@ -29,14 +29,8 @@ async fn control(dir: &std::path::Path) -> (SocketAddr, SocketAddr, Cancellation
     let ops = format!("# name role token\nann admin {ADMIN}\nolga operator {OPERATOR}\nvic viewer {VIEWER}\n");
     std::fs::write(dir.join("operators"), ops).unwrap();
     let text = "flags = \"flags.yaml\"\nstore = \"c.db\"\napi_tokens_file = \"operators\"\n";
-    let config = rampart_control::Config::parse(&dir.join("control.toml"), text).unwrap();
-    let control = rampart_control::Control::open(&config).unwrap();
-    let (grpc, http) =
-        (TcpListener::bind("127.0.0.1:0").await.unwrap(), TcpListener::bind("127.0.0.1:0").await.unwrap());
-    let (addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
-    let stop = CancellationToken::new();
-    tokio::spawn(control.run(grpc, http, stop.clone()));
-    (addr, grpc_addr, stop)
+    let control = inprocess::start(dir, text).await;
+    (control.http, control.grpc, control.stop)
 }
 
 /// `method` `path` with an optional bearer token and JSON body: status and JSON answer.

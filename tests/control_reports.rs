@@ -5,6 +5,7 @@
 //! And a sidecar that stays connected but never confirms the rollback's flags does not hold back
 //! its acknowledgement past the deadline.
 
+mod inprocess;
 #[path = "../proxy/tests/support/mod.rs"]
 mod support;
 
@@ -12,14 +13,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use rampart_proto::rampart::v1::ramp_control_client::RampControlClient;
-use rampart_proto::rampart::v1::{
-    Hello, ProxyMessage, SplitStats, StatsReport, VariantStats, control_message, proxy_message,
-};
+use rampart_proto::rampart::v1::{Hello, ProxyMessage, SplitStats, StatsReport, VariantStats, proxy_message};
 use serde_json::Value;
 use support::*;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+const CONFIG: &str = "flags = \"flags.yaml\"\nstore = \"c.db\"\n";
 const FLAGS: &str = "flags:\n  new-checkout:\n    state: ENABLED\n    variants: { \"on\": true, \"off\": false }\n    defaultVariant: \"off\"\n";
 
 fn variant(name: &str, requests: u64, errors: u64, units: u64, failing: u64) -> VariantStats {
@@ -50,14 +49,8 @@ async fn rolled_back_by_a_report()
 -> (SocketAddr, CancellationToken, tonic::Streaming<rampart_proto::rampart::v1::ControlMessage>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("flags.yaml"), FLAGS).unwrap();
-    let text = "flags = \"flags.yaml\"\nstore = \"c.db\"\n";
-    let config = rampart_control::Config::parse(&dir.path().join("control.toml"), text).unwrap();
-    let control = rampart_control::Control::open(&config).unwrap();
-    let (grpc, http) =
-        (TcpListener::bind("127.0.0.1:0").await.unwrap(), TcpListener::bind("127.0.0.1:0").await.unwrap());
-    let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
-    let stop = CancellationToken::new();
-    tokio::spawn(control.run(grpc, http, stop.clone()));
+    let control = inprocess::start(dir.path(), CONFIG).await;
+    let (grpc_addr, http_addr, stop) = (control.grpc, control.http, control.stop);
 
     let start = r#"{"flag": "new-checkout", "treatment": "on", "steps": [10, 100]}"#;
     let (code, _, answer) = post_json(&format!("http://{http_addr}/api/v1/ramps"), start, &[]).await;
@@ -85,16 +78,7 @@ async fn rolled_back_by_a_report()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_variant_with_more_errors_than_requests_is_counted_and_rolls_the_ramp_back() {
     let (http_addr, stop, mut inbound, _dir) = rolled_back_by_a_report().await;
-    let acked = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(m) = inbound.message().await.unwrap() {
-            if let Some(control_message::Msg::Ack(a)) = m.msg {
-                return a.seq;
-            }
-        }
-        0
-    })
-    .await
-    .unwrap();
+    let acked = inprocess::first_ack(&mut inbound).await;
     assert_eq!(acked, 1);
     let stats = api(http_addr, "/api/v1/stats/new-checkout").await;
     assert_eq!(
@@ -142,15 +126,8 @@ async fn a_sidecar_that_never_confirms_does_not_hold_back_the_acknowledgement() 
 async fn names_longer_than_a_flag_file_allows_are_refused_on_the_stream() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("flags.yaml"), FLAGS).unwrap();
-    let config =
-        rampart_control::Config::parse(&dir.path().join("control.toml"), "flags = \"flags.yaml\"\nstore = \"c.db\"\n")
-            .unwrap();
-    let control = rampart_control::Control::open(&config).unwrap();
-    let (grpc, http) =
-        (TcpListener::bind("127.0.0.1:0").await.unwrap(), TcpListener::bind("127.0.0.1:0").await.unwrap());
-    let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
-    let stop = CancellationToken::new();
-    tokio::spawn(control.run(grpc, http, stop.clone()));
+    let control = inprocess::start(dir.path(), CONFIG).await;
+    let (grpc_addr, http_addr, stop) = (control.grpc, control.http, control.stop);
     let channel =
         tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}")).unwrap().connect().await.unwrap();
     let mut client = RampControlClient::new(channel);
@@ -168,16 +145,7 @@ async fn names_longer_than_a_flag_file_allows_are_refused_on_the_stream() {
     let messages = vec![hello("p".into()), report(1, vec![long, variant("on", 5, 0, 5, 0)])];
     let outbound = tokio_stream::StreamExt::chain(tokio_stream::iter(messages), tokio_stream::pending());
     let mut inbound = client.connect(outbound).await.unwrap().into_inner();
-    let acked = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(m) = inbound.message().await.unwrap() {
-            if let Some(control_message::Msg::Ack(a)) = m.msg {
-                return a.seq;
-            }
-        }
-        0
-    })
-    .await
-    .unwrap();
+    let acked = inprocess::first_ack(&mut inbound).await;
     assert_eq!(acked, 1, "the report is applied");
     assert_eq!(api(http_addr, "/api/v1/stats/new-checkout").await["variants"]["on"]["requests"], 5);
     let (status, _) = get(&format!("http://{http_addr}/api/v1/stats/{}", "f".repeat(1_000)), &[]).await;
