@@ -13,7 +13,6 @@ use rampart_proto::rampart::v1::StatsReport;
 use rampart_stats::Delta;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::ramp::window::Arm;
 use crate::state::{Shared, Windows, lock, now_ms};
 use crate::store::{ProxyKey, TotalRow};
 
@@ -88,7 +87,7 @@ async fn apply(shared: &Arc<Shared>, batch: Vec<Submission>) {
                 let key = (v.flag.clone(), v.variant.clone());
                 if d.split != rampart_stats::Split::default() {
                     let (arm, latency) = windows.entry(key.clone()).or_default();
-                    arm.add(&Arm::from(&d.split));
+                    arm.merge(&d.split);
                     latency.merge(&d.latency);
                 }
                 let entry = totals.entry(key).or_insert_with_key(|k| current.get(k).cloned().unwrap_or_default());
@@ -116,7 +115,7 @@ async fn apply(shared: &Arc<Shared>, batch: Vec<Submission>) {
                 let mut pending = lock(&shared.windows);
                 for (key, (arm, latency)) in windows {
                     let (a, l) = pending.entry(key).or_default();
-                    a.add(&arm);
+                    a.merge(&arm);
                     l.merge(&latency);
                 }
             }

@@ -2,7 +2,7 @@
 //! histogram and the randomised (ramp-split) requests with their distinct units per window,
 //! recorded lock-free by the proxy's request tasks and merged by the control plane.
 //!
-//! Pure: std only, no I/O, no async runtime. The wire encoding lives with the protocol; this crate
+//! Pure: std only (serde behind the `serde` feature), no I/O, no async runtime. The wire encoding lives with the protocol; this crate
 //! exposes what it needs ([`SparseHistogram::iter`], [`SparseHistogram::from_pairs`]).
 //!
 //! ```

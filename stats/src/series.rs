@@ -184,6 +184,7 @@ impl SeriesStats {
 /// split (reason `SPLIT`, computed by this sidecar; not targeting, not a propagated assignment or
 /// override, not a request without a bucketing key). Also counted in the [`Delta`]'s totals.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(default))]
 pub struct Split {
     /// Randomised requests.
     pub requests: u64,

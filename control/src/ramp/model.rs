@@ -230,10 +230,10 @@ impl Ramp {
         if self.slow_threshold_us.is_none() {
             self.slow_threshold_us = self.recent_threshold();
         }
-        self.sums.0.add(&w.treatment);
-        self.sums.1.add(&w.control);
-        self.step_sums.0.add(&w.treatment);
-        self.step_sums.1.add(&w.control);
+        self.sums.0.merge(&w.treatment);
+        self.sums.1.merge(&w.control);
+        self.step_sums.0.merge(&w.treatment);
+        self.step_sums.1.merge(&w.control);
         if let Some((t, c)) = self.open.push(now_ms, w) {
             self.errors.harm.update(&errors_cell(&t, &c));
             self.errors.bound.update(&errors_cell(&t, &c));

@@ -134,13 +134,11 @@ pub struct RiskBound {
     logs: Vec<f64>,
     /// Mantel–Haenszel sums for the point estimate: Σ k(1−ρ), Σ (m−k)ρ.
     mh: (f64, f64),
-    /// Failing units seen (both arms).
-    pub events: u64,
 }
 
 impl RiskBound {
     pub fn new(bound: f64) -> RiskBound {
-        RiskBound { bound, logs: vec![0.0; (GRID.len() + 1) * BOUND_ALTERNATIVES], mh: (0.0, 0.0), events: 0 }
+        RiskBound { bound, logs: vec![0.0; (GRID.len() + 1) * BOUND_ALTERNATIVES], mh: (0.0, 0.0) }
     }
 
     fn nulls(&self) -> impl Iterator<Item = f64> + '_ {
@@ -160,7 +158,6 @@ impl RiskBound {
         }
         self.mh.0 += k * (1.0 - rho);
         self.mh.1 += (m - k) * rho;
-        self.events += m as u64;
     }
 
     fn log_e_row(&self, row: usize) -> f64 {

@@ -8,51 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use super::sequential::Cell;
 
-/// One arm of one window: only requests whose variant came from the ramp's split.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Arm {
-    pub requests: u64,
-    /// Failed requests: 5xx, upstream failures, timeouts.
-    pub errors: u64,
-    /// Requests slower than the ramp's threshold (timeouts included).
-    pub slow: u64,
-    /// Distinct units served.
-    pub units: u64,
-    /// Distinct units with at least one failed request.
-    pub failing_units: u64,
-    /// Distinct units with at least one slow request.
-    pub slow_units: u64,
-    /// Units not seen by their sidecar within the last 10 minutes: the sample-ratio test's draws
-    /// (a returning user is not a new draw of the assignment).
-    #[serde(default)]
-    pub new_units: u64,
-}
-
-impl From<&rampart_stats::Split> for Arm {
-    fn from(s: &rampart_stats::Split) -> Self {
-        Arm {
-            requests: s.requests,
-            errors: s.errors,
-            slow: s.slow,
-            units: s.units,
-            failing_units: s.failing_units,
-            slow_units: s.slow_units,
-            new_units: s.new_units,
-        }
-    }
-}
-
-impl Arm {
-    pub fn add(&mut self, other: &Arm) {
-        self.requests = self.requests.saturating_add(other.requests);
-        self.errors = self.errors.saturating_add(other.errors);
-        self.slow = self.slow.saturating_add(other.slow);
-        self.units = self.units.saturating_add(other.units);
-        self.failing_units = self.failing_units.saturating_add(other.failing_units);
-        self.slow_units = self.slow_units.saturating_add(other.slow_units);
-        self.new_units = self.new_units.saturating_add(other.new_units);
-    }
-}
+/// One arm of one window: only requests whose variant came from the ramp's split, as the
+/// sidecars count them (requests, errors, slow; distinct units, failing units, slow units; new
+/// units for the sample-ratio test). Windows add up with `merge`.
+pub type Arm = rampart_stats::Split;
 
 /// Everything one engine tick learned about a ramp's flag.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -83,8 +42,8 @@ impl Open {
         if now_ms - self.since_ms > MAX_STRATUM_MS && (self.treatment.units == 0 || self.control.units == 0) {
             *self = Open { since_ms: now_ms, ..Open::default() };
         }
-        self.treatment.add(&window.treatment);
-        self.control.add(&window.control);
+        self.treatment.merge(&window.treatment);
+        self.control.merge(&window.control);
         if self.treatment.units.max(self.treatment.requests) == 0 || self.control.units.max(self.control.requests) == 0
         {
             return None;

@@ -398,8 +398,8 @@ impl<'a> World<'a> {
 }
 
 fn merge(into: &mut Window, w: &Window) {
-    into.treatment.add(&w.treatment);
-    into.control.add(&w.control);
+    into.treatment.merge(&w.treatment);
+    into.control.merge(&w.control);
     into.control_latency.merge(&w.control_latency);
 }
 

@@ -15,8 +15,8 @@ fn scenario(extra: &str) -> Scenario {
 fn totals(sc: &Scenario, seed: u64) -> (Outcome, Arm, Arm, Vec<(u64, Window)>) {
     let (mut t, mut c, mut windows) = (Arm::default(), Arm::default(), Vec::new());
     let outcome = run_traced(sc, seed, &mut |tick, w, _| {
-        t.add(&w.treatment);
-        c.add(&w.control);
+        t.merge(&w.treatment);
+        c.merge(&w.control);
         windows.push((tick, w.clone()));
     });
     (outcome, t, c, windows)
