@@ -103,6 +103,7 @@ async fn a_stream_speaks_only_for_its_credential_and_flags_count_only_their_serv
     // Billing's token cannot take over the shop's sidecar id.
     let refused = stream(grpc_addr, BILLING, vec![hello("shop-1", "billing")]).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
-    assert!(metrics.contains("rampart_control_streams_refused_total 1"), "{metrics}");
+    let (_, metrics) = get(&format!("http://{http_addr}/metrics"), &[]).await;
+    assert!(metrics.contains("rampart_control_streams_refused_total 2"), "both refusals counted: {metrics}");
     control.stop.cancel();
 }

@@ -58,18 +58,18 @@ async fn stack(dir: &std::path::Path, upstream: SocketAddr) -> (process::Running
 }
 
 /// Requests from ever-new users (`{prefix}{i}`; no `x-user-id` at all when `prefix` is empty)
-/// through the sidecars, 4 at a time, until `stop` or `limit` requests.
+/// through the sidecars, 4 at a time, until `stop` or `limit` requests; how many were answered.
 fn traffic(
     sidecars: Vec<SocketAddr>,
     prefix: &'static str,
     stop: Arc<AtomicBool>,
     limit: u64,
 ) -> tokio::task::JoinHandle<u64> {
-    let next = Arc::new(AtomicU64::new(0));
+    let (next, sent) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     tokio::spawn(async move {
         let workers: Vec<_> = (0..4)
             .map(|_| {
-                let (sidecars, stop, next) = (sidecars.clone(), stop.clone(), next.clone());
+                let (sidecars, stop, next, sent) = (sidecars.clone(), stop.clone(), next.clone(), sent.clone());
                 tokio::spawn(async move {
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
@@ -80,6 +80,7 @@ fn traffic(
                         let user = format!("{prefix}{i}");
                         let headers: &[(&str, &str)] = if prefix.is_empty() { &[] } else { &[("x-user-id", &user)] };
                         get(&url, headers).await;
+                        sent.fetch_add(1, Ordering::Relaxed);
                     }
                 })
             })
@@ -87,7 +88,7 @@ fn traffic(
         for w in workers {
             w.await.unwrap();
         }
-        next.load(Ordering::Relaxed).min(limit)
+        sent.load(Ordering::Relaxed)
     })
 }
 
@@ -99,6 +100,42 @@ async fn put(url: &str, body: &str) {
         .unwrap();
     let (code, _, answer) = send(req).await;
     assert!(code.is_success(), "{answer}");
+}
+
+/// Requests the control plane counted for `new-checkout`, over both variants.
+async fn served(http: SocketAddr) -> u64 {
+    let (_, body) = get(&format!("http://{http}/api/v1/stats/new-checkout"), &[]).await;
+    let variants = serde_json::from_str::<Value>(&body).unwrap()["variants"].clone();
+    variants.as_object().into_iter().flatten().map(|(_, v)| v["requests"].as_u64().unwrap_or(0)).sum()
+}
+
+/// Waits until the control plane's count for the flag stops moving: the sidecars report every
+/// 200 ms, so two equal readings 500 ms apart mean their last reports are in.
+async fn settled(http: SocketAddr) {
+    let mut last = served(http).await;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = served(http).await;
+        if now == last && now > 0 {
+            return;
+        }
+        last = now;
+    }
+    panic!("the control plane's count never settled (last {last})");
+}
+
+fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    i64::try_from(since.as_millis()).unwrap()
+}
+
+/// Waits until the ramp's latest decision was made after `at_ms` (the engine decides every second).
+async fn decided_after(http: SocketAddr, at_ms: i64) {
+    let latest = || status(http)["decisions"].as_array().and_then(|d| d.last()).and_then(|d| d["at_ms"].as_i64());
+    assert!(
+        eventually(Duration::from_secs(10), || async { latest().is_some_and(|at| at > at_ms) }).await,
+        "no decision after {at_ms}"
+    );
 }
 
 fn rollbacks(s: &Value) -> usize {
@@ -125,10 +162,11 @@ async fn an_incident_that_hits_both_arms_does_not_roll_an_aa_ramp_back() {
     incident.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(12)).await;
     incident.store(false, Ordering::Relaxed);
-    // Reports of the incident's last seconds reach the engine within a second or two.
-    tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);
     let sent = load.await.unwrap();
+    // The sidecars' last reports reached the control plane, and the engine decided on all of it.
+    settled(http).await;
+    decided_after(http, now_ms()).await;
     let s = status(http);
     let failing = s["decisions"].as_array().unwrap().last().unwrap()["numbers"]["errors"].clone();
     println!("{sent} requests; errors guardrail at the end: {failing}");
@@ -151,15 +189,14 @@ async fn targeting_matches_and_keyless_requests_stay_out_of_the_ramp() {
     let never = Arc::new(AtomicBool::new(false));
     assert_eq!(traffic(listen.clone(), "qa-", never.clone(), 300).await.unwrap(), 300);
     assert_eq!(traffic(listen.clone(), "", never.clone(), 300).await.unwrap(), 300);
-    let served = |variant: &'static str| async move {
+    let variants = || async move {
         let (_, body) = get(&format!("http://{http}/api/v1/stats/new-checkout"), &[]).await;
-        serde_json::from_str::<Value>(&body).unwrap()["variants"][variant]["requests"].as_u64().unwrap_or(0)
+        let v = serde_json::from_str::<Value>(&body).unwrap()["variants"].clone();
+        (v["on"]["requests"].as_u64().unwrap_or(0), v["off"]["requests"].as_u64().unwrap_or(0))
     };
-    assert!(
-        eventually(Duration::from_secs(10), || async { served("on").await == 300 && served("off").await == 300 }).await
-    );
-    // A couple of engine ticks later the ramp has still seen no randomised unit.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(eventually(Duration::from_secs(10), || async { variants().await == (300, 300) }).await);
+    // The engine's next decision, made with all of that traffic, has seen no randomised unit.
+    decided_after(http, now_ms()).await;
     let numbers = status(http)["decisions"].as_array().unwrap().last().unwrap()["numbers"].clone();
     assert_eq!(
         (numbers["treatment_units"].as_u64(), numbers["control_units"].as_u64()),
