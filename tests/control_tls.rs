@@ -57,7 +57,8 @@ async fn connect(addr: SocketAddr, tls: ClientTlsConfig, token: Option<&str>) ->
     let hello = ProxyMessage {
         msg: Some(proxy_message::Msg::Hello(Hello {
             proxy_id: "probe".into(),
-            service: "s".into(),
+            // The client certificate's name (DNS SAN) is its service.
+            service: "sidecar-a".into(),
             flags_version: 0,
             epoch: 1,
         })),
@@ -90,14 +91,14 @@ async fn only_sidecars_with_a_valid_certificate_or_token_get_in() {
     let up = upstream().await;
     std::fs::write(dir.path().join("b.token"), "t0k3n-for-b\n").unwrap();
     let with_cert = format!(
-        "control_plane = \"https://127.0.0.1:{}\"\nflags_cache = \"a.cache\"\n[control_auth]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nserver_name = \"localhost\"\n",
+        "control_plane = \"https://127.0.0.1:{}\"\nservice = \"sidecar-a\"\nproxy_id = \"a-1\"\nflags_cache = \"a.cache\"\n[control_auth]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nserver_name = \"localhost\"\n",
         addr.port(),
         pki.ca.display(),
         pki.client_cert.display(),
         pki.client_key.display()
     );
     let with_token = format!(
-        "control_plane = \"https://127.0.0.1:{}\"\nflags_cache = \"b.cache\"\n[control_auth]\nca = \"{}\"\ntoken_file = \"{}\"\n",
+        "control_plane = \"https://127.0.0.1:{}\"\nproxy_id = \"b-1\"\nflags_cache = \"b.cache\"\n[control_auth]\nca = \"{}\"\ntoken_file = \"{}\"\n",
         addr.port(),
         pki.ca.display(),
         dir.path().join("b.token").display()

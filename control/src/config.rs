@@ -31,7 +31,8 @@ struct Raw {
     #[serde(default = "default_store")]
     store: PathBuf,
     tls: Option<RawTls>,
-    /// Bearer tokens for sidecars: `token`, or `service token` to bind it to a service.
+    /// Bearer tokens for sidecars: `token`, `service token` to bind it to a service, or
+    /// `service/proxy_id token` to bind it to one sidecar.
     tokens_file: Option<PathBuf>,
     /// Operators of the HTTP API: `name role token` per line.
     api_tokens_file: Option<PathBuf>,
@@ -50,10 +51,11 @@ struct RawTls {
 }
 
 /// A sidecar's bearer token; with a service, a stream presenting it may only say it is that
-/// service.
+/// service, and with a proxy id only that sidecar (which then no other credential may be).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SidecarToken {
     pub service: Option<String>,
+    pub proxy: Option<String>,
     pub token: String,
 }
 
@@ -137,12 +139,29 @@ impl Config {
                     if line.is_empty() || line.starts_with('#') {
                         continue;
                     }
+                    let at = || format!("{} line {}", file.display(), i + 1);
                     let token = match line.split_whitespace().collect::<Vec<_>>()[..] {
-                        [token] => SidecarToken { service: None, token: token.to_owned() },
-                        [service, token] => SidecarToken { service: Some(service.to_owned()), token: token.to_owned() },
+                        [token] => SidecarToken { service: None, proxy: None, token: token.to_owned() },
+                        [name, token] => {
+                            let (service, proxy) = match name.split_once('/') {
+                                Some((service, proxy)) => (service, Some(proxy.to_owned())),
+                                None => (name, None),
+                            };
+                            let bad =
+                                |s: &str| s.is_empty() || s.len() > rampart_flags::MAX_NAME_BYTES || s.contains('/');
+                            if bad(service) || proxy.as_deref().is_some_and(bad) {
+                                let message = format!(
+                                    "{}: `{name}`: a service, or service/proxy_id, each 1 to {} bytes",
+                                    at(),
+                                    rampart_flags::MAX_NAME_BYTES
+                                );
+                                return Err(invalid("tokens_file", message));
+                            }
+                            SidecarToken { service: Some(service.to_owned()), proxy, token: token.to_owned() }
+                        }
                         _ => {
                             let message =
-                                format!("{} line {}: expected `token` or `service token`", file.display(), i + 1);
+                                format!("{}: expected `token`, `service token` or `service/proxy_id token`", at());
                             return Err(invalid("tokens_file", message));
                         }
                     };
@@ -232,5 +251,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("api_tokens_file: ") && e.contains("line 2: unknown role \"boss\""), "{e}");
+    }
+
+    #[test]
+    fn sidecar_tokens_bind_a_service_or_one_sidecar() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = |tokens: &str| {
+            std::fs::write(dir.path().join("tokens"), tokens).unwrap();
+            Config::parse(&dir.path().join("c.toml"), "tokens_file = \"tokens\"\n")
+        };
+        let c = config("# any\nt0\nshop t1\nshop/shop-1 t2\n").unwrap();
+        let token = |service: Option<&str>, proxy: Option<&str>, token: &str| SidecarToken {
+            service: service.map(Into::into),
+            proxy: proxy.map(Into::into),
+            token: token.into(),
+        };
+        assert_eq!(
+            c.tokens,
+            [token(None, None, "t0"), token(Some("shop"), None, "t1"), token(Some("shop"), Some("shop-1"), "t2")]
+        );
+        for bad in ["shop/ t", "/p t", "a/b/c t", "a b c\n"] {
+            let e = config(bad).unwrap_err().to_string();
+            assert!(e.contains("tokens_file: ") && e.contains("line 1"), "{bad}: {e}");
+        }
     }
 }

@@ -1,8 +1,9 @@
 //! Applying stats reports exactly once, with group commit: one task takes every submitted report
-//! in arrival order, drops each whose `(proxy_id, epoch, seq)` is already applied, and commits the
-//! new totals with the new sequences in one transaction per batch. Only after the commit does it
-//! answer, so a sidecar's report is acknowledged exactly when it is durable, and only then do the
-//! reports' randomised windows reach the ramp engine (once, like the totals).
+//! in arrival order, drops each whose `(proxy_id, epoch, seq)` is already applied, refuses one
+//! that jumps past the next sequence number (no sidecar does: see `proxy/src/reporter/pending.rs`),
+//! and commits the new totals with the new sequences in one transaction per batch. Only after the
+//! commit does it answer, so a sidecar's report is acknowledged exactly when it is durable, and
+//! only then do the reports' randomised windows reach the ramp engine (once, like the totals).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,6 +28,11 @@ pub(crate) enum Outcome {
     Duplicate,
     /// Malformed: acknowledged and dropped (it can never apply), counted.
     Invalid,
+    /// Past the next sequence number, which no sidecar sends: refused (not acknowledged, the stream
+    /// ends), counted; the sequence stays where it was.
+    Jump {
+        expected: u64,
+    },
     /// The store failed: not acknowledged, the sidecar resends it.
     Failed,
 }
@@ -64,6 +70,11 @@ async fn apply(shared: &Arc<Shared>, batch: Vec<Submission>) {
             let last = seqs.get(&s.key).or_else(|| applied.get(&s.key)).copied().unwrap_or(0);
             if s.report.seq <= last {
                 outcomes.push(Outcome::Duplicate);
+                continue;
+            }
+            if s.report.seq > last + 1 {
+                tracing::warn!(proxy = %s.key.0, seq = s.report.seq, expected = last + 1, "sequence jump refused");
+                outcomes.push(Outcome::Jump { expected: last + 1 });
                 continue;
             }
             let deltas: Result<Vec<_>, _> = s.report.stats.iter().map(|v| convert::delta(v).map(|d| (v, d))).collect();
@@ -140,6 +151,7 @@ async fn apply(shared: &Arc<Shared>, batch: Vec<Submission>) {
             }
             Outcome::Duplicate => shared.metrics.reports_duplicate.increment(1),
             Outcome::Invalid => shared.metrics.reports_invalid.increment(1),
+            Outcome::Jump { .. } => shared.metrics.sequence_jumps.increment(1),
             Outcome::Failed => {}
         }
         // A stream that went away no longer waits for its answer.

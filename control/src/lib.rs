@@ -139,6 +139,17 @@ impl Control {
         metrics.flags_version.set(flags.version as f64);
         let totals = store.load_totals()?.into_iter().map(|(f, v, d)| ((f, v), d)).collect();
         let seqs: HashMap<_, _> = store.load_seqs()?.into_iter().collect();
+        let mut owners: HashMap<_, _> = store
+            .load_owners()?
+            .into_iter()
+            .map(|(proxy, service, pinned)| (proxy, state::Owner { service, pinned }))
+            .collect();
+        // A token pinned to a sidecar makes it that service's, whatever an earlier stream said.
+        for t in &config.tokens {
+            if let (Some(service), Some(proxy)) = (&t.service, &t.proxy) {
+                owners.insert(proxy.clone(), state::Owner { service: service.clone(), pinned: true });
+            }
+        }
         let ramps = store
             .load_ramps()?
             .iter()
@@ -151,6 +162,7 @@ impl Control {
             windows: Mutex::default(),
             seqs: Mutex::new(seqs),
             proxies: Mutex::new(BTreeMap::new()),
+            owners: Mutex::new(owners),
             flags: watch::Sender::new(Arc::new(flags)),
             ramps: Mutex::new(ramps),
             metrics,

@@ -22,6 +22,8 @@ pub(crate) struct Metrics {
     pub(crate) series_out_of_scope: Counter,
     /// Streams refused because their Hello contradicts their credential.
     pub(crate) streams_refused: Counter,
+    /// Reports refused because their sequence jumps past the next one.
+    pub(crate) sequence_jumps: Counter,
     /// Sidecars that did not confirm a rollback's flags version within the deadline.
     pub(crate) unresponsive_sidecars: Counter,
     /// From a report's window end to its commit.
@@ -65,6 +67,7 @@ impl Metrics {
             series_refused: counter("rampart_control_series_refused_total"),
             series_out_of_scope: counter("rampart_control_series_out_of_scope_total"),
             streams_refused: counter("rampart_control_streams_refused_total"),
+            sequence_jumps: counter("rampart_control_sequence_jumps_total"),
             ingest_delay: recorder.register_histogram(&Key::from_name(INGEST_DELAY), &META),
             batch_size: recorder.register_histogram(&Key::from_name(BATCH), &META),
             connected: recorder.register_gauge(&Key::from_name("rampart_control_connected_proxies"), &META),

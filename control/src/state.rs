@@ -41,6 +41,15 @@ pub(crate) struct ProxyInfo {
     pub(crate) stream: u64,
 }
 
+/// Which service a sidecar id belongs to (see `stream.rs`): from the first credentialed stream
+/// that used it, or from a token pinned to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Owner {
+    pub(crate) service: String,
+    /// Only a credential naming this sidecar (a pinned token or certificate) may speak as it.
+    pub(crate) pinned: bool,
+}
+
 pub(crate) type Totals = HashMap<(String, String), Delta>;
 
 /// Per (flag, variant), what the reports applied since the last engine tick brought: the
@@ -55,6 +64,8 @@ pub(crate) struct Shared {
     pub(crate) windows: Mutex<Windows>,
     pub(crate) seqs: Mutex<HashMap<ProxyKey, u64>>,
     pub(crate) proxies: Mutex<BTreeMap<String, ProxyInfo>>,
+    /// Sidecar ids by owner; kept in the store.
+    pub(crate) owners: Mutex<HashMap<String, Owner>>,
     pub(crate) flags: watch::Sender<Arc<Flags>>,
     /// Every ramp ever started, by id.
     pub(crate) ramps: Mutex<BTreeMap<i64, Ramp>>,

@@ -13,6 +13,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_ramps.sql"),
     include_str!("../migrations/0003_audit.sql"),
+    include_str!("../migrations/0004_proxy_owners.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +86,22 @@ impl Store {
         let mut stmt = self.conn.prepare("SELECT proxy_id, epoch, last_seq FROM proxy_seq")?;
         let rows = stmt.query_map([], |r| Ok(((r.get(0)?, r.get::<_, i64>(1)? as u64), r.get::<_, i64>(2)? as u64)))?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Each known sidecar id: (proxy_id, service, pinned).
+    pub(crate) fn load_owners(&self) -> Result<Vec<(String, String, bool)>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT proxy_id, service, pinned FROM proxy_owner")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? != 0)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub(crate) fn put_owner(&self, proxy_id: &str, service: &str, pinned: bool, at_ms: i64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO proxy_owner (proxy_id, service, pinned, since_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (proxy_id) DO UPDATE SET service = excluded.service, pinned = excluded.pinned",
+            rusqlite::params![proxy_id, service, pinned as i64, at_ms],
+        )?;
+        Ok(())
     }
 
     pub(crate) fn load_totals(&self) -> Result<Vec<(String, String, Delta)>, StoreError> {

@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::Identity;
 use crate::ingest::{Outcome, Submission};
-use crate::state::{Flags, ProxyInfo, Shared, lock, now_ms};
+use crate::state::{Flags, Owner, ProxyInfo, Shared, lock, now_ms};
 
 #[derive(Debug)]
 pub(crate) struct Service {
@@ -35,6 +35,41 @@ type Outbound = Result<ControlMessage, Status>;
 fn flags_message(f: &Flags) -> ControlMessage {
     ControlMessage {
         msg: Some(control_message::Msg::Flags(FlagsSnapshot { version: f.version, definition: f.text.clone() })),
+    }
+}
+
+/// Whether a stream with `identity` may speak as sidecar `proxy` of `service`: the credential's
+/// service and sidecar must be the Hello's; a sidecar id belongs to the service that first used it
+/// (recorded in the store), and one pinned to a credential of its own takes only that credential.
+fn admit(shared: &Shared, identity: &Identity, service: &str, proxy: &str) -> Result<(), Status> {
+    let refuse = |why: String| {
+        shared.metrics.streams_refused.increment(1);
+        tracing::warn!(proxy, service, %why, "sidecar stream refused");
+        Err(Status::permission_denied(why))
+    };
+    if let Some(own) = identity.service.as_deref().filter(|s| *s != service) {
+        return refuse(format!("this credential is for service \"{own}\", not \"{service}\""));
+    }
+    if let Some(own) = identity.proxy.as_deref().filter(|p| *p != proxy) {
+        return refuse(format!("this credential is for sidecar \"{own}\", not \"{proxy}\""));
+    }
+    let pinned = identity.proxy.is_some();
+    let mut owners = lock(&shared.owners);
+    match owners.get(proxy) {
+        Some(o) if o.service != service => refuse(format!("sidecar \"{proxy}\" belongs to service \"{}\"", o.service)),
+        Some(o) if o.pinned && !pinned => refuse(format!("sidecar \"{proxy}\" has a credential of its own")),
+        Some(o) if o.pinned == pinned => Ok(()),
+        _ => {
+            let owner = Owner { service: service.to_owned(), pinned };
+            let stored = lock(&shared.store).put_owner(proxy, service, pinned, now_ms());
+            if let Err(e) = stored {
+                // Refuse rather than let an unrecorded owner be taken over after a restart.
+                tracing::error!(error = %e, proxy, "cannot record the sidecar's owner");
+                return Err(Status::unavailable("the control plane cannot record this sidecar now; retry"));
+            }
+            owners.insert(proxy.to_owned(), owner);
+            Ok(())
+        }
     }
 }
 
@@ -56,24 +91,9 @@ impl RampControl for Service {
             return Err(Status::invalid_argument(format!("proxy_id and service are at most {MAX_NAME_BYTES} bytes")));
         }
         // With credentials configured, a stream is what its credential says, not what its Hello
-        // claims: a token bound to a service speaks only for that service, and a sidecar id
-        // already known under one service cannot be taken over by a stream of another.
+        // claims.
         if let Some(identity) = &identity {
-            if let Some(service) = identity.service.as_deref().filter(|s| *s != hello.service) {
-                self.shared.metrics.streams_refused.increment(1);
-                return Err(Status::permission_denied(format!(
-                    "this credential is for service \"{service}\", not \"{}\"",
-                    hello.service
-                )));
-            }
-            let owner = lock(&self.shared.proxies).get(&hello.proxy_id).map(|p| p.service.clone());
-            if let Some(owner) = owner.filter(|o| *o != hello.service) {
-                self.shared.metrics.streams_refused.increment(1);
-                return Err(Status::permission_denied(format!(
-                    "sidecar \"{}\" belongs to service \"{owner}\"",
-                    hello.proxy_id
-                )));
-            }
+            admit(&self.shared, identity, &hello.service, &hello.proxy_id)?;
         }
         let key = (hello.proxy_id.clone(), hello.epoch);
         let stream_id = self.next_stream.fetch_add(1, Ordering::Relaxed);
@@ -129,6 +149,11 @@ impl RampControl for Service {
                                     }
                                     let ack = ControlMessage { msg: Some(control_message::Msg::Ack(StatsAck { seq })) };
                                     if tx.send(Ok(ack)).await.is_err() { break; }
+                                }
+                                Ok(Outcome::Jump { expected }) => {
+                                    let why = format!("report {seq} jumps past the next sequence number, {expected}");
+                                    let _ = tx.send(Err(Status::failed_precondition(why))).await;
+                                    break;
                                 }
                                 // Not durable: end the stream; the sidecar reconnects and resends.
                                 Ok(Outcome::Failed) | Err(_) => {

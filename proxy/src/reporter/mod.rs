@@ -114,6 +114,7 @@ impl Reporter {
         connected: &mut bool,
         shutdown: &CancellationToken,
     ) -> Result<(), StreamError> {
+        pending.new_stream();
         let mut endpoint = Endpoint::from(self.control.uri.clone())
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
@@ -209,6 +210,9 @@ impl Reporter {
             }
             match tokio::time::timeout_at(deadline, inbound.message()).await {
                 Ok(Ok(Some(ControlMessage { msg: Some(control_message::Msg::Ack(ack)) }))) => pending.ack(ack.seq),
+                Ok(Ok(Some(ControlMessage { msg: Some(control_message::Msg::Welcome(w)) }))) => {
+                    pending.welcome(w.last_applied_seq);
+                }
                 Ok(Ok(Some(_))) => {}
                 _ => {
                     tracing::warn!(pending = pending.len(), "shutting down with unacknowledged stats");

@@ -3,6 +3,11 @@
 //! reports pile up to `max_unsent`; past that, new deltas are merged into the newest report that
 //! was never sent (safe: nothing of it can have been applied), so memory stays bounded while no
 //! count is lost. Reports once sent are never merged: the control plane may have applied them.
+//!
+//! Sequence numbers have no gaps: a merge uses none, and nothing is sent on a stream before its
+//! Welcome, which renumbers what is pending to follow the control plane's last applied report. The
+//! control plane refuses a report that jumps past the next number, so a stream that knows a
+//! sidecar's epoch cannot silence it with a huge sequence.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -12,7 +17,6 @@ use rampart_stats::Delta;
 
 #[derive(Debug)]
 struct Entry {
-    first_seq: u64,
     seq: u64,
     window_start_ms: i64,
     window_end_ms: i64,
@@ -30,6 +34,8 @@ pub(crate) struct Pending {
     next_seq: u64,
     max_unsent: usize,
     max_in_flight: usize,
+    /// The current stream's Welcome arrived: reports may be sent.
+    welcomed: bool,
 }
 
 impl Pending {
@@ -39,6 +45,7 @@ impl Pending {
             next_seq: 1,
             max_unsent: max_unsent.max(1),
             max_in_flight: max_in_flight.max(1),
+            welcomed: false,
         }
     }
 
@@ -47,8 +54,6 @@ impl Pending {
         if deltas.is_empty() && overflow == 0 {
             return;
         }
-        let seq = self.next_seq;
-        self.next_seq += 1;
         let unsent = self.entries.iter().filter(|e| !e.ever_sent).count();
         if unsent >= self.max_unsent
             && let Some(last) = self.entries.back_mut().filter(|e| !e.ever_sent)
@@ -57,13 +62,13 @@ impl Pending {
                 last.series.entry((flag, variant)).or_default().merge(&d);
             }
             last.overflow += overflow;
-            last.seq = seq;
             last.window_end_ms = end_ms;
             return;
         }
+        let seq = self.next_seq;
+        self.next_seq += 1;
         let series = deltas.into_iter().map(|(f, v, d)| ((f, v), d)).collect();
         self.entries.push_back(Entry {
-            first_seq: seq,
             seq,
             window_start_ms: start_ms,
             window_end_ms: end_ms,
@@ -74,10 +79,25 @@ impl Pending {
         });
     }
 
-    /// A new stream: drop what the control plane already applied; everything else is resent.
+    /// A new stream is opening: nothing is sent on it before its Welcome.
+    pub(crate) fn new_stream(&mut self) {
+        self.welcomed = false;
+        self.entries.iter_mut().for_each(|e| e.in_flight = false);
+    }
+
+    /// The stream's Welcome: drop what the control plane already applied; everything else is
+    /// resent, numbered from the one after `last_applied` (a control plane that lost its store
+    /// would otherwise see a jump and refuse it).
     pub(crate) fn welcome(&mut self, last_applied: u64) {
         self.ack(last_applied);
-        self.entries.iter_mut().for_each(|e| e.in_flight = false);
+        let mut seq = last_applied;
+        for e in &mut self.entries {
+            seq += 1;
+            e.seq = seq;
+            e.in_flight = false;
+        }
+        self.next_seq = seq + 1;
+        self.welcomed = true;
     }
 
     /// Everything up to `seq` is applied.
@@ -89,6 +109,9 @@ impl Pending {
 
     /// The reports to send now, in order, within the in-flight window; marks them sent.
     pub(crate) fn next_to_send(&mut self) -> Vec<StatsReport> {
+        if !self.welcomed {
+            return Vec::new();
+        }
         let mut room = self.max_in_flight.saturating_sub(self.entries.iter().filter(|e| e.in_flight).count());
         let mut out = Vec::new();
         for e in self.entries.iter_mut().filter(|e| !e.in_flight) {
@@ -100,7 +123,7 @@ impl Pending {
             e.ever_sent = true;
             out.push(StatsReport {
                 seq: e.seq,
-                first_seq: e.first_seq,
+                first_seq: e.seq,
                 window_start_ms: e.window_start_ms,
                 window_end_ms: e.window_end_ms,
                 stats: e.series.iter().map(|((f, v), d)| convert::variant_stats(f, v, d)).collect(),
@@ -133,6 +156,8 @@ mod tests {
     fn sequences_acks_and_resend() {
         let mut p = Pending::new(10, 2);
         p.push(delta(1), 0, 0, 1);
+        assert!(p.next_to_send().is_empty(), "nothing before the Welcome");
+        p.welcome(0);
         p.push(Vec::new(), 0, 1, 2); // empty: no report, no sequence used
         p.push(delta(2), 0, 2, 3);
         p.push(delta(3), 0, 3, 4);
@@ -152,7 +177,9 @@ mod tests {
     fn bounded_while_disconnected_without_losing_counts() {
         let mut p = Pending::new(3, 8);
         p.push(delta(1), 0, 0, 1);
+        p.welcome(0);
         let first = p.next_to_send(); // seq 1 went out, then the stream broke
+        p.new_stream();
         assert_eq!(first.len(), 1);
         for i in 2..=100 {
             p.push(delta(i), 1, i as i64, i as i64 + 1);
@@ -166,9 +193,29 @@ mod tests {
         assert_eq!(split().map(|s| s.requests).sum::<u64>(), (1..=100).sum::<u64>());
         assert_eq!(split().map(|s| s.units).sum::<u64>(), 100, "merged windows count unit-windows");
         assert_eq!(resent.iter().map(|r| r.overflow).sum::<u64>(), 99);
-        let last = resent.last().unwrap();
-        assert_eq!(last.seq, 100);
-        assert!(last.first_seq < last.seq, "merged reports carry their first sequence");
-        assert!(resent.windows(2).all(|w| w[0].seq < w[1].seq));
+        assert!(resent.windows(2).all(|w| w[1].seq == w[0].seq + 1), "merges use no sequence numbers");
+        assert_eq!(resent.last().unwrap().seq, resent.len() as u64);
+    }
+
+    #[test]
+    fn a_control_plane_that_lost_its_store_gets_numbers_it_can_apply() {
+        let mut p = Pending::new(10, 8);
+        p.welcome(0);
+        for i in 1..=5 {
+            p.push(delta(i), 0, i as i64, i as i64 + 1);
+        }
+        let sent = p.next_to_send();
+        assert_eq!(sent.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+        p.ack(3);
+        p.new_stream();
+        p.push(delta(6), 0, 6, 7);
+        assert!(p.next_to_send().is_empty());
+        // A fresh store: nothing applied. What is pending follows on from there, counts intact.
+        p.welcome(0);
+        let resent = p.next_to_send();
+        assert_eq!(resent.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(total(&resent), 4 + 5 + 6);
+        p.push(delta(7), 0, 7, 8);
+        assert_eq!(p.next_to_send().iter().map(|r| r.seq).collect::<Vec<_>>(), [4]);
     }
 }

@@ -1,14 +1,18 @@
 //! Certificates generated for a test (rcgen): a CA, a server certificate for localhost/127.0.0.1,
-//! a client certificate from the CA, and a client certificate from an unrelated ("rogue") CA.
+//! a client certificate from the CA, and a client certificate from an unrelated ("rogue") CA; more
+//! client certificates from the CA on demand ([`Pki::client`]).
 
 #![allow(dead_code, unreachable_pub)]
 
 use std::path::PathBuf;
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
+};
 
 pub struct Pki {
     pub dir: tempfile::TempDir,
+    pub authority: CertifiedIssuer<'static, KeyPair>,
     pub ca: PathBuf,
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
@@ -59,6 +63,24 @@ pub fn pki() -> Pki {
         client_key: write("client.key", &client_key),
         rogue_cert: write("rogue.pem", &rogue_cert),
         rogue_key: write("rogue.key", &rogue_key),
+        authority,
         dir,
+    }
+}
+
+impl Pki {
+    /// A client certificate from the CA with a `spiffe://` URI SAN (when given) and subject CN
+    /// `cn`, written as `<name>.pem` and `<name>.key`: (certificate, key) paths.
+    pub fn client(&self, name: &str, spiffe: Option<&str>, cn: &str) -> (PathBuf, PathBuf) {
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = spiffe.map(|u| SanType::URI(u.try_into().unwrap())).into_iter().collect();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.authority).unwrap();
+        let (c, k) = (self.dir.path().join(format!("{name}.pem")), self.dir.path().join(format!("{name}.key")));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
     }
 }
