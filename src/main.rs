@@ -20,6 +20,9 @@ struct Cli {
     /// A file holding the operator token for the control plane's API (else `RAMPART_TOKEN`).
     #[arg(long, global = true, env = "RAMPART_TOKEN_FILE")]
     token_file: Option<std::path::PathBuf>,
+    /// A PEM file of the CA(s) to trust for an `https://` control plane (else the system's).
+    #[arg(long, global = true, env = "RAMPART_CA_FILE")]
+    ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -55,6 +58,12 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
+    }
+    if let Some(file) = &cli.ca_file
+        && let Err(e) = cli::http::set_ca_file(file)
+    {
+        eprintln!("error: --ca-file {}: {e:#}", file.display());
+        return ExitCode::FAILURE;
     }
     let result = match cli.command {
         Command::Demo(args) => cli::demo::run(&args),

@@ -1,9 +1,11 @@
 //! TLS between sidecars and the control plane: the control plane accepts only streams that
 //! present a client certificate from its CA or a bearer token from its list; sidecars with either
-//! get their flags over TLS.
+//! get their flags over TLS. The HTTP API is served over TLS with the same certificate, and the CLI
+//! verifies it against `--ca-file`.
 
 #[path = "../proxy/tests/support/certs.rs"]
 mod certs;
+mod inprocess;
 #[path = "../proxy/tests/support/mod.rs"]
 mod support;
 
@@ -113,4 +115,43 @@ async fn only_sidecars_with_a_valid_certificate_or_token_get_in() {
         assert!(got, "the sidecar got the control plane's flags over TLS");
     }
     stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_is_served_over_tls_and_the_cli_verifies_it() {
+    let pki = certs::pki();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("flags.yaml"), FLAGS).unwrap();
+    std::fs::write(dir.path().join("operators"), "vic viewer viewer-token-0123456789\n").unwrap();
+    let text = format!(
+        "flags = \"flags.yaml\"\nstore = \"c.db\"\napi_tokens_file = \"operators\"\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        pki.server_cert.display(),
+        pki.server_key.display()
+    );
+    let control = inprocess::start(dir.path(), &text).await;
+    let port = control.http.port();
+    let rampart = |url: String, ca: Option<&std::path::Path>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rampart"));
+        cmd.args(["audit", "--json"])
+            .env("RAMPART_CONTROL_PLANE", url)
+            .env("RAMPART_TOKEN", "viewer-token-0123456789")
+            .env_remove("RAMPART_CA_FILE");
+        if let Some(ca) = ca {
+            cmd.arg("--ca-file").arg(ca);
+        }
+        cmd.output().unwrap()
+    };
+    let https = format!("https://localhost:{port}");
+    let verified = rampart(https.clone(), Some(&pki.ca));
+    assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));
+    let audit: serde_json::Value = serde_json::from_slice(&verified.stdout).unwrap();
+    assert!(audit.is_array() || audit.is_object(), "{audit}");
+
+    let untrusted = rampart(https, Some(&pki.rogue_cert));
+    assert!(!untrusted.status.success());
+    let stderr = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(stderr.contains("cannot reach the control plane"), "{stderr}");
+    let plain = rampart(format!("http://localhost:{port}"), None);
+    assert!(!plain.status.success(), "plain HTTP is not served on the TLS port");
+    control.stop.cancel();
 }

@@ -3,7 +3,8 @@
 //! SQLite, and serves the HTTP JSON API.
 //!
 //! [`Control::open`] opens the store and loads the state (failing before anything is bound);
-//! [`Control::run`] serves gRPC and HTTP on the given listeners until the shutdown token fires.
+//! [`Control::run`] serves gRPC and HTTP on the given listeners (both over TLS with `[tls]`) until
+//! the shutdown token fires.
 
 mod api;
 mod audit;
@@ -11,6 +12,7 @@ mod auth;
 pub mod config;
 mod dora;
 mod flags;
+mod https;
 mod ingest;
 mod metrics;
 pub mod operators;
@@ -93,6 +95,8 @@ async fn ramp_engine(shared: Arc<Shared>, shutdown: CancellationToken) {
 pub struct Control {
     shared: Arc<Shared>,
     tls: Option<config::Tls>,
+    /// The HTTP listener's TLS (the `[tls]` certificate), when configured.
+    https: Option<Arc<rustls::ServerConfig>>,
     tokens: Vec<config::SidecarToken>,
     operators: Option<operators::Operators>,
 }
@@ -167,13 +171,15 @@ impl Control {
             ramps: Mutex::new(ramps),
             metrics,
         };
+        // Fail before binding anything when the files do not load.
         if let Some(tls) = &config.tls {
-            // Fail before binding anything when the files do not load.
             tls.server_config()?;
         }
+        let https = config.tls.as_ref().map(https::server_config).transpose()?;
         Ok(Control {
             shared: Arc::new(shared),
             tls: config.tls.clone(),
+            https,
             tokens: config.tokens.clone(),
             operators: config.operators.clone(),
         })
@@ -222,8 +228,16 @@ impl Control {
                 "no api_tokens_file: the HTTP API is open to anyone who reaches {at} (served on loopback unless allow_unauthenticated)"
             );
         }
-        let http_server = axum::serve(http, api::router(self.shared.clone(), self.operators.clone()))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let router = api::router(self.shared.clone(), self.operators.clone());
+        let stopped = shutdown.clone().cancelled_owned();
+        let http_server = async move {
+            match self.https {
+                Some(config) => {
+                    axum::serve(https::TlsListener::new(http, config)?, router).with_graceful_shutdown(stopped).await
+                }
+                None => axum::serve(http, router).with_graceful_shutdown(stopped).await,
+            }
+        };
         tasks.spawn(ramp_engine(self.shared.clone(), shutdown.clone()));
         let (g, h) = tokio::join!(grpc_server, http_server);
         tasks.close();

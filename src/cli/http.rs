@@ -1,13 +1,17 @@
-//! A small JSON-over-HTTP client for the operator commands and the demo, talking to the control
-//! plane's API.
+//! A small JSON-over-HTTP(S) client for the operator commands and the demo, talking to the control
+//! plane's API. `https://` control planes are verified against `--ca-file` (`RAMPART_CA_FILE`), or
+//! the system's roots without it.
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use serde_json::Value;
 
 /// The control plane's HTTP API when `--control-plane` is not given.
@@ -25,11 +29,40 @@ fn token() -> Option<String> {
     TOKEN.get().cloned().or_else(|| std::env::var("RAMPART_TOKEN").ok()).filter(|t| !t.trim().is_empty())
 }
 
+/// The roots `https://` control planes are verified against, from `--ca-file`.
+static CA: std::sync::OnceLock<rustls::RootCertStore> = std::sync::OnceLock::new();
+
+/// Trusts the certificates in the PEM file at `path` (instead of the system's roots).
+pub(crate) fn set_ca_file(path: &std::path::Path) -> anyhow::Result<()> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).and_then(|it| it.collect::<Result<Vec<_>, _>>())? {
+        roots.add(cert)?;
+    }
+    if roots.is_empty() {
+        bail!("no certificate in the file");
+    }
+    let _ = CA.set(roots);
+    Ok(())
+}
+
 /// A client for [`call_async`].
-pub(crate) type JsonClient = Client<HttpConnector, Full<Bytes>>;
+pub(crate) type JsonClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 pub(crate) fn client() -> JsonClient {
-    Client::builder(TokioExecutor::new()).build_http()
+    let roots = CA.get().cloned().unwrap_or_else(|| {
+        let mut roots = rustls::RootCertStore::empty();
+        // Unreadable system certificates leave https:// unverifiable: the request then fails and says so.
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        roots
+    });
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+        .unwrap_or_else(|e| unreachable!("ring supports the default protocol versions: {e}"));
+    let connector =
+        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
+    Client::builder(TokioExecutor::new()).build(connector)
 }
 
 /// Sends `body` (JSON) with `method` to `base` + `path`; returns the status and the JSON answer.
