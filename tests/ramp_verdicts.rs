@@ -1,7 +1,8 @@
 //! Ramp verdicts that hold up in production, end to end with real processes (a control plane, two
 //! sidecars, a real upstream): an incident that hits both arms does not roll an A/A ramp back;
 //! requests whose variant was not randomised (a targeting match, no bucketing key) stay out of the
-//! ramp's statistics; a flags write racing a rollback does not bring the treatment back.
+//! ramp's statistics; a flags write racing a rollback does not bring the treatment back; clients
+//! sending malformed bodies as treatment users cannot roll a ramp back.
 
 mod process;
 #[path = "../proxy/tests/support/mod.rs"]
@@ -256,4 +257,55 @@ async fn a_flags_write_racing_a_rollback_leaves_the_treatment_off() {
     let (_, body) = get(&format!("http://{http}/api/v1/flags"), &[]).await;
     let served: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(served["flags"]["flags"]["new-checkout"]["ramp"]["percent"], 0.0, "{served}");
+}
+
+/// Sends a POST whose chunked body is malformed (a bad chunk size) as `user`; the status line.
+async fn malformed_body(sidecar: SocketAddr, user: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(sidecar).await.unwrap();
+    let head = format!(
+        "POST /buy HTTP/1.1\r\nHost: x\r\nx-user-id: {user}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).lines().next().unwrap_or("").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_bodies_from_treatment_users_do_not_roll_a_ramp_back() {
+    let up = checkout_upstream(Arc::new(|_| false)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (control, sidecars) = stack(dir.path(), up).await;
+    let http = control.addr("http");
+    let listen: Vec<SocketAddr> = sidecars.iter().map(|s| s.addr("listen")).collect();
+    cli(http, &["ramp", "start", "new-checkout", "--treatment", "on", "--steps", "50,100", "--min-dwell", "10m"]);
+    let never = Arc::new(AtomicBool::new(false));
+    assert_eq!(traffic(listen.clone(), "user-", never.clone(), 400).await.unwrap(), 400);
+    // Treatment users (the upstream answers with the variant it was given), each sending
+    // malformed bodies — the attack that rolled a ramp back in a second when they counted as 502s.
+    let mut treatment = Vec::new();
+    for i in 0.. {
+        let user = format!("attacker-{i}");
+        let (_, variant) = get(&format!("http://{}/buy", listen[0]), &[("x-user-id", &user)]).await;
+        if variant == "on" {
+            treatment.push(user);
+        }
+        if treatment.len() == 20 {
+            break;
+        }
+    }
+    for (i, user) in treatment.iter().cycle().take(100).enumerate() {
+        let status = malformed_body(listen[i % 2], user).await;
+        assert!(status.starts_with("HTTP/1.1 400"), "{status}");
+    }
+    settled(http).await;
+    decided_after(http, now_ms()).await;
+    let (_, body) = get(&format!("http://{http}/api/v1/stats/new-checkout"), &[]).await;
+    let on = serde_json::from_str::<Value>(&body).unwrap()["variants"]["on"].clone();
+    assert!(on["requests"].as_u64().unwrap() >= 20, "the treatment's good requests are counted: {on}");
+    assert_eq!(on["errors"].as_u64(), Some(0), "{on}");
+    let s = status(http);
+    assert_eq!(s["state"], "running", "{:#}", s["events"]);
+    assert_eq!(rollbacks(&s), 0);
 }

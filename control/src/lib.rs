@@ -206,6 +206,11 @@ impl Control {
             client_certs: self.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
             tokens: self.tokens.clone(),
         };
+        if auth.tokens.is_empty() && !auth.client_certs {
+            tracing::warn!(
+                "no tokens_file or [tls] client_ca: sidecar streams are not authenticated, and any stream may report as any sidecar"
+            );
+        }
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &self.tls {
             // tonic builds its TLS from the process-wide provider: make it ring, whatever other
