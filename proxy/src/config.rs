@@ -10,11 +10,13 @@ use http::header::HeaderName;
 use http::uri::{Authority, Scheme};
 use serde::Deserialize;
 
+mod connections;
 mod propagation;
 mod queries;
 mod tls;
 
 pub use self::tls::ControlAuth;
+pub use connections::{Connections, Headers};
 pub use propagation::Propagation;
 pub use queries::Queries;
 
@@ -87,6 +89,10 @@ struct Raw {
     tls: Option<tls::RawListenerTls>,
     control_auth: Option<tls::RawControlAuth>,
     propagation: Option<propagation::RawPropagation>,
+    #[serde(default)]
+    connections: connections::RawConnections,
+    #[serde(default)]
+    headers: connections::RawHeaders,
 }
 
 mod defaults {
@@ -230,6 +236,10 @@ pub struct Config {
     pub tls: Option<crate::tls::ListenerTls>,
     /// Signed assignments across hops; `None` strips the propagation headers.
     pub propagation: Option<Propagation>,
+    /// `[connections]`: per-state timeouts and the per-address cap.
+    pub connections: Connections,
+    /// `[headers]`: underscores and Host.
+    pub headers: Headers,
 }
 
 impl Config {
@@ -349,6 +359,7 @@ impl Config {
         let (clusters, routes) =
             routing::validate(raw.clusters, raw.routes, written, raw.upstream_timeout, base, &invalid)?;
         let propagation = raw.propagation.map(|p| p.validate(base, &prefix, &invalid)).transpose()?;
+        let connections = raw.connections.validate(&invalid)?;
         Ok(Config {
             path: path.to_owned(),
             listen: raw.listen,
@@ -373,6 +384,8 @@ impl Config {
             routes,
             propagation,
             tls: listener_tls,
+            connections,
+            headers: raw.headers.validate(),
         })
     }
 }

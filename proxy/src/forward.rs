@@ -1,7 +1,9 @@
-//! The request path: one snapshot load, strip client-sent flag headers, evaluate and inject every
-//! flag in scope, forward to the cluster the first matching route picks, over pooled keep-alive
-//! connections with both bodies streamed, and answer upstream failures with 502/504 and a short
-//! reason.
+//! The request path: one snapshot load; the request head checked and cleaned (one Host, RFC 9112
+//! §3.2; an absolute-form target or h2 `:authority` as the Host; headers with `_` in their name
+//! dropped; hop-by-hop headers removed — never Host — and `Upgrade: h2c` refused) before anything is
+//! added; client-sent flag headers stripped and every flag in scope evaluated and injected; then
+//! forwarded to the cluster the first matching route picks, over pooled keep-alive connections
+//! with both bodies streamed, upstream failures answered with 502/504 and a short reason.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio_util::task::TaskTracker;
 
 use crate::cluster::Failure;
-use crate::config::Attribute;
+use crate::config::{Attribute, Headers};
 use crate::inject::{Tracked, inject_flags};
 use crate::metrics::Metrics;
 use crate::pool::UpstreamBody;
@@ -52,6 +54,7 @@ pub(crate) struct Forwarder {
     pub(crate) stats: Arc<Registry>,
     /// Owns the tunnels of upgraded (WebSocket) connections.
     pub(crate) tunnels: TaskTracker,
+    pub(crate) headers: Headers,
 }
 
 impl Forwarder {
@@ -61,11 +64,20 @@ impl Forwarder {
         peer: &PeerInfo,
         mut req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
+        if let Err(reason) = self.clean_head(&mut req) {
+            return Ok(self.error(StatusCode::BAD_REQUEST, reason));
+        }
+        let mut upgrade = prepare_upgrade(&mut req);
+        if upgrade.as_ref().is_some_and(is_h2c) {
+            // An h2c upgrade would hand the client an unfiltered HTTP/2 connection to the upstream:
+            // not upgraded (RFC 9110 §7.8 lets a server ignore it); the request is served as is.
+            self.metrics.h2c_upgrades_refused.increment(1);
+            upgrade = None;
+        }
+        remove_hop_by_hop(req.headers_mut());
         let snapshot = self.current.load_full();
         let tracked = inject_flags(&snapshot, &self.context, &self.prefix, &mut req);
         let route = self.router.select(&snapshot.routes, &tracked, &req);
-        let upgrade = prepare_upgrade(&mut req);
-        remove_hop_by_hop(req.headers_mut());
         if let Some(protocol) = &upgrade {
             req.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             req.headers_mut().insert(header::UPGRADE, protocol.clone());
@@ -145,6 +157,36 @@ impl Forwarder {
 
     /// Sets the request's URI to the origin form an HTTP/1.1 upstream expects (path and query);
     /// the cluster adds `Host` when the client sent none.
+    /// RFC 9112 §3.2: exactly one Host in HTTP/1.1, replaced by the target's authority when the
+    /// target is in absolute form (and for h2, `:authority` is the Host); then the Host policy and
+    /// the underscore rule. Allocates only when a header is dropped.
+    fn clean_head(&self, req: &mut Request<Incoming>) -> Result<(), &'static str> {
+        let hosts = req.headers().get_all(header::HOST).iter().count();
+        if hosts > 1 {
+            self.metrics.requests_refused.increment(1);
+            return Err("more than one Host header\n");
+        }
+        if let Some(authority) = req.uri().authority() {
+            let host = HeaderValue::from_str(authority.as_str()).map_err(|_| "bad request target\n")?;
+            req.headers_mut().insert(header::HOST, host);
+        } else if hosts == 0 && req.version() == http::Version::HTTP_11 {
+            self.metrics.requests_refused.increment(1);
+            return Err("an HTTP/1.1 request needs a Host header\n");
+        }
+        if !self.headers.preserve_host {
+            // The cluster sets the endpoint's authority.
+            req.headers_mut().remove(header::HOST);
+        }
+        if !self.headers.allow_underscores && req.headers().keys().any(|k| k.as_str().contains('_')) {
+            let names: Vec<HeaderName> = req.headers().keys().filter(|k| k.as_str().contains('_')).cloned().collect();
+            for name in names {
+                req.headers_mut().remove(&name);
+                self.metrics.underscore_headers_dropped.increment(1);
+            }
+        }
+        Ok(())
+    }
+
     fn set_upstream_uri(&self, req: &mut Request<Incoming>) -> Result<(), StatusCode> {
         let path = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         *req.uri_mut() = Uri::from(path);
@@ -205,12 +247,18 @@ fn prepare_upgrade(req: &mut Request<Incoming>) -> Option<HeaderValue> {
     if wants { req.headers_mut().remove(header::UPGRADE) } else { None }
 }
 
+/// Whether an `Upgrade` value asks for h2c.
+fn is_h2c(protocols: &HeaderValue) -> bool {
+    protocols.to_str().unwrap_or("").split(',').any(|p| p.trim().eq_ignore_ascii_case("h2c"))
+}
+
 /// Whether `name` is a hop-by-hop header (or `Upgrade`, forwarded only on an upgrade request).
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name) || name == header::UPGRADE
 }
 
-/// Removes hop-by-hop headers, including those the `Connection` header names. Names are looked up
+/// Removes hop-by-hop headers, including those the `Connection` header names — but never Host (a
+/// request's headers are cleaned before the proxy adds its own). Names are looked up
 /// as `&str`, so this allocates nothing. Most messages carry none, so one pass over the names
 /// (integer comparisons for the standard ones) comes first, instead of nine hashed removals.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
@@ -222,7 +270,7 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
         // Cloning a received header value shares its bytes.
         let Some(list) = headers.get_all(header::CONNECTION).iter().nth(i).cloned() else { break };
         for token in list.to_str().unwrap_or("").split(',').map(str::trim) {
-            if !token.is_empty() && !token.eq_ignore_ascii_case("connection") {
+            if !token.is_empty() && !token.eq_ignore_ascii_case("connection") && !token.eq_ignore_ascii_case("host") {
                 headers.remove(token);
             }
         }

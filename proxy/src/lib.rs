@@ -21,6 +21,7 @@ mod route;
 mod server;
 mod snapshot;
 pub mod tls;
+mod watchdog;
 
 use std::sync::Arc;
 
@@ -133,6 +134,7 @@ impl Proxy {
             metrics: self.metrics.clone(),
             stats: self.stats.clone(),
             tunnels: TaskTracker::new(),
+            headers: c.headers,
         });
         let status = Arc::new(reporter::Status::default());
         let admin_state = Arc::new(admin::Admin {
@@ -146,6 +148,7 @@ impl Proxy {
             max_header_bytes: c.max_header_bytes,
             header_read_timeout: c.header_read_timeout,
             drain_timeout: c.drain_timeout,
+            connections: c.connections.clone(),
         };
         let tasks = TaskTracker::new();
         let background = CancellationToken::new();

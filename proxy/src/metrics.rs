@@ -34,6 +34,16 @@ pub(crate) struct Metrics {
     pub(crate) pending_reports: Gauge,
     /// Requests of tracked flags not recorded because the series cap was reached.
     pub(crate) stats_overflow: Counter,
+    /// Requests refused for their head (two Host headers, none in HTTP/1.1).
+    pub(crate) requests_refused: Counter,
+    /// Request headers dropped because their names contain `_`.
+    pub(crate) underscore_headers_dropped: Counter,
+    /// `Upgrade: h2c` requests served without upgrading.
+    pub(crate) h2c_upgrades_refused: Counter,
+    /// Connections closed for staying quiet past their state's timeout.
+    pub(crate) connections_timed_out: Counter,
+    /// Connections refused because their address held `max_per_address` already.
+    pub(crate) connections_refused: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -56,6 +66,11 @@ impl Metrics {
             responses: [class("1xx"), class("2xx"), class("3xx"), class("4xx"), class("5xx")],
             upstream_latency: recorder.register_histogram(&Key::from_name(UPSTREAM_LATENCY), &META),
             upstream_failures: counter("rampart_upstream_failures_total"),
+            requests_refused: counter("rampart_requests_refused_total"),
+            underscore_headers_dropped: counter("rampart_underscore_headers_dropped_total"),
+            h2c_upgrades_refused: counter("rampart_h2c_upgrades_refused_total"),
+            connections_timed_out: counter("rampart_connections_timed_out_total"),
+            connections_refused: counter("rampart_connections_refused_total"),
             upstream_timeouts: counter("rampart_upstream_timeouts_total"),
             reloads: counter("rampart_config_reloads_total"),
             reload_failures: counter("rampart_config_reload_failures_total"),

@@ -1,8 +1,11 @@
 //! The client-side listener: accepts HTTP/1.1 and HTTP/2 — cleartext (prior knowledge) or TLS
-//! (ALPN) — caps concurrent connections, times out slow header reads and handshakes, and drains
-//! connections on shutdown.
+//! (ALPN) — caps concurrent connections (in all, and per client address when configured), times
+//! out slow handshakes and header reads, closes connections left quiet past their state's timeout
+//! (see `watchdog`), pings idle HTTP/2 clients, and drains connections on shutdown.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -15,8 +18,10 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::Connections;
 use crate::forward::{Forwarder, PeerInfo, Session};
 use crate::tls::LiveServerConfig;
+use crate::watchdog::{Guarded, Watch, Watched};
 
 /// Listener limits.
 #[derive(Debug, Clone)]
@@ -25,6 +30,42 @@ pub(crate) struct Limits {
     pub(crate) max_header_bytes: usize,
     pub(crate) header_read_timeout: Duration,
     pub(crate) drain_timeout: Duration,
+    pub(crate) connections: Connections,
+}
+
+/// Open connections per client address, when capped.
+#[derive(Debug, Default)]
+struct PerAddress(Mutex<HashMap<IpAddr, usize>>);
+
+impl PerAddress {
+    /// Takes a slot for `ip`, unless it holds `max` already.
+    fn enter(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<AddressSlot> {
+        let mut open = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot { table: self.clone(), ip })
+    }
+}
+
+#[derive(Debug)]
+struct AddressSlot {
+    table: Arc<PerAddress>,
+    ip: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Serves `listener` until `shutdown`, then stops accepting and gives open connections up to the
@@ -46,9 +87,13 @@ pub(crate) async fn serve(
     builder
         .http2()
         .timer(TokioTimer::new())
+        .keep_alive_interval(Some(limits.connections.h2_ping_interval))
+        .keep_alive_timeout(limits.connections.h2_ping_timeout)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let per_address = Arc::new(PerAddress::default());
+    let limits = Arc::new(limits);
     let graceful = GracefulShutdown::new();
     let connections = TaskTracker::new();
     loop {
@@ -71,6 +116,16 @@ pub(crate) async fn serve(
                 }
             },
         };
+        let slot = match limits.connections.max_per_address {
+            0 => None,
+            max => match per_address.enter(addr.ip(), max) {
+                Some(slot) => Some(slot),
+                None => {
+                    forwarder.metrics.connections_refused.increment(1);
+                    continue;
+                }
+            },
+        };
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "set_nodelay failed");
         }
@@ -78,14 +133,16 @@ pub(crate) async fn serve(
         let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
         let gauge = forwarder.metrics.connections.clone();
         gauge.increment(1.0);
-        let handshake_timeout = limits.header_read_timeout;
+        let limits = limits.clone();
         connections.spawn(async move {
             match tls {
-                None => serve_io(&builder, TokioIo::new(stream), session, watcher).await,
+                None => serve_io(&builder, TokioIo::new(stream), session, watcher, &limits.connections).await,
                 Some(live) => {
                     let acceptor = TlsAcceptor::from(live.load_full());
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => serve_io(&builder, TokioIo::new(tls_stream), session, watcher).await,
+                    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            serve_io(&builder, TokioIo::new(tls_stream), session, watcher, &limits.connections).await;
+                        }
                         Ok(Err(e)) => {
                             session.forwarder.metrics.tls_handshake_failures.increment(1);
                             tracing::debug!(error = %e, %addr, "TLS handshake failed");
@@ -98,6 +155,7 @@ pub(crate) async fn serve(
                 }
             }
             gauge.decrement(1.0);
+            drop(slot);
             drop(permit);
         });
     }
@@ -112,14 +170,39 @@ pub(crate) async fn serve(
     forwarder.tunnels.close();
 }
 
-/// Serves HTTP/1.1 or HTTP/2 (by preface or ALPN) on one connection until it ends or is drained.
-async fn serve_io<I>(builder: &auto::Builder<TokioExecutor>, io: I, session: Arc<Session>, watcher: Watcher)
-where
+/// Serves HTTP/1.1 or HTTP/2 (by preface or ALPN) on one connection until it ends, is drained,
+/// or stays quiet past its state's timeout.
+async fn serve_io<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    session: Arc<Session>,
+    watcher: Watcher,
+    limits: &Connections,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req| session.clone().handle(req));
+    let watch = Watch::new();
+    let io = Watched::new(io, watch.clone());
+    let metrics = session.forwarder.metrics.clone();
+    let requests = watch.clone();
+    let service = service_fn(move |req| {
+        let (session, awaiting) = (session.clone(), requests.request());
+        async move {
+            let resp = session.handle(req).await?;
+            let in_flight = awaiting.responded();
+            Ok::<_, std::convert::Infallible>(resp.map(|body| Guarded::new(body, in_flight)))
+        }
+    });
     let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(error = %e, "connection ended with an error");
+    tokio::select! {
+        ended = watcher.watch(conn) => {
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+        () = watch.expired(limits) => {
+            metrics.connections_timed_out.increment(1);
+            tracing::debug!("connection closed: quiet past its timeout");
+        }
     }
 }

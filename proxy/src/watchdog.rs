@@ -1,0 +1,217 @@
+//! Per-connection timeouts by state. The connection's I/O is wrapped ([`Watched`]) to note when
+//! bytes last moved; requests and their response bodies are counted ([`Watch::request`],
+//! [`InFlight`]). [`Watch::expired`] resolves when the connection has been quiet for longer than
+//! its state allows:
+//! - nothing received yet: `first_byte_timeout`;
+//! - no request in flight (idle keep-alive, an idle HTTP/2 connection): `idle_timeout` since the
+//!   last byte read;
+//! - a response being sent: `body_idle_timeout` since the last byte moved either way;
+//! - waiting for the upstream's response head: no limit here (`upstream_timeout` bounds it).
+//!
+//! Header reads (hyper's `header_read_timeout`) and HTTP/2 pings are set on the connection itself.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::rt::{Read, ReadBufCursor, Write};
+use tokio::time::Instant;
+
+use crate::config::Connections;
+
+/// What a connection's watchdog knows of it.
+#[derive(Debug)]
+pub(crate) struct Watch {
+    start: Instant,
+    /// Milliseconds after `start` when a byte was last read; `u64::MAX`: never.
+    last_read: AtomicU64,
+    /// Milliseconds after `start` when a byte was last written.
+    last_write: AtomicU64,
+    /// Requests whose response head is not yet back.
+    awaiting: AtomicU32,
+    /// Responses whose body is still being sent.
+    sending: AtomicU32,
+}
+
+const NEVER: u64 = u64::MAX;
+
+impl Watch {
+    pub(crate) fn new() -> Arc<Watch> {
+        Arc::new(Watch {
+            start: Instant::now(),
+            last_read: AtomicU64::new(NEVER),
+            last_write: AtomicU64::new(NEVER),
+            awaiting: AtomicU32::new(0),
+            sending: AtomicU32::new(0),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(NEVER - 1)
+    }
+
+    /// A request arrived: until [`Awaiting::responded`] (or the request is abandoned), the
+    /// connection waits on the upstream.
+    pub(crate) fn request(self: &Arc<Self>) -> Awaiting {
+        self.awaiting.fetch_add(1, Ordering::Relaxed);
+        Awaiting(self.clone())
+    }
+
+    /// When the connection's current state times out, if it does (`None`: waiting on the upstream).
+    fn deadline(&self, limits: &Connections) -> Option<Instant> {
+        let at = |ms: u64, limit: Duration| self.start + Duration::from_millis(ms) + limit;
+        let (read, write) = (self.last_read.load(Ordering::Relaxed), self.last_write.load(Ordering::Relaxed));
+        if self.awaiting.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        if self.sending.load(Ordering::Relaxed) > 0 {
+            let last = [read, write].into_iter().filter(|&t| t != NEVER).max().unwrap_or(0);
+            return Some(at(last, limits.body_idle_timeout));
+        }
+        Some(match read {
+            NEVER => at(0, limits.first_byte_timeout),
+            read => at(read, limits.idle_timeout),
+        })
+    }
+
+    /// Resolves when the connection has been quiet past what its state allows.
+    pub(crate) async fn expired(&self, limits: &Connections) {
+        loop {
+            match self.deadline(limits) {
+                Some(deadline) if deadline <= Instant::now() => return,
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                // Re-checked now and then: the state changes without waking this.
+                None => tokio::time::sleep(limits.idle_timeout.min(Duration::from_secs(1))).await,
+            }
+        }
+    }
+}
+
+/// A request waiting for its response head; dropping it (an abandoned request) ends that state.
+#[derive(Debug)]
+pub(crate) struct Awaiting(Arc<Watch>);
+
+impl Awaiting {
+    /// The response head is ready; its body is sent until the returned guard drops.
+    pub(crate) fn responded(self) -> InFlight {
+        self.0.sending.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.0.clone())
+    }
+}
+
+impl Drop for Awaiting {
+    fn drop(&mut self) {
+        self.0.awaiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response whose body is being sent; dropping it (the body finished or was abandoned) ends
+/// that state.
+#[derive(Debug)]
+pub(crate) struct InFlight(Arc<Watch>);
+
+/// A response body that holds its [`InFlight`] until it is done.
+#[derive(Debug)]
+pub(crate) struct Guarded<B> {
+    body: B,
+    _in_flight: InFlight,
+}
+
+impl<B> Guarded<B> {
+    pub(crate) fn new(body: B, in_flight: InFlight) -> Guarded<B> {
+        Guarded { body, _in_flight: in_flight }
+    }
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Guarded<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.sending.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection's I/O, noting when bytes move.
+#[derive(Debug)]
+pub(crate) struct Watched<I> {
+    io: I,
+    watch: Arc<Watch>,
+}
+
+impl<I> Watched<I> {
+    pub(crate) fn new(io: I, watch: Arc<Watch>) -> Watched<I> {
+        Watched { io, watch }
+    }
+}
+
+impl<I: Read + Unpin> Read for Watched<I> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<std::io::Result<()>> {
+        // Any ready read counts as progress (an EOF or an error ends the connection anyway).
+        let ready = Pin::new(&mut self.io).poll_read(cx, buf);
+        if ready.is_ready() {
+            let now = self.watch.now_ms();
+            self.watch.last_read.store(now, Ordering::Relaxed);
+        }
+        ready
+    }
+}
+
+impl<I: Write + Unpin> Write for Watched<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let ready = Pin::new(&mut self.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = ready
+            && n > 0
+        {
+            let now = self.watch.now_ms();
+            self.watch.last_write.store(now, Ordering::Relaxed);
+        }
+        ready
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let ready = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = ready
+            && n > 0
+        {
+            let now = self.watch.now_ms();
+            self.watch.last_write.store(now, Ordering::Relaxed);
+        }
+        ready
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
