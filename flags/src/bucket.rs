@@ -1,8 +1,15 @@
-//! Ramp bucketing: a unit's bucket is `xxh3_64_with_seed(key, seed) % 100_000`, the seed derived once
-//! from the flag key. Treatment iff `bucket < threshold` with `threshold = percent × 1000`, so
-//! raising the percent only moves units from control to treatment (monotonic), and a unit's bucket
-//! never changes (sticky). The 64-bit hash itself identifies the unit within the flag (the sidecar
-//! counts distinct units with it).
+//! Ramp bucketing, the same algorithm as flagd's `fractional` (released flagd, integer weights):
+//! `h = murmur3_x86_32(flagKey + unit, 0)`, `bucket = (h × 100 000) >> 32`, treatment iff
+//! `bucket < threshold` with `threshold = percent × 1000`. A ramp is therefore exactly
+//! `{"fractional": [[treatment, threshold], [control, 100000 − threshold]]}` for a flagd client
+//! synced from the sidecar: the same units get the treatment in-process and in the header.
+//! Raising the percent only moves units from control to treatment (monotonic), and a unit's bucket
+//! never changes (sticky).
+//!
+//! The unit's *id* (what the sidecar counts distinct units with) is a separate 64-bit
+//! `xxh3_64_with_seed(unit, xxh3_64(flagKey))`: it only names the unit, it decides nothing.
+
+use std::io::Read as _;
 
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
@@ -10,27 +17,36 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 pub const BUCKETS: u32 = 100_000;
 
 /// The per-flag bucketing function.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bucketer {
+    flag_key: Box<[u8]>,
     seed: u64,
 }
 
 impl Bucketer {
     /// The bucketer of the flag `flag_key`.
     pub fn for_flag(flag_key: &str) -> Self {
-        Bucketer { seed: xxh3_64(flag_key.as_bytes()) }
+        Bucketer { flag_key: flag_key.as_bytes().into(), seed: xxh3_64(flag_key.as_bytes()) }
     }
 
-    /// The unit's 64-bit hash under this flag's seed: its bucket is [`bucket_of_hash`] of it.
+    /// flagd's `fractional` hash of the unit: `murmur3_x86_32(flagKey + unit, 0)`, hashed as one
+    /// byte stream without building the concatenation.
     #[inline]
-    pub fn hash(&self, unit: &[u8]) -> u64 {
+    pub fn murmur(&self, unit: &[u8]) -> u32 {
+        // Reading from two byte slices cannot fail.
+        murmur3::murmur3_32(&mut (&self.flag_key[..]).chain(unit), 0).unwrap_or(0)
+    }
+
+    /// The unit's 64-bit id within this flag (for distinct-unit counts); not used to bucket.
+    #[inline]
+    pub fn unit_id(&self, unit: &[u8]) -> u64 {
         xxh3_64_with_seed(unit, self.seed)
     }
 
     /// The unit's bucket in `0..BUCKETS`.
     #[inline]
     pub fn bucket(&self, unit: &[u8]) -> u32 {
-        bucket_of_hash(self.hash(unit))
+        bucket_of_murmur(self.murmur(unit))
     }
 
     /// Whether the unit is in treatment at `threshold` (see [`percent_to_threshold`]).
@@ -40,11 +56,12 @@ impl Bucketer {
     }
 }
 
-/// The bucket in `0..BUCKETS` of a unit hash ([`Bucketer::hash`]): its low-order residue.
+/// The bucket in `0..BUCKETS` of a `fractional` hash: `(h × BUCKETS) >> 32`, as flagd scales a
+/// hash into a total weight of `BUCKETS`.
 #[inline]
-pub fn bucket_of_hash(hash: u64) -> u32 {
-    // The remainder is < BUCKETS, so it fits in u32.
-    (hash % u64::from(BUCKETS)) as u32
+pub fn bucket_of_murmur(hash: u32) -> u32 {
+    // (2^32 − 1) × 100 000 >> 32 < 100 000: fits in u32.
+    ((u64::from(hash) * u64::from(BUCKETS)) >> 32) as u32
 }
 
 /// The bucket threshold of a percentage in `0.0..=100.0`, at 0.001 % granularity.
@@ -72,6 +89,20 @@ mod tests {
         assert_eq!(percent_to_threshold(250.0), BUCKETS);
         assert_eq!(percent_to_threshold(-1.0), 0);
         assert_eq!(percent_to_threshold(f64::NAN), 0);
+    }
+
+    #[test]
+    fn same_bucket_as_flagd_fractional() {
+        // flagd: murmur3_x86_32("headerColor" + "rachel@faas.com") scaled into 4 × 25 picks blue
+        // (the second quarter); the same hash scaled into 100 000 lands in 25 000..50 000.
+        let b = Bucketer::for_flag("headerColor");
+        let bucket = b.bucket(b"rachel@faas.com");
+        assert!((25_000..50_000).contains(&bucket), "{bucket}");
+        let mut joined = Vec::from(&b"headerColor"[..]);
+        joined.extend_from_slice(b"monica@faas.com");
+        let whole = murmur3::murmur3_32(&mut std::io::Cursor::new(joined), 0).unwrap();
+        assert_eq!(b.murmur(b"monica@faas.com"), whole, "chained bytes hash as their concatenation");
+        assert!(b.bucket(b"monica@faas.com") >= 75_000, "monica is yellow: the last quarter");
     }
 
     #[test]

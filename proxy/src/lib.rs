@@ -72,7 +72,8 @@ impl Proxy {
             None => loader.load(1)?,
             Some(cp) => match cache::read(&cp.cache) {
                 Ok(Some(cached)) => {
-                    let set = FlagSet::from_text(&cp.cache.display().to_string(), &cached.definition, Format::Json)?;
+                    let set =
+                        FlagSet::from_text_tolerant(&cp.cache.display().to_string(), &cached.definition, Format::Json)?;
                     tracing::info!(version = cached.version, "serving the cached control-plane flags until it pushes");
                     loader.build(cached.version, set, "flags cache")?
                 }

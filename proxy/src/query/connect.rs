@@ -41,7 +41,7 @@ impl Code {
 
 fn code(e: QueryError) -> Code {
     match e {
-        QueryError::NotFound | QueryError::Disabled => Code::NotFound,
+        QueryError::NotFound => Code::NotFound,
         QueryError::TypeMismatch | QueryError::InvalidContext => Code::InvalidArgument,
         QueryError::Evaluation(rampart_flags::ErrorCode::ParseError) => Code::DataLoss,
         QueryError::Evaluation(_) => Code::Unknown,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use prost_types::Struct;
-use rampart_flags::ValueKind;
+use rampart_flags::{Reason, ValueKind};
 use rampart_proto::flagd::evaluation::v1 as pb;
 use rampart_proto::flagd::evaluation::v1::service_server::{Service, ServiceServer};
 use serde_json::{Map, Value};
@@ -101,14 +101,25 @@ pub(super) fn object(e: &Engine, key: &str, ctx: &Value) -> Result<Typed<Map<Str
     typed(e, key, ctx, ValueKind::Object, |v| v.as_object().cloned())
 }
 
-/// Every enabled flag that resolves to a value, as flagd's `ResolveAll` (v1) lists them; flags
-/// that fail or defer to the caller's default are left out.
+/// Every flag that resolves to a value, and every disabled flag (reason `DISABLED`, no value), as
+/// flagd's `ResolveAll` (v1) lists them; flags that fail or defer to the caller's default are
+/// left out.
 pub(super) fn all(e: &Engine, ctx: &Value) -> Result<pb::ResolveAllResponse, QueryError> {
     let snapshot = e.current.load();
     let mut flags = std::collections::HashMap::new();
     for (flag, r) in resolve_all(&snapshot, ctx)? {
         let Ok(r) = r else { continue };
-        let Some(v) = r.variant else { continue };
+        let Some(v) = r.variant else {
+            if r.reason == Reason::Disabled {
+                let metadata = Some(json_to_struct(&metadata(&snapshot.flags, flag)));
+                let reason = r.reason.as_str().to_owned();
+                flags.insert(
+                    flag.key().to_owned(),
+                    pb::AnyFlag { reason, variant: String::new(), value: None, metadata },
+                );
+            }
+            continue;
+        };
         let value = match v.value() {
             Value::Bool(b) => pb::any_flag::Value::BoolValue(*b),
             Value::String(s) => pb::any_flag::Value::StringValue(s.clone()),
@@ -132,7 +143,7 @@ pub(super) fn all(e: &Engine, ctx: &Value) -> Result<pb::ResolveAllResponse, Que
 /// gRPC status of a failed query, with flagd's codes and messages.
 fn status(e: QueryError) -> Status {
     match e {
-        QueryError::NotFound | QueryError::Disabled => Status::not_found(e.to_string()),
+        QueryError::NotFound => Status::not_found(e.to_string()),
         QueryError::TypeMismatch | QueryError::InvalidContext => Status::invalid_argument(e.to_string()),
         QueryError::Evaluation(rampart_flags::ErrorCode::ParseError) => Status::data_loss(e.to_string()),
         QueryError::Evaluation(_) => Status::unknown(e.to_string()),

@@ -71,9 +71,6 @@ impl QueryListeners {
 pub(crate) enum QueryError {
     #[error("Flag not found")]
     NotFound,
-    /// flagd answers a disabled flag with an error (gRPC `NOT_FOUND`), not with a value.
-    #[error("Flag is disabled")]
-    Disabled,
     #[error("Type mismatch error")]
     TypeMismatch,
     #[error("Invalid context provided")]
@@ -142,8 +139,8 @@ fn with_arena<R>(f: impl FnOnce(&Bump) -> R) -> R {
     })
 }
 
-/// Evaluates `key` in `snapshot` for `ctx` with the request path's evaluator. Disabled flags and
-/// evaluation failures are errors, as flagd reports them.
+/// Evaluates `key` in `snapshot` for `ctx` with the request path's evaluator. Evaluation failures
+/// are errors; a disabled flag is a success with reason `DISABLED` and no variant (current flagd).
 pub(crate) fn resolve<'s>(
     snapshot: &'s Snapshot,
     key: &str,
@@ -160,17 +157,17 @@ pub(crate) fn resolve<'s>(
 /// One flag of a bulk evaluation and its outcome.
 pub(crate) type Evaluated<'s> = (&'s Flag, Result<Resolution<'s>, QueryError>);
 
-/// Evaluates every enabled flag for `ctx` (one context build for all).
+/// Evaluates every flag for `ctx` (one context build for all); disabled flags are included, with
+/// reason `DISABLED`, as current flagd lists them.
 pub(crate) fn resolve_all<'s>(snapshot: &'s Snapshot, ctx: &Value) -> Result<Vec<Evaluated<'s>>, QueryError> {
     with_arena(|arena| {
         let ctx = Context::from_json(ctx, arena).map_err(|_| QueryError::InvalidContext)?;
-        Ok(snapshot.flags.flags().iter().filter(|f| f.enabled()).map(|f| (f, check(f.evaluate(&ctx, arena)))).collect())
+        Ok(snapshot.flags.flags().iter().map(|f| (f, check(f.evaluate(&ctx, arena)))).collect())
     })
 }
 
 fn check(r: Resolution<'_>) -> Result<Resolution<'_>, QueryError> {
     match r.reason {
-        Reason::Disabled => Err(QueryError::Disabled),
         Reason::Error => Err(QueryError::Evaluation(r.error.unwrap_or(ErrorCode::General))),
         _ => Ok(r),
     }
