@@ -7,6 +7,8 @@ mod convert;
 mod events;
 mod grpc;
 mod ofrep;
+mod sync;
+mod v2;
 
 use std::cell::RefCell;
 use std::io;
