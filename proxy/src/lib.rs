@@ -33,7 +33,7 @@ use tokio_util::task::TaskTracker;
 
 pub use crate::config::{Config, ConfigError};
 pub use crate::inject::{Assigned, Tracked, inject_flags};
-pub use crate::query::QueryListeners;
+pub use crate::query::{BindError, QueryListeners};
 pub use crate::reload::LoadError;
 pub use crate::snapshot::Snapshot;
 

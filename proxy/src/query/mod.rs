@@ -46,26 +46,45 @@ pub struct QueryListeners {
 }
 
 impl QueryListeners {
-    /// Binds what `[queries]` configures; a stale unix socket file is replaced.
-    pub async fn bind(queries: &Queries) -> io::Result<QueryListeners> {
-        let tcp = |addr| async move {
+    /// Binds what `[queries]` configures; a stale unix socket file is replaced. The error names
+    /// the setting that chose the address (a second sidecar on one host must move its own).
+    pub async fn bind(queries: &Queries) -> Result<QueryListeners, BindError> {
+        let tcp = |setting: &'static str, addr: Option<std::net::SocketAddr>| async move {
             match addr {
-                Some(a) => TcpListener::bind(a).await.map(Some),
+                Some(a) => TcpListener::bind(a).await.map(Some).map_err(|source| BindError {
+                    setting,
+                    address: a.to_string(),
+                    source,
+                }),
                 None => Ok(None),
             }
         };
         let unix = match &queries.unix_socket {
             Some(path) => {
+                let failed = |source| BindError { setting: "unix_socket", address: path.display().to_string(), source };
                 match std::fs::remove_file(path) {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(failed(e)),
                     _ => {}
                 }
-                Some(UnixListener::bind(path)?)
+                Some(UnixListener::bind(path).map_err(failed)?)
             }
             None => None,
         };
-        Ok(QueryListeners { grpc: tcp(queries.grpc).await?, ofrep: tcp(queries.ofrep).await?, unix })
+        Ok(QueryListeners { grpc: tcp("grpc", queries.grpc).await?, ofrep: tcp("ofrep", queries.ofrep).await?, unix })
     }
+}
+
+/// A query listener that could not be bound, with the `[queries]` setting that chose its address.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot bind [queries] {setting} = \"{address}\": {source} (another sidecar on this host? give each its own \
+     [queries] {setting}, or \"off\")"
+)]
+pub struct BindError {
+    pub setting: &'static str,
+    pub address: String,
+    #[source]
+    pub source: io::Error,
 }
 
 /// Why a query has no value for the caller.
