@@ -193,3 +193,30 @@ async fn in_process_provider_agrees_with_the_header_on_10000_units() {
     .await;
     assert!(seen_in_time, "the change reached the in-process client within a second ({:?})", started.elapsed());
 }
+
+/// `Flagd-Selector` on an evaluation limits it to one flag set, named by `flagSetId` in the
+/// flag's or the set's metadata; flags of other sets are not found.
+#[tokio::test]
+async fn the_flagd_selector_header_selects_one_flag_set() {
+    let up = upstream().await;
+    let q = sidecar_with_queries(up.addr, FLAGS, "").await;
+    let mut c = ServiceClient::new(channel(q.grpc).await);
+    let selected = |key: &str| {
+        let mut req = tonic::Request::new(bool_req(key));
+        req.metadata_mut().insert("flagd-selector", "flagSetId=shop".parse().unwrap());
+        req
+    };
+    assert!(c.resolve_boolean(selected("off-switch")).await.is_ok());
+    let mut req = tonic::Request::new(v2::ResolveStringRequest { flag_key: "ops-only".into(), context: None });
+    req.metadata_mut().insert("flagd-selector", "flagSetId=shop".parse().unwrap());
+    assert_eq!(c.resolve_string(req).await.unwrap_err().code(), tonic::Code::NotFound, "another set's flag");
+
+    let bulk = format!("http://{}/ofrep/v1/evaluate/flags", q.ofrep);
+    let (status, _, all) = post_json(&bulk, "{}", &[("flagd-selector", "flagSetId=ops")]).await;
+    assert_eq!(status, StatusCode::OK);
+    let keys: Vec<&str> = all["flags"].as_array().unwrap().iter().map(|f| f["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["ops-only"]);
+    let one = format!("http://{}/ofrep/v1/evaluate/flags/zero", q.ofrep);
+    let (status, _, _) = post_json(&one, "{}", &[("flagd-selector", "flagSetId=ops")]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

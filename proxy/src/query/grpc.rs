@@ -21,7 +21,7 @@ use tonic::{Status, body::Body};
 
 use super::convert::{json_to_struct, struct_to_json};
 use super::events::Change;
-use super::{Engine, QueryError, metadata, resolve, resolve_all};
+use super::{Engine, Query, QueryError, metadata, resolve, resolve_all};
 
 /// The port's service: gRPC (`application/grpc…`) to tonic, anything else to Connect.
 pub(super) fn service(
@@ -89,7 +89,7 @@ pub(super) struct Typed<T> {
 fn typed<T>(
     engine: &Engine,
     key: &str,
-    ctx: &Value,
+    ctx: &Query,
     kind: ValueKind,
     get: impl FnOnce(&Value) -> Option<T>,
 ) -> Result<Typed<T>, QueryError> {
@@ -108,31 +108,31 @@ fn typed<T>(
     })
 }
 
-pub(super) fn boolean(e: &Engine, key: &str, ctx: &Value) -> Result<Typed<bool>, QueryError> {
+pub(super) fn boolean(e: &Engine, key: &str, ctx: &Query) -> Result<Typed<bool>, QueryError> {
     typed(e, key, ctx, ValueKind::Bool, Value::as_bool)
 }
 
-pub(super) fn string(e: &Engine, key: &str, ctx: &Value) -> Result<Typed<String>, QueryError> {
+pub(super) fn string(e: &Engine, key: &str, ctx: &Query) -> Result<Typed<String>, QueryError> {
     typed(e, key, ctx, ValueKind::String, |v| v.as_str().map(str::to_owned))
 }
 
-pub(super) fn float(e: &Engine, key: &str, ctx: &Value) -> Result<Typed<f64>, QueryError> {
+pub(super) fn float(e: &Engine, key: &str, ctx: &Query) -> Result<Typed<f64>, QueryError> {
     typed(e, key, ctx, ValueKind::Number, Value::as_f64)
 }
 
 /// Integers as flagd resolves them: a fractional number is truncated.
-pub(super) fn int(e: &Engine, key: &str, ctx: &Value) -> Result<Typed<i64>, QueryError> {
+pub(super) fn int(e: &Engine, key: &str, ctx: &Query) -> Result<Typed<i64>, QueryError> {
     typed(e, key, ctx, ValueKind::Number, |v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
 }
 
-pub(super) fn object(e: &Engine, key: &str, ctx: &Value) -> Result<Typed<Map<String, Value>>, QueryError> {
+pub(super) fn object(e: &Engine, key: &str, ctx: &Query) -> Result<Typed<Map<String, Value>>, QueryError> {
     typed(e, key, ctx, ValueKind::Object, |v| v.as_object().cloned())
 }
 
 /// Every flag that resolves to a value, and every disabled flag (reason `DISABLED`, no value), as
 /// flagd's `ResolveAll` (v1) lists them; flags that fail or defer to the caller's default are
 /// left out.
-pub(super) fn all(e: &Engine, ctx: &Value) -> Result<pb::ResolveAllResponse, QueryError> {
+pub(super) fn all(e: &Engine, ctx: &Query) -> Result<pb::ResolveAllResponse, QueryError> {
     let snapshot = e.current.load();
     let mut flags = std::collections::HashMap::new();
     for (flag, r) in resolve_all(&snapshot, ctx)? {
@@ -183,7 +183,7 @@ pub(super) fn context<T>(
     engine: &Engine,
     req: tonic::Request<T>,
     ctx: impl FnOnce(&mut T) -> Option<Struct>,
-) -> (T, Value) {
+) -> (T, Query) {
     let (metadata, _, mut msg) = req.into_parts();
     let caller = ctx(&mut msg).map(struct_to_json).unwrap_or_default();
     let ctx = engine.context(caller, &metadata.into_headers());

@@ -19,7 +19,7 @@ use http::{HeaderMap, HeaderName};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use rampart_flags::{Bump, Context, ErrorCode, Flag, FlagSet, Reason, Resolution};
+use rampart_flags::{Bump, Context, ErrorCode, Flag, FlagSet, Reason, Resolution, Selector};
 use serde_json::{Map, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
@@ -87,6 +87,27 @@ pub struct BindError {
     pub source: io::Error,
 }
 
+/// flagd's flag-set selection header on evaluation requests (`flagSetId=<id>`).
+const SELECTOR: HeaderName = HeaderName::from_static("flagd-selector");
+
+/// What one query evaluates with: the merged context and the selected flag set, if any.
+#[derive(Debug)]
+pub(crate) struct Query {
+    pub(crate) ctx: Value,
+    pub(crate) selector: Option<String>,
+}
+
+impl Query {
+    /// Whether `flag` is visible to this query: every flag without a selector, else the flags of
+    /// the selected set (the others answer `FLAG_NOT_FOUND`, as flagd).
+    fn sees(&self, set: &FlagSet, flag: &Flag) -> bool {
+        match self.selector.as_deref().and_then(Selector::parse) {
+            Some(s) => s.selects(set, flag),
+            None => true,
+        }
+    }
+}
+
 /// Why a query has no value for the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum QueryError {
@@ -129,8 +150,14 @@ impl Engine {
     }
 
     /// The evaluation context of a query, merged as flagd merges it: the caller's context, then the
-    /// configured static attributes, then mapped request headers (later wins).
-    pub(crate) fn context(&self, caller: Map<String, Value>, headers: &HeaderMap) -> Value {
+    /// configured static attributes, then mapped request headers (later wins); and the flag set
+    /// the caller selected with the `Flagd-Selector` header.
+    pub(crate) fn context(&self, caller: Map<String, Value>, headers: &HeaderMap) -> Query {
+        let selector = headers.get(SELECTOR).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        Query { ctx: self.context_value(caller, headers), selector }
+    }
+
+    fn context_value(&self, caller: Map<String, Value>, headers: &HeaderMap) -> Value {
         let mut ctx = caller;
         for (k, v) in &self.statics {
             ctx.insert(k.clone(), v.clone());
@@ -165,11 +192,11 @@ fn with_arena<R>(f: impl FnOnce(&Bump) -> R) -> R {
 pub(crate) fn resolve<'s>(
     snapshot: &'s Snapshot,
     key: &str,
-    ctx: &Value,
+    query: &Query,
 ) -> Result<(&'s Flag, Resolution<'s>), QueryError> {
-    let flag = snapshot.flags.get(key).ok_or(QueryError::NotFound)?;
+    let flag = snapshot.flags.get(key).filter(|f| query.sees(&snapshot.flags, f)).ok_or(QueryError::NotFound)?;
     let resolution = with_arena(|arena| {
-        let ctx = Context::from_json(ctx, arena).map_err(|_| QueryError::InvalidContext)?;
+        let ctx = Context::from_json(&query.ctx, arena).map_err(|_| QueryError::InvalidContext)?;
         Ok(flag.evaluate(&ctx, arena))
     })?;
     check(resolution).map(|r| (flag, r))
@@ -180,10 +207,11 @@ pub(crate) type Evaluated<'s> = (&'s Flag, Result<Resolution<'s>, QueryError>);
 
 /// Evaluates every flag for `ctx` (one context build for all); disabled flags are included, with
 /// reason `DISABLED`, as current flagd lists them.
-pub(crate) fn resolve_all<'s>(snapshot: &'s Snapshot, ctx: &Value) -> Result<Vec<Evaluated<'s>>, QueryError> {
+pub(crate) fn resolve_all<'s>(snapshot: &'s Snapshot, query: &Query) -> Result<Vec<Evaluated<'s>>, QueryError> {
     with_arena(|arena| {
-        let ctx = Context::from_json(ctx, arena).map_err(|_| QueryError::InvalidContext)?;
-        Ok(snapshot.flags.flags().iter().map(|f| (f, check(f.evaluate(&ctx, arena)))).collect())
+        let ctx = Context::from_json(&query.ctx, arena).map_err(|_| QueryError::InvalidContext)?;
+        let set = &snapshot.flags;
+        Ok(set.flags().iter().filter(|f| query.sees(set, f)).map(|f| (f, check(f.evaluate(&ctx, arena)))).collect())
     })
 }
 
