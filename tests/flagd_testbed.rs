@@ -137,3 +137,28 @@ async fn the_evaluator_suite_passes_over_connect_ofrep_and_eval() {
     }
     assert!(failures.is_empty(), "{} of {} checks failed:\n{}", failures.len(), cases.len() * 3, failures.join("\n"));
 }
+
+/// The testbed's `@fractional-v3` examples (CBOR-keyed hashing, as newer in-process evaluators
+/// hash) pass when the flag set chooses it: `testkit-flags.json` with `metadata.fractionalVersion:
+/// v3` added, evaluated by `rampart eval`.
+#[test]
+fn fractional_v3_examples_pass_when_the_flag_set_chooses_cbor_hashing() {
+    let dir = testbed::evaluator_dir();
+    let mut doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("flags/testkit-flags.json")).unwrap()).unwrap();
+    doc.as_object_mut().unwrap().insert("metadata".to_owned(), json!({"fractionalVersion": "v3"}));
+    let work = tempfile::tempdir().unwrap();
+    let flags = work.path().join("v3.json");
+    std::fs::write(&flags, doc.to_string()).unwrap();
+    let targeting = dir.parent().unwrap().join("gherkin");
+    let skip = ["@fractional-v1", "@fractional-v2", "@fractional-nested"];
+    let cases: Vec<Case> = testbed::cases(&targeting, &skip)
+        .into_iter()
+        .filter(|c| {
+            c.name.starts_with("targeting:") && c.key.starts_with("fractional") && doc["flags"].get(&c.key).is_some()
+        })
+        .collect();
+    assert!(cases.len() >= 15, "{} v3 cases", cases.len());
+    let failures: Vec<String> = cases.iter().filter_map(|c| c.check(&eval(&flags, c)).err()).collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -6,35 +6,101 @@
 //! Raising the percent only moves units from control to treatment (monotonic), and a unit's bucket
 //! never changes (sticky).
 //!
+//! flagd's `fractional` hashing is in transition: newer in-process evaluators (e.g. the Python
+//! `openfeature-flagd-core` 2.x, the testbed's `@fractional-v3`) hash the canonical CBOR encoding
+//! of the bucketing key — `[flagKey, targetingKey]` for the shorthand, the `cat` string otherwise —
+//! instead of the UTF-8 bytes. A flag set chooses with `metadata.fractionalVersion: v3` ([`Hashing`]);
+//! the default is the released behaviour.
+//!
 //! The unit's *id* (what the sidecar counts distinct units with) is a separate 64-bit
 //! `xxh3_64_with_seed(unit, xxh3_64(flagKey))`: it only names the unit, it decides nothing.
 
 use std::io::Read as _;
 
+use ciborium_ll::{Encoder, Header};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 /// Number of ramp buckets: 0.001 % granularity.
 pub const BUCKETS: u32 = 100_000;
+
+/// How `fractional` turns a bucketing key into the bytes it hashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Hashing {
+    /// Released flagd (`@fractional-v2`): the UTF-8 bytes of `flagKey + key`.
+    #[default]
+    Utf8,
+    /// `@fractional-v3`: the canonical CBOR of `[flagKey, targetingKey]` (shorthand) or of the
+    /// string `flagKey + key` (an explicit bucketing attribute).
+    Cbor,
+}
+
+impl Hashing {
+    /// The choice of a flag set's `metadata.fractionalVersion` (`"v3"` → CBOR; anything else,
+    /// or nothing, the released behaviour).
+    pub fn of_metadata(metadata: &serde_json::Map<String, serde_json::Value>) -> Hashing {
+        match metadata.get("fractionalVersion").and_then(|v| v.as_str()) {
+            Some("v3") => Hashing::Cbor,
+            _ => Hashing::Utf8,
+        }
+    }
+}
 
 /// The per-flag bucketing function.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bucketer {
     flag_key: Box<[u8]>,
     seed: u64,
+    hashing: Hashing,
+    /// CBOR only: the key is `[flagKey, targetingKey]`; this holds its bytes up to the unit's.
+    pair_prefix: Option<Box<[u8]>>,
+}
+
+/// The canonical CBOR header of a text string of `len` bytes, in `buf`; returns its length.
+fn text_header(len: usize, buf: &mut [u8; 9]) -> usize {
+    let mut w: &mut [u8] = &mut buf[..];
+    // Nine bytes hold any header; writing to a slice that long cannot fail.
+    let _ = Encoder::from(&mut w).push(Header::Text(Some(len)));
+    9 - w.len()
 }
 
 impl Bucketer {
-    /// The bucketer of the flag `flag_key`.
+    /// The bucketer of the flag `flag_key`, bucketing on the targeting key, released hashing.
     pub fn for_flag(flag_key: &str) -> Self {
-        Bucketer { flag_key: flag_key.as_bytes().into(), seed: xxh3_64(flag_key.as_bytes()) }
+        Bucketer::new(flag_key, Hashing::Utf8, true)
     }
 
-    /// flagd's `fractional` hash of the unit: `murmur3_x86_32(flagKey + unit, 0)`, hashed as one
-    /// byte stream without building the concatenation.
+    /// The bucketer of `flag_key` with `hashing`; `by_targeting_key` when the unit is the
+    /// targeting key (flagd's shorthand), else an attribute joined to the key (`cat`).
+    pub fn new(flag_key: &str, hashing: Hashing, by_targeting_key: bool) -> Self {
+        let pair_prefix = (hashing == Hashing::Cbor && by_targeting_key).then(|| {
+            let mut out = vec![0x82]; // a definite array of two items
+            let mut buf = [0u8; 9];
+            let n = text_header(flag_key.len(), &mut buf);
+            out.extend_from_slice(&buf[..n]);
+            out.extend_from_slice(flag_key.as_bytes());
+            out.into_boxed_slice()
+        });
+        Bucketer { flag_key: flag_key.as_bytes().into(), seed: xxh3_64(flag_key.as_bytes()), hashing, pair_prefix }
+    }
+
+    /// flagd's `fractional` hash of the unit, hashed as one byte stream without building the
+    /// key: `murmur3_x86_32(flagKey + unit, 0)`, or of its CBOR encoding ([`Hashing::Cbor`]).
     #[inline]
     pub fn murmur(&self, unit: &[u8]) -> u32 {
-        // Reading from two byte slices cannot fail.
-        murmur3::murmur3_32(&mut (&self.flag_key[..]).chain(unit), 0).unwrap_or(0)
+        let mut header = [0u8; 9];
+        // Reading from byte slices cannot fail.
+        match (self.hashing, &self.pair_prefix) {
+            (Hashing::Utf8, _) => murmur3::murmur3_32(&mut (&self.flag_key[..]).chain(unit), 0),
+            (Hashing::Cbor, Some(prefix)) => {
+                let n = text_header(unit.len(), &mut header);
+                murmur3::murmur3_32(&mut (&prefix[..]).chain(&header[..n]).chain(unit), 0)
+            }
+            (Hashing::Cbor, None) => {
+                let n = text_header(self.flag_key.len() + unit.len(), &mut header);
+                murmur3::murmur3_32(&mut (&header[..n]).chain(&self.flag_key[..]).chain(unit), 0)
+            }
+        }
+        .unwrap_or(0)
     }
 
     /// The unit's 64-bit id within this flag (for distinct-unit counts); not used to bucket.
@@ -103,6 +169,19 @@ mod tests {
         let whole = murmur3::murmur3_32(&mut std::io::Cursor::new(joined), 0).unwrap();
         assert_eq!(b.murmur(b"monica@faas.com"), whole, "chained bytes hash as their concatenation");
         assert!(b.bucket(b"monica@faas.com") >= 75_000, "monica is yellow: the last quarter");
+    }
+
+    /// The testbed's `@fractional-v3` vectors for the shorthand flag (`[["heads", 50], ["tails",
+    /// 50]]`, bucket by `[flagKey, targetingKey]`): jon and jane both land in tails.
+    #[test]
+    fn cbor_hashing_matches_fractional_v3() {
+        let b = Bucketer::new("fractional-flag-shorthand", Hashing::Cbor, true);
+        for user in ["jon@company.com", "jane@company.com"] {
+            let bucket = (u64::from(b.murmur(user.as_bytes())) * 100) >> 32;
+            assert!(bucket >= 50, "{user} is tails under v3");
+        }
+        let v2 = Bucketer::for_flag("fractional-flag-shorthand");
+        assert!((u64::from(v2.murmur(b"jon@company.com")) * 100) >> 32 < 50, "jon is heads under v2");
     }
 
     #[test]

@@ -34,7 +34,7 @@ mod source;
 mod targeting;
 mod validate;
 
-pub use bucket::{BUCKETS, Bucketer, bucket_of_murmur, percent_to_threshold};
+pub use bucket::{BUCKETS, Bucketer, Hashing, bucket_of_murmur, percent_to_threshold};
 pub use context::{Context, ContextBuilder, ContextError, TARGETING_KEY};
 pub use datalogic_rs::bumpalo::Bump;
 pub use error::{LoadError, Problem};

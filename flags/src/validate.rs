@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::bucket::{Bucketer, percent_to_threshold};
+use crate::bucket::{Bucketer, Hashing, percent_to_threshold};
 use crate::error::Problem;
 use crate::flag::{Flag, Ramp, ValueKind, Variant};
 use crate::targeting::{RuleError, Targeting, expand_refs, refs_in};
@@ -70,12 +70,13 @@ pub(crate) fn validate(doc: &Value, mode: Mode) -> Result<Validated, Vec<Problem
         }
     };
     let metadata = metadata_of(root.get("metadata"), "metadata", &mut p);
+    let hashing = Hashing::of_metadata(&metadata);
     let mut flags = Vec::new();
     match root.get("flags") {
         None => p.add("flags", "missing: the document must define `flags`"),
         Some(Value::Object(defs)) => {
             for (key, def) in defs {
-                if let Some(flag) = flag(key, def, evaluators, mode, &mut p, &mut quarantined) {
+                if let Some(flag) = flag(key, def, evaluators, mode, hashing, &mut p, &mut quarantined) {
                     flags.push(flag);
                 }
             }
@@ -90,6 +91,7 @@ fn flag(
     def: &Value,
     evaluators: &Map<String, Value>,
     mode: Mode,
+    hashing: Hashing,
     p: &mut Problems,
     quarantined: &mut Vec<Problem>,
 ) -> Option<Flag> {
@@ -139,9 +141,10 @@ fn flag(
         }
     };
     let mut rule_problems = Problems::default();
-    let targeting = targeting(&path, def.get("targeting"), evaluators, &mut rule_problems);
+    let targeting = targeting(&path, def.get("targeting"), evaluators, hashing, &mut rule_problems);
     let broken = !rule_problems.0.is_empty();
-    let ramp = def.get("ramp").and_then(|r| ramp(key, &path, r, &variants, def.get("defaultVariant"), default, p));
+    let ramp =
+        def.get("ramp").and_then(|r| ramp((key, hashing), &path, r, &variants, def.get("defaultVariant"), default, p));
     let metadata = metadata_of(def.get("metadata"), &format!("{path}.metadata"), p);
     match mode {
         Mode::Tolerant if p.0.len() == before => quarantined.append(&mut rule_problems.0),
@@ -199,7 +202,13 @@ fn variants(path: &str, value: Option<&Value>, p: &mut Problems) -> (Vec<Variant
     (out, kind.map(|(k, _)| k))
 }
 
-fn targeting(path: &str, rule: Option<&Value>, evaluators: &Map<String, Value>, p: &mut Problems) -> Option<Targeting> {
+fn targeting(
+    path: &str,
+    rule: Option<&Value>,
+    evaluators: &Map<String, Value>,
+    hashing: Hashing,
+    p: &mut Problems,
+) -> Option<Targeting> {
     let rule = match rule {
         None | Some(Value::Null) => return None,
         Some(Value::Object(m)) if m.is_empty() => return None,
@@ -215,7 +224,7 @@ fn targeting(path: &str, rule: Option<&Value>, evaluators: &Map<String, Value>, 
         }
         return None;
     }
-    let compiled = expand_refs(rule, evaluators).and_then(|r| Targeting::compile(&r));
+    let compiled = expand_refs(rule, evaluators).and_then(|r| Targeting::compile(&r, hashing));
     match compiled {
         Ok(t) => Some(t),
         Err(e) => {
@@ -232,8 +241,9 @@ fn targeting(path: &str, rule: Option<&Value>, evaluators: &Map<String, Value>, 
     }
 }
 
+/// The ramp of flag `key`, bucketed with `hashing`.
 fn ramp(
-    key: &str,
+    (key, hashing): (&str, Hashing),
     path: &str,
     value: &Value,
     variants: &[Variant],
@@ -310,8 +320,8 @@ fn ramp(
         treatment,
         percent,
         threshold: percent_to_threshold(percent),
+        bucketer: Bucketer::new(key, hashing, bucket_by.is_none()),
         bucket_by,
-        bucketer: Bucketer::for_flag(key),
         slow_us,
     })
 }
