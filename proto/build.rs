@@ -1,7 +1,12 @@
 //! Compiles the `.proto` files with `protox` (pure Rust), so no system `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["rampart/v1/control.proto", "flagd/evaluation/v1/evaluation.proto"];
+    let protos = [
+        "rampart/v1/control.proto",
+        "flagd/evaluation/v1/evaluation.proto",
+        "flagd/evaluation/v2/evaluation.proto",
+        "flagd/sync/v1/sync.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

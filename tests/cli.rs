@@ -51,14 +51,18 @@ fn eval_prints_one_resolution() {
     let out =
         rampart(&["eval", FLAGS, "search-backend", "--context", r#"{"targetingKey":"u1","email":"a@example.com"}"#]);
     assert!(out.status.success());
+    let got = stdout_json(&out);
     assert_eq!(
-        stdout_json(&out),
-        json!({"flag": "search-backend", "variant": "v2", "value": "tantivy", "reason": "TARGETING_MATCH"})
+        (&got["flag"], &got["variant"], &got["value"], &got["reason"]),
+        (&json!("search-backend"), &json!("v2"), &json!("tantivy"), &json!("TARGETING_MATCH"))
     );
+    assert!(got["metadata"].is_object(), "{got}");
     let out = rampart(&["eval", FLAGS, "legacy-export"]);
+    let got = stdout_json(&out);
     assert_eq!(
-        stdout_json(&out),
-        json!({"flag": "legacy-export", "variant": null, "value": null, "reason": "DISABLED"})
+        (&got["variant"], &got["value"], &got["reason"]),
+        (&json!(null), &json!(null), &json!("DISABLED")),
+        "a disabled flag: reason DISABLED, no value"
     );
     let out = rampart(&["eval", FLAGS, "new-checkout", "--context", r#"{"targetingKey":"u1"}"#]);
     assert_eq!(stdout_json(&out)["reason"], "SPLIT");
@@ -74,4 +78,48 @@ fn eval_unknown_flag_or_bad_context_fails() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("JSON object"));
     let out = rampart(&["eval", FLAGS, "new-checkout", "--context", "{"]);
     assert_eq!(out.status.code(), Some(1));
+}
+
+/// Strict where a person writes flags, tolerant where a flag file is read as flagd reads it: a
+/// flag whose rule cannot compile fails `check`, while `eval` answers it with flagd's error and
+/// evaluates the others, with the set's and the flag's metadata merged.
+#[test]
+fn a_broken_rule_fails_check_and_evaluates_to_parse_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flags.json");
+    std::fs::write(
+        &file,
+        r#"{"metadata": {"flagSetId": "shop", "team": "core"},
+            "flags": {
+              "good": {"state": "ENABLED", "variants": {"a": "A"}, "defaultVariant": "a",
+                       "metadata": {"team": "web", "version": 2}},
+              "bad": {"state": "ENABLED", "variants": {"a": "A", "b": "B"}, "defaultVariant": "a",
+                      "targeting": {"if": [{"$ref": "nowhere"}, "b", "a"]}},
+              "odd": {"state": "ENABLED", "variants": {"a": "A"}, "defaultVariant": "a",
+                      "targeting": {"no_such_operator": [1]}}}}"#,
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let out = rampart(&["check", path]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{path}: flags.bad.targeting: $ref to missing evaluator \"nowhere\"")), "{err}");
+    assert!(err.contains(&format!("{path}: flags.odd.targeting:")), "{err}");
+
+    for key in ["bad", "odd"] {
+        let out = rampart(&["eval", path, key]);
+        assert!(out.status.success());
+        let got = stdout_json(&out);
+        assert_eq!(
+            (&got["reason"], &got["errorCode"], &got["value"]),
+            (&json!("ERROR"), &json!("PARSE_ERROR"), &json!(null))
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("flags.{key}.targeting")));
+    }
+    let got = stdout_json(&rampart(&["eval", path, "good"]));
+    assert_eq!(
+        got,
+        json!({"flag": "good", "variant": "a", "value": "A", "reason": "STATIC",
+               "metadata": {"flagSetId": "shop", "team": "web", "version": 2}})
+    );
 }

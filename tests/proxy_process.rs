@@ -115,3 +115,32 @@ async fn the_binary_answers_flag_queries_over_ofrep() {
     assert_eq!(body["variant"], "a");
     assert_eq!(body["value"], 1);
 }
+
+/// A second sidecar on one host: when its flag-query port is taken, it refuses to start and its
+/// error names the setting to change; with its own `[queries]` ports both serve (the README's
+/// "control plane with two sidecars" recipe).
+#[tokio::test]
+async fn a_second_sidecar_names_the_setting_that_frees_its_query_port() {
+    let up = upstream().await;
+    let (first, _dir) = start(up.addr, "");
+    let taken = first.addr("grpc");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("flags.yaml"), "flags: {}\n").unwrap();
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nupstream = \"http://{}\"\nflags = \"flags.yaml\"\n\
+         [queries]\ngrpc = \"{taken}\"\nofrep = \"127.0.0.1:0\"\n",
+        up.addr
+    );
+    std::fs::write(dir.path().join("proxy.toml"), config).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(["proxy", "--config"])
+        .arg(dir.path().join("proxy.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot bind [queries] grpc = \"{taken}\"")), "{err}");
+    // With ports of its own, the second sidecar serves beside the first.
+    let (second, _dir2) = start(up.addr, "");
+    assert_ne!(second.addr("grpc"), taken);
+}

@@ -3,7 +3,7 @@
 use datalogic_rs::bumpalo::Bump;
 use serde_json::{Map, Value};
 
-use crate::bucket::{Bucketer, bucket_of_hash};
+use crate::bucket::Bucketer;
 use crate::context::Context;
 use crate::resolution::{ErrorCode, Reason, Resolution};
 use crate::targeting::{Targeting, TargetingOutcome};
@@ -95,6 +95,11 @@ impl Ramp {
     pub fn slow_us(&self) -> Option<u64> {
         self.slow_us
     }
+
+    /// The bucket threshold: treatment iff the unit's bucket is below it (`percent × 1000`).
+    pub fn threshold(&self) -> u32 {
+        self.threshold
+    }
 }
 
 /// A validated, compiled flag.
@@ -102,6 +107,9 @@ impl Ramp {
 pub struct Flag {
     pub(crate) key: String,
     pub(crate) enabled: bool,
+    /// Kept out of service: its targeting did not compile (a tolerant load); evaluates to
+    /// `PARSE_ERROR`, as flagd answers such a flag.
+    pub(crate) broken: bool,
     pub(crate) variants: Vec<Variant>,
     pub(crate) default: Option<usize>,
     pub(crate) targeting: Option<Targeting>,
@@ -117,6 +125,12 @@ impl Flag {
 
     pub fn enabled(&self) -> bool {
         self.enabled
+    }
+
+    /// Whether the flag is in service: `false` for a flag kept out of service by a tolerant load
+    /// (its rules did not compile); it evaluates to an error with [`ErrorCode::ParseError`].
+    pub fn in_service(&self) -> bool {
+        !self.broken
     }
 
     pub fn variants(&self) -> &[Variant] {
@@ -153,6 +167,9 @@ impl Flag {
         if !self.enabled {
             return Resolution::of(None, Reason::Disabled);
         }
+        if self.broken {
+            return Resolution::error(ErrorCode::ParseError);
+        }
         if let Some(targeting) = &self.targeting {
             match targeting.run(&self.key, ctx, arena) {
                 TargetingOutcome::Variant(name) => {
@@ -171,9 +188,9 @@ impl Flag {
                 Some(attr) => ctx.str_attr(attr),
             };
             if let Some(unit) = unit {
-                let hash = ramp.bucketer.hash(unit.as_bytes());
-                let index = if bucket_of_hash(hash) < ramp.threshold { Some(ramp.treatment) } else { self.default };
-                return Resolution::split(index.map(|i| &self.variants[i]), hash);
+                let treated = ramp.bucketer.treated(unit.as_bytes(), ramp.threshold);
+                let index = if treated { Some(ramp.treatment) } else { self.default };
+                return Resolution::split(index.map(|i| &self.variants[i]), ramp.bucketer.unit_id(unit.as_bytes()));
             }
             return Resolution::of(self.default_variant(), Reason::Default);
         }

@@ -7,11 +7,11 @@ use datalogic_rs::bumpalo::Bump;
 use serde_json::{Map, Value};
 
 use crate::context::Context;
-use crate::error::LoadError;
+use crate::error::{LoadError, Problem};
 use crate::flag::Flag;
 use crate::resolution::{ErrorCode, Resolution};
 use crate::source::{Format, parse};
-use crate::validate::validate;
+use crate::validate::{Mode, validate};
 
 /// Compiled flags in definition order, with the document they came from.
 #[derive(Debug)]
@@ -20,6 +20,8 @@ pub struct FlagSet {
     index: HashMap<String, usize>,
     metadata: Map<String, Value>,
     definition: Value,
+    /// Located problems of the flags kept out of service (tolerant loads only).
+    quarantined: Vec<Problem>,
 }
 
 impl FlagSet {
@@ -45,10 +47,42 @@ impl FlagSet {
 
     /// Compiles an already parsed document.
     pub fn from_value(name: &str, definition: Value) -> Result<FlagSet, LoadError> {
+        FlagSet::compile(name, definition, Mode::Strict)
+    }
+
+    /// Reads and compiles a file as flagd loads it: a flag whose targeting cannot compile is kept
+    /// out of service (see [`FlagSet::quarantined`]) instead of refusing the file. For a running
+    /// sidecar; where a person writes flags, use the strict [`FlagSet::from_file`].
+    pub fn from_file_tolerant(path: impl AsRef<Path>) -> Result<FlagSet, LoadError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io { path: path.to_owned(), source })?;
+        let name = path.display().to_string();
+        let format = Format::detect(&name, &text);
+        FlagSet::from_text_tolerant(&name, &text, format)
+    }
+
+    /// [`FlagSet::from_text`], tolerant of flags whose targeting cannot compile.
+    pub fn from_text_tolerant(name: &str, text: &str, format: Format) -> Result<FlagSet, LoadError> {
+        FlagSet::compile(name, parse(name, text, format)?, Mode::Tolerant)
+    }
+
+    fn compile(name: &str, definition: Value, mode: Mode) -> Result<FlagSet, LoadError> {
         let validated =
-            validate(&definition).map_err(|problems| LoadError::Invalid { file: name.to_owned(), problems })?;
+            validate(&definition, mode).map_err(|problems| LoadError::Invalid { file: name.to_owned(), problems })?;
         let index = validated.flags.iter().enumerate().map(|(i, f)| (f.key.clone(), i)).collect();
-        Ok(FlagSet { flags: validated.flags, index, metadata: validated.metadata, definition })
+        Ok(FlagSet {
+            flags: validated.flags,
+            index,
+            metadata: validated.metadata,
+            definition,
+            quarantined: validated.quarantined,
+        })
+    }
+
+    /// The located problems of the flags a tolerant load kept out of service (each such flag
+    /// evaluates to `PARSE_ERROR`); empty after a strict load.
+    pub fn quarantined(&self) -> &[Problem] {
+        &self.quarantined
     }
 
     /// The flag `key`.

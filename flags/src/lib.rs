@@ -25,6 +25,7 @@
 mod bucket;
 mod context;
 mod error;
+mod export;
 mod flag;
 mod flagset;
 mod operators;
@@ -33,10 +34,11 @@ mod source;
 mod targeting;
 mod validate;
 
-pub use bucket::{BUCKETS, Bucketer, bucket_of_hash, percent_to_threshold};
+pub use bucket::{BUCKETS, Bucketer, Hashing, bucket_of_murmur, percent_to_threshold};
 pub use context::{Context, ContextBuilder, ContextError, TARGETING_KEY};
 pub use datalogic_rs::bumpalo::Bump;
 pub use error::{LoadError, Problem};
+pub use export::Selector;
 pub use flag::{Flag, Ramp, ValueKind, Variant};
 pub use flagset::FlagSet;
 pub use resolution::{ErrorCode, Reason, Resolution};

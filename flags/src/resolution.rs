@@ -85,8 +85,8 @@ pub struct Resolution<'s> {
     /// Set exactly when `reason` is [`Reason::Error`].
     pub error: Option<ErrorCode>,
     /// Set exactly when `reason` is [`Reason::Split`]: the unit's 64-bit hash under the flag's
-    /// seed ([`Bucketer::hash`](crate::Bucketer::hash)), the one the ramp bucketed with (so it
-    /// costs nothing extra). It identifies the unit within this flag, for distinct-unit counts.
+    /// seed ([`Bucketer::unit_id`](crate::Bucketer::unit_id)). It identifies the unit within this
+    /// flag, for distinct-unit counts; the bucket itself comes from flagd's `fractional` hash.
     pub unit: Option<u64>,
 }
 

@@ -9,6 +9,7 @@ use datalogic_rs::bumpalo::collections::String as BumpString;
 use datalogic_rs::{DataValue, Engine, Logic};
 use serde_json::{Map, Value};
 
+use crate::bucket::Hashing;
 use crate::context::Context;
 use crate::operators;
 use crate::resolution::ErrorCode;
@@ -54,13 +55,13 @@ pub(crate) enum RuleError {
 }
 
 impl Targeting {
-    /// Compiles `rule` (already `$ref`-expanded).
-    pub(crate) fn compile(rule: &Value) -> Result<Targeting, RuleError> {
+    /// Compiles `rule` (already `$ref`-expanded); `fractional` hashes as `hashing` says.
+    pub(crate) fn compile(rule: &Value, hashing: Hashing) -> Result<Targeting, RuleError> {
         if let Some(op) = unknown_operator(rule) {
             return Err(RuleError::Compile(format!("unknown operator \"{op}\"")));
         }
         ENGINE
-            .compile(&rename_operators(rule))
+            .compile(&rename_operators(rule, hashing))
             .map(|logic| Targeting { logic })
             .map_err(|e| RuleError::Compile(e.to_string()))
     }
@@ -128,7 +129,7 @@ fn unknown_operator(rule: &Value) -> Option<&str> {
         Value::Object(map) => {
             if map.len() == 1
                 && let Some(op) = map.keys().next()
-                && operators::rename(op).is_none()
+                && operators::rename(op, Hashing::Utf8).is_none()
                 && !ENGINE.builtin_operator_names().any(|known| known == op)
             {
                 return Some(op);
@@ -141,17 +142,17 @@ fn unknown_operator(rule: &Value) -> Option<&str> {
 }
 
 /// `rule` with flagd's operator names replaced by the registered names of [`operators`].
-fn rename_operators(rule: &Value) -> Value {
+fn rename_operators(rule: &Value, hashing: Hashing) -> Value {
     match rule {
         Value::Object(map) => Value::Object(
             map.iter()
                 .map(|(k, v)| {
-                    let name = if map.len() == 1 { operators::rename(k).unwrap_or(k) } else { k };
-                    (name.to_owned(), rename_operators(v))
+                    let name = if map.len() == 1 { operators::rename(k, hashing).unwrap_or(k) } else { k };
+                    (name.to_owned(), rename_operators(v, hashing))
                 })
                 .collect(),
         ),
-        Value::Array(items) => Value::Array(items.iter().map(rename_operators).collect()),
+        Value::Array(items) => Value::Array(items.iter().map(|v| rename_operators(v, hashing)).collect()),
         other => other.clone(),
     }
 }
@@ -202,6 +203,6 @@ mod tests {
 
     #[test]
     fn unknown_operator_fails_to_compile() {
-        assert!(matches!(Targeting::compile(&json!({"no_such_op": [1]})), Err(RuleError::Compile(_))));
+        assert!(matches!(Targeting::compile(&json!({"no_such_op": [1]}), Hashing::Utf8), Err(RuleError::Compile(_))));
     }
 }

@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::bucket::{Bucketer, percent_to_threshold};
+use crate::bucket::{Bucketer, Hashing, percent_to_threshold};
 use crate::error::Problem;
 use crate::flag::{Flag, Ramp, ValueKind, Variant};
 use crate::targeting::{RuleError, Targeting, expand_refs, refs_in};
@@ -26,6 +26,19 @@ fn shown(name: &str) -> String {
 pub(crate) struct Validated {
     pub(crate) flags: Vec<Flag>,
     pub(crate) metadata: Map<String, Value>,
+    /// Problems of flags kept out of service (only when tolerant): their rules did not compile.
+    pub(crate) quarantined: Vec<Problem>,
+}
+
+/// How a document's broken targeting rules are treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Any problem refuses the document: where a person writes flags (`rampart check`, the API).
+    Strict,
+    /// As flagd loads a file: a flag whose targeting cannot compile (missing `$ref`, unknown
+    /// operator) is kept, out of service, and evaluates to `PARSE_ERROR`; every other problem
+    /// still refuses the document.
+    Tolerant,
 }
 
 #[derive(Default)]
@@ -37,8 +50,9 @@ impl Problems {
     }
 }
 
-pub(crate) fn validate(doc: &Value) -> Result<Validated, Vec<Problem>> {
+pub(crate) fn validate(doc: &Value, mode: Mode) -> Result<Validated, Vec<Problem>> {
     let mut p = Problems::default();
+    let mut quarantined = Vec::new();
     let Some(root) = doc.as_object() else {
         p.add("$", "the document must be an object with a `flags` key");
         return Err(p.0);
@@ -56,22 +70,31 @@ pub(crate) fn validate(doc: &Value) -> Result<Validated, Vec<Problem>> {
         }
     };
     let metadata = metadata_of(root.get("metadata"), "metadata", &mut p);
+    let hashing = Hashing::of_metadata(&metadata);
     let mut flags = Vec::new();
     match root.get("flags") {
         None => p.add("flags", "missing: the document must define `flags`"),
         Some(Value::Object(defs)) => {
             for (key, def) in defs {
-                if let Some(flag) = flag(key, def, evaluators, &mut p) {
+                if let Some(flag) = flag(key, def, evaluators, mode, hashing, &mut p, &mut quarantined) {
                     flags.push(flag);
                 }
             }
         }
         Some(_) => p.add("flags", "must be an object mapping flag keys to definitions"),
     }
-    if p.0.is_empty() { Ok(Validated { flags, metadata }) } else { Err(p.0) }
+    if p.0.is_empty() { Ok(Validated { flags, metadata, quarantined }) } else { Err(p.0) }
 }
 
-fn flag(key: &str, def: &Value, evaluators: &Map<String, Value>, p: &mut Problems) -> Option<Flag> {
+fn flag(
+    key: &str,
+    def: &Value,
+    evaluators: &Map<String, Value>,
+    mode: Mode,
+    hashing: Hashing,
+    p: &mut Problems,
+    quarantined: &mut Vec<Problem>,
+) -> Option<Flag> {
     if key.len() > MAX_NAME_BYTES {
         let message = format!("a flag key is at most {MAX_NAME_BYTES} bytes; this one has {}", key.len());
         p.add(format!("flags.{}", shown(key)), message);
@@ -117,13 +140,20 @@ fn flag(key: &str, def: &Value, evaluators: &Map<String, Value>, p: &mut Problem
             None
         }
     };
-    let targeting = targeting(&path, def.get("targeting"), evaluators, p);
-    let ramp = def.get("ramp").and_then(|r| ramp(key, &path, r, &variants, def.get("defaultVariant"), default, p));
+    let mut rule_problems = Problems::default();
+    let targeting = targeting(&path, def.get("targeting"), evaluators, hashing, &mut rule_problems);
+    let broken = !rule_problems.0.is_empty();
+    let ramp =
+        def.get("ramp").and_then(|r| ramp((key, hashing), &path, r, &variants, def.get("defaultVariant"), default, p));
     let metadata = metadata_of(def.get("metadata"), &format!("{path}.metadata"), p);
+    match mode {
+        Mode::Tolerant if p.0.len() == before => quarantined.append(&mut rule_problems.0),
+        _ => p.0.append(&mut rule_problems.0),
+    }
     if p.0.len() > before {
         return None;
     }
-    Some(Flag { key: key.to_owned(), enabled, variants, default, targeting, ramp, metadata, kind: kind? })
+    Some(Flag { key: key.to_owned(), enabled, broken, variants, default, targeting, ramp, metadata, kind: kind? })
 }
 
 fn variants(path: &str, value: Option<&Value>, p: &mut Problems) -> (Vec<Variant>, Option<ValueKind>) {
@@ -172,7 +202,13 @@ fn variants(path: &str, value: Option<&Value>, p: &mut Problems) -> (Vec<Variant
     (out, kind.map(|(k, _)| k))
 }
 
-fn targeting(path: &str, rule: Option<&Value>, evaluators: &Map<String, Value>, p: &mut Problems) -> Option<Targeting> {
+fn targeting(
+    path: &str,
+    rule: Option<&Value>,
+    evaluators: &Map<String, Value>,
+    hashing: Hashing,
+    p: &mut Problems,
+) -> Option<Targeting> {
     let rule = match rule {
         None | Some(Value::Null) => return None,
         Some(Value::Object(m)) if m.is_empty() => return None,
@@ -188,7 +224,7 @@ fn targeting(path: &str, rule: Option<&Value>, evaluators: &Map<String, Value>, 
         }
         return None;
     }
-    let compiled = expand_refs(rule, evaluators).and_then(|r| Targeting::compile(&r));
+    let compiled = expand_refs(rule, evaluators).and_then(|r| Targeting::compile(&r, hashing));
     match compiled {
         Ok(t) => Some(t),
         Err(e) => {
@@ -205,8 +241,9 @@ fn targeting(path: &str, rule: Option<&Value>, evaluators: &Map<String, Value>, 
     }
 }
 
+/// The ramp of flag `key`, bucketed with `hashing`.
 fn ramp(
-    key: &str,
+    (key, hashing): (&str, Hashing),
     path: &str,
     value: &Value,
     variants: &[Variant],
@@ -283,8 +320,8 @@ fn ramp(
         treatment,
         percent,
         threshold: percent_to_threshold(percent),
+        bucketer: Bucketer::new(key, hashing, bucket_by.is_none()),
         bucket_by,
-        bucketer: Bucketer::for_flag(key),
         slow_us,
     })
 }

@@ -1,7 +1,7 @@
-//! The ramp's split names its unit: `Resolution::unit` is the bucketing hash exactly when the reason
+//! The ramp's split names its unit: `Resolution::unit` is the unit's id exactly when the reason
 //! is `SPLIT`, and never for targeting matches, a missing bucketing key or other flags.
 
-use rampart_flags::{BUCKETS, Bucketer, Bump, Context, FlagSet, Reason, bucket_of_hash, percent_to_threshold};
+use rampart_flags::{BUCKETS, Bucketer, Bump, Context, FlagSet, Reason, percent_to_threshold};
 
 const FLAGS: &str = r#"
 flags:
@@ -31,11 +31,10 @@ fn split_resolutions_carry_the_bucketing_hash() {
         let ctx = Context::builder(&arena).attr("userId", &user).attr("country", "DE").build();
         let r = set.evaluate("new-checkout", &ctx, &arena);
         assert_eq!(r.reason, Reason::Split);
-        let hash = bucketer.hash(user.as_bytes());
-        assert_eq!(r.unit, Some(hash), "the unit is the hash the ramp bucketed with");
-        assert_eq!(bucket_of_hash(hash), bucketer.bucket(user.as_bytes()));
-        assert!(bucket_of_hash(hash) < BUCKETS);
-        let on = bucket_of_hash(hash) < threshold;
+        assert_eq!(r.unit, Some(bucketer.unit_id(user.as_bytes())), "the unit is named by its id");
+        let bucket = bucketer.bucket(user.as_bytes());
+        assert!(bucket < BUCKETS);
+        let on = bucket < threshold;
         assert_eq!(r.variant_name(), Some(if on { "on" } else { "off" }));
         treated += usize::from(on);
         assert_eq!(set.evaluate("plain", &ctx, &arena).unit, None);

@@ -4,9 +4,10 @@
 //! `data/parity_cases.json` lists each case with the result flagd gives and the scenario or flagd
 //! source that justifies it. Every case must match: variant, value, reason and error code.
 //!
-//! One deliberate difference: flagd loads a rule with a `$ref` to a missing evaluator or an unknown
-//! operator and fails each evaluation with `PARSE_ERROR`; Rampart rejects such a file when it loads
-//! (a located error, the previous flags stay live). Those flags are checked for that instead.
+//! A rule with a `$ref` to a missing evaluator or an unknown operator: flagd loads it and fails each
+//! evaluation with `PARSE_ERROR`, as a sidecar does (`FlagSet::from_file_tolerant`); the strict
+//! load used here (`rampart check`, the control plane's API) rejects the file with located errors,
+//! which is checked instead.
 
 use rampart_flags::{Bump, Context, FlagSet};
 use serde_json::Value;

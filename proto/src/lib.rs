@@ -8,12 +8,23 @@ pub mod rampart {
     }
 }
 
-/// `flagd.evaluation.v1`: flagd's flag-evaluation API, served by the sidecar to OpenFeature SDKs.
+/// flagd's APIs, served by the sidecar to OpenFeature SDKs: `flagd.evaluation.v1` and `v2` (RPC
+/// mode) and `flagd.sync.v1` (in-process mode).
 pub mod flagd {
     pub mod evaluation {
         pub mod v1 {
             #![allow(clippy::all, unreachable_pub, missing_debug_implementations)]
             tonic::include_proto!("flagd.evaluation.v1");
+        }
+        pub mod v2 {
+            #![allow(clippy::all, unreachable_pub, missing_debug_implementations)]
+            tonic::include_proto!("flagd.evaluation.v2");
+        }
+    }
+    pub mod sync {
+        pub mod v1 {
+            #![allow(clippy::all, unreachable_pub, missing_debug_implementations, deprecated)]
+            tonic::include_proto!("flagd.sync.v1");
         }
     }
 }

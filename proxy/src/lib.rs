@@ -34,7 +34,7 @@ use tokio_util::task::TaskTracker;
 
 pub use crate::config::{Config, ConfigError};
 pub use crate::inject::{Assigned, Tracked, inject_flags};
-pub use crate::query::QueryListeners;
+pub use crate::query::{BindError, QueryListeners};
 pub use crate::reload::LoadError;
 pub use crate::snapshot::Snapshot;
 
@@ -73,7 +73,8 @@ impl Proxy {
             None => loader.load(1)?,
             Some(cp) => match cache::read(&cp.cache) {
                 Ok(Some(cached)) => {
-                    let set = FlagSet::from_text(&cp.cache.display().to_string(), &cached.definition, Format::Json)?;
+                    let set =
+                        FlagSet::from_text_tolerant(&cp.cache.display().to_string(), &cached.definition, Format::Json)?;
                     tracing::info!(version = cached.version, "serving the cached control-plane flags until it pushes");
                     loader.build(cached.version, set, "flags cache")?
                 }

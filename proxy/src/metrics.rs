@@ -29,6 +29,8 @@ pub(crate) struct Metrics {
     /// TLS handshakes that failed (bad client certificate, protocol errors, timeouts).
     pub(crate) tls_handshake_failures: Counter,
     pub(crate) flags_version: Gauge,
+    /// Flags of the served snapshot kept out of service: their rules did not compile.
+    pub(crate) flags_out_of_service: Gauge,
     pub(crate) connections: Gauge,
     pub(crate) control_connected: Gauge,
     pub(crate) pending_reports: Gauge,
@@ -77,6 +79,7 @@ impl Metrics {
             tls_reloads: counter("rampart_tls_reloads_total"),
             tls_handshake_failures: counter("rampart_tls_handshake_failures_total"),
             flags_version: recorder.register_gauge(&Key::from_name("rampart_flags_version"), &META),
+            flags_out_of_service: recorder.register_gauge(&Key::from_name("rampart_flags_out_of_service"), &META),
             connections: recorder.register_gauge(&Key::from_name("rampart_open_connections"), &META),
             control_connected: recorder.register_gauge(&Key::from_name("rampart_control_stream_connected"), &META),
             pending_reports: recorder.register_gauge(&Key::from_name("rampart_stats_pending_reports"), &META),

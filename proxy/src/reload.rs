@@ -1,6 +1,8 @@
 //! Hot reload of the flags file: notify watches its directory (editors replace files by rename),
 //! changes are debounced, and a valid file becomes one new snapshot stored with one `ArcSwap`
 //! store. An invalid file keeps the previous snapshot, logs the located error and is counted.
+//! Files load as flagd loads them: a flag whose rules cannot compile is kept out of service (it
+//! answers `PARSE_ERROR`) with its located error logged and counted; the other flags serve.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -57,6 +59,11 @@ pub enum LoadError {
 impl Loader {
     /// The snapshot of `flags`, named `source_name` in errors.
     pub(crate) fn build(&self, version: u64, flags: FlagSet, source_name: &str) -> Result<Snapshot, LoadError> {
+        for problem in flags.quarantined() {
+            tracing::error!("{source_name}: {problem}; the flag is out of service (it answers PARSE_ERROR)");
+        }
+        let out_of_service = flags.flags().iter().filter(|f| !f.in_service()).count();
+        self.metrics.flags_out_of_service.set(out_of_service as f64);
         let outputs = Outputs {
             prefix: &self.prefix,
             inject: self.inject.as_deref(),
@@ -86,7 +93,7 @@ impl Loader {
     /// The snapshot of the flags file.
     pub(crate) fn load(&self, version: u64) -> Result<Snapshot, LoadError> {
         let path = self.path.as_ref().ok_or(LoadError::NoFlags)?;
-        self.build(version, FlagSet::from_file(path)?, &path.display().to_string())
+        self.build(version, FlagSet::from_file_tolerant(path)?, &path.display().to_string())
     }
 
     /// Reloads the file into `current`; on failure the current snapshot stays and the failure is

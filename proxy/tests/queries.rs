@@ -111,9 +111,10 @@ async fn rpc_provider_resolves_every_type_with_flagd_reasons_and_errors() {
 
     let e = client.get_bool_details("no-such-flag", None, None).await.unwrap_err();
     assert_eq!(e.code, EvaluationErrorCode::FlagNotFound);
-    let e = client.get_bool_details("old-banner", None, None).await.unwrap_err();
-    assert_eq!(e.code, EvaluationErrorCode::FlagNotFound, "flagd answers a disabled flag with NOT_FOUND");
-    assert_eq!(e.message.as_deref(), Some("Flag is disabled"));
+    // Current flagd: a disabled flag is a success with reason DISABLED and no variant (v1 carries
+    // the zero value, which this provider passes on as it is).
+    let d = client.get_bool_details("old-banner", None, None).await.unwrap();
+    assert_eq!((d.value, d.variant.as_deref(), d.reason), (false, Some(""), other("DISABLED")));
     // The provider maps gRPC INVALID_ARGUMENT (flagd's type mismatch) to INVALID_CONTEXT.
     let e = client.get_string_details("new-checkout", None, None).await.unwrap_err();
     assert_eq!(e.code, EvaluationErrorCode::InvalidContext);
@@ -152,8 +153,8 @@ async fn grpc_status_codes_and_resolve_all_match_flagd() {
     let mut c = flagd_client(q.grpc).await;
     let req = |key: &str| flagd::ResolveBooleanRequest { flag_key: key.to_owned(), context: None };
     assert_eq!(c.resolve_boolean(req("nope")).await.unwrap_err().code(), tonic::Code::NotFound);
-    let disabled = c.resolve_boolean(req("old-banner")).await.unwrap_err();
-    assert_eq!((disabled.code(), disabled.message()), (tonic::Code::NotFound, "Flag is disabled"));
+    let disabled = c.resolve_boolean(req("old-banner")).await.unwrap().into_inner();
+    assert_eq!((disabled.value, disabled.reason.as_str(), disabled.variant.as_str()), (false, "DISABLED", ""));
     assert_eq!(c.resolve_boolean(req("max-items")).await.unwrap_err().code(), tonic::Code::InvalidArgument);
     let int = c.resolve_int(flagd::ResolveIntRequest { flag_key: "max-items".into(), context: None }).await.unwrap();
     assert_eq!(int.into_inner().value, 100);
@@ -167,9 +168,11 @@ async fn grpc_status_codes_and_resolve_all_match_flagd() {
     keys.sort_unstable();
     assert_eq!(
         keys,
-        ["discount", "gold-only", "max-items", "new-checkout", "search-backend", "theme"],
-        "disabled flags are left out, as flagd does"
+        ["discount", "gold-only", "max-items", "new-checkout", "old-banner", "search-backend", "theme"],
+        "disabled flags are listed, as current flagd lists them"
     );
+    let old = &all.flags["old-banner"];
+    assert_eq!((old.reason.as_str(), old.variant.as_str(), &old.value), ("DISABLED", "", &None));
     let max = &all.flags["max-items"];
     assert_eq!((max.reason.as_str(), max.variant.as_str()), ("STATIC", "big"));
     assert_eq!(max.value, Some(flagd::any_flag::Value::DoubleValue(100.0)));
@@ -250,8 +253,8 @@ async fn rest_provider_evaluates_over_ofrep() {
 
     let e = client.get_bool_details("no-such-flag", None, None).await.unwrap_err();
     assert_eq!(e.code, EvaluationErrorCode::FlagNotFound);
-    let e = client.get_bool_details("old-banner", None, None).await.unwrap_err();
-    assert_eq!(e.code, EvaluationErrorCode::FlagNotFound, "flagd's OFREP answers a disabled flag 404");
+    let d = client.get_bool_details("old-banner", None, Some(&open_feature::EvaluationOptions::default())).await;
+    assert!(!d.map(|d| d.value).unwrap_or(false), "a disabled flag gives the caller's default");
     assert!(client.get_bool_details("max-items", None, None).await.is_err(), "type mismatch is an error");
 
     // The provider reports every reason as STATIC; the wire carries flagd's reasons.
@@ -265,8 +268,11 @@ async fn rest_provider_evaluates_over_ofrep() {
         json!({"key": "search-backend", "value": "elastic", "variant": "v2", "reason": "TARGETING_MATCH", "metadata": {"flagSetId": "shop"}})
     );
     let (status, _, body) = post_json(&url("/ofrep/v1/evaluate/flags/old-banner"), "{}", &[]).await;
-    assert_eq!((status, &body["errorCode"]), (StatusCode::NOT_FOUND, &json!("FLAG_NOT_FOUND")));
-    assert_eq!(body["errorDetails"], "flag `old-banner` is disabled");
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!({"key": "old-banner", "reason": "DISABLED", "metadata": {"flagSetId": "shop"}})),
+        "current flagd: 200, reason DISABLED, no value"
+    );
     let (status, _, body) = post_json(&url("/ofrep/v1/evaluate/flags/discount"), "{not json", &[]).await;
     assert_eq!(
         (status, &body["errorCode"], &body["key"]),
@@ -286,7 +292,12 @@ async fn ofrep_bulk_evaluation_with_etag_and_304() {
     assert_eq!(status, StatusCode::OK);
     let etag = headers.get("etag").unwrap().to_str().unwrap().to_owned();
     let flags = all["flags"].as_array().unwrap();
-    assert_eq!(flags.len(), 6, "every enabled flag: {all}");
+    assert_eq!(flags.len(), 7, "every flag, the disabled one included: {all}");
+    assert!(
+        flags
+            .iter()
+            .any(|f| f == &json!({"key": "old-banner", "reason": "DISABLED", "metadata": {"flagSetId": "shop"}}))
+    );
     assert!(flags.iter().any(|f| f == &json!({"key": "max-items", "value": 100, "variant": "big", "reason": "STATIC", "metadata": {"flagSetId": "shop"}})));
     assert_eq!(all["metadata"], json!({"flagSetId": "shop"}));
 

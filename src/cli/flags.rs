@@ -1,4 +1,6 @@
-//! `rampart check` and `rampart eval`: validate a flag file; evaluate one flag from the command line.
+//! `rampart check` and `rampart eval`: validate a flag file (strictly: any problem fails); evaluate
+//! one flag from the command line from the file loaded as a sidecar loads it (a flag whose rules
+//! cannot compile answers `PARSE_ERROR`, the others evaluate).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,9 +40,10 @@ pub(crate) fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Prints `{"flag", "variant", "value", "reason"}` (plus `errorCode` on an error reason).
+/// Prints `{"flag", "variant", "value", "reason", "metadata"}` (plus `errorCode` on an error
+/// reason); `metadata` is the flag set's metadata overridden by the flag's own, as flagd merges it.
 pub(crate) fn eval(args: &EvalArgs) -> anyhow::Result<ExitCode> {
-    let set = match FlagSet::from_file(&args.file) {
+    let set = match FlagSet::from_file_tolerant(&args.file) {
         Ok(set) => set,
         Err(e) => {
             eprintln!("{e}");
@@ -53,12 +56,19 @@ pub(crate) fn eval(args: &EvalArgs) -> anyhow::Result<ExitCode> {
     let Some(flag) = set.get(&args.flag) else {
         bail!("FLAG_NOT_FOUND: flag \"{}\" is not defined in {}", args.flag, args.file.display());
     };
+    let own = format!("flags.{}.", args.flag);
+    for problem in set.quarantined().iter().filter(|p| p.path.starts_with(&own)) {
+        eprintln!("{}: {problem}", args.file.display());
+    }
     let r = flag.evaluate(&ctx, &arena);
+    let mut metadata = set.metadata().clone();
+    metadata.extend(flag.metadata().iter().map(|(k, v)| (k.clone(), v.clone())));
     let mut out = json!({
         "flag": args.flag,
         "variant": r.variant_name(),
         "value": r.value(),
         "reason": r.reason.as_str(),
+        "metadata": metadata,
     });
     if let (Reason::Error, Some(code)) = (r.reason, r.error) {
         out["errorCode"] = json!(code.as_str());

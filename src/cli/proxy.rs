@@ -33,7 +33,7 @@ pub(crate) fn run(args: &ProxyArgs) -> anyhow::Result<ExitCode> {
         let listener =
             tokio::net::TcpListener::bind(c.listen).await.with_context(|| format!("bind listen {}", c.listen))?;
         let admin = tokio::net::TcpListener::bind(c.admin).await.with_context(|| format!("bind admin {}", c.admin))?;
-        let queries = rampart_proxy::QueryListeners::bind(&c.queries).await.context("bind [queries]")?;
+        let queries = rampart_proxy::QueryListeners::bind(&c.queries).await?;
         let local = |l: &Option<tokio::net::TcpListener>| {
             l.as_ref().and_then(|l| l.local_addr().ok()).map_or("off".to_owned(), |a| a.to_string())
         };

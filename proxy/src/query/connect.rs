@@ -1,6 +1,8 @@
-//! Connect unary JSON for flagd's service, on the gRPC port: `POST
-//! /flagd.evaluation.v1.Service/ResolveBoolean` with `Content-Type: application/json` and the
-//! request message in proto3 JSON (`{"flagKey": …, "context": {…}}`), as flagd answers it.
+//! Connect unary JSON for flagd's services, on the gRPC port: `POST
+//! /flagd.evaluation.v1.Service/ResolveBoolean` (or `.v2.`) with `Content-Type: application/json`
+//! and the request message in proto3 JSON (`{"flagKey": …, "context": {…}}`), as flagd answers
+//! it. In v2 a flag without a variant (disabled, `defaultVariant: null`) has no `value` and no
+//! `variant`; v1 writes their zero values.
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -16,6 +18,7 @@ use super::{Engine, QueryError};
 /// Largest request body read.
 const MAX_BODY: usize = 1 << 20;
 const PREFIX: &str = "/flagd.evaluation.v1.Service/";
+const PREFIX_V2: &str = "/flagd.evaluation.v2.Service/";
 
 /// A Connect error: its code name and HTTP status, as the Connect protocol maps them.
 #[derive(Debug, Clone, Copy)]
@@ -41,7 +44,7 @@ impl Code {
 
 fn code(e: QueryError) -> Code {
     match e {
-        QueryError::NotFound | QueryError::Disabled => Code::NotFound,
+        QueryError::NotFound => Code::NotFound,
         QueryError::TypeMismatch | QueryError::InvalidContext => Code::InvalidArgument,
         QueryError::Evaluation(rampart_flags::ErrorCode::ParseError) => Code::DataLoss,
         QueryError::Evaluation(_) => Code::Unknown,
@@ -49,7 +52,9 @@ fn code(e: QueryError) -> Code {
 }
 
 pub(super) async fn handle(engine: &Engine, req: Request<Incoming>) -> Response<Body> {
-    let Some(method) = req.uri().path().strip_prefix(PREFIX).map(str::to_owned) else {
+    let path = req.uri().path();
+    let v2 = path.starts_with(PREFIX_V2);
+    let Some(method) = path.strip_prefix(PREFIX).or_else(|| path.strip_prefix(PREFIX_V2)).map(str::to_owned) else {
         return error(
             Code::NotFound,
             StatusCode::NOT_FOUND,
@@ -90,13 +95,13 @@ pub(super) async fn handle(engine: &Engine, req: Request<Incoming>) -> Response<
     let ctx = engine.context(caller, &parts.headers);
     let key = msg.get("flagKey").or_else(|| msg.get("flag_key")).and_then(Value::as_str).unwrap_or_default();
     let answer = match method.as_str() {
-        "ResolveBoolean" => grpc::boolean(engine, key, &ctx).map(|t| typed(t, Value::Bool)),
-        "ResolveString" => grpc::string(engine, key, &ctx).map(|t| typed(t, Value::String)),
-        "ResolveFloat" => grpc::float(engine, key, &ctx).map(|t| typed(t, Value::from)),
+        "ResolveBoolean" => grpc::boolean(engine, key, &ctx).map(|t| typed(t, v2, Value::Bool)),
+        "ResolveString" => grpc::string(engine, key, &ctx).map(|t| typed(t, v2, Value::String)),
+        "ResolveFloat" => grpc::float(engine, key, &ctx).map(|t| typed(t, v2, Value::from)),
         // proto3 JSON writes int64 as a string.
-        "ResolveInt" => grpc::int(engine, key, &ctx).map(|t| typed(t, |v| Value::String(v.to_string()))),
-        "ResolveObject" => grpc::object(engine, key, &ctx).map(|t| typed(t, Value::Object)),
-        "ResolveAll" => grpc::all(engine, &ctx).map(|all| {
+        "ResolveInt" => grpc::int(engine, key, &ctx).map(|t| typed(t, v2, |v| Value::String(v.to_string()))),
+        "ResolveObject" => grpc::object(engine, key, &ctx).map(|t| typed(t, v2, Value::Object)),
+        "ResolveAll" if !v2 => grpc::all(engine, &ctx).map(|all| {
             let flags: Map<String, Value> = all
                 .flags
                 .into_iter()
@@ -132,13 +137,22 @@ pub(super) async fn handle(engine: &Engine, req: Request<Incoming>) -> Response<
     }
 }
 
-fn typed<T>(t: Typed<T>, value: impl FnOnce(T) -> Value) -> Value {
-    json!({
-        "value": value(t.value),
-        "reason": t.reason,
-        "variant": t.variant,
-        "metadata": struct_to_json(t.metadata),
-    })
+fn typed<T: Default>(t: Typed<T>, v2: bool, value: impl FnOnce(T) -> Value) -> Value {
+    let mut m = Map::new();
+    match (t.value, t.variant) {
+        (Some(v), Some(name)) => {
+            m.insert("value".to_owned(), value(v));
+            m.insert("variant".to_owned(), Value::String(name));
+        }
+        _ if v2 => {}
+        _ => {
+            m.insert("value".to_owned(), value(T::default()));
+            m.insert("variant".to_owned(), Value::String(String::new()));
+        }
+    }
+    m.insert("reason".to_owned(), Value::String(t.reason));
+    m.insert("metadata".to_owned(), Value::Object(struct_to_json(t.metadata)));
+    Value::Object(m)
 }
 
 fn error(code: Code, status: StatusCode, message: &str) -> Response<Body> {

@@ -65,18 +65,40 @@ impl Events {
     }
 }
 
-/// The flags whose definition differs between `old` and `new`. A change to the shared
-/// `$evaluators` or the set's `metadata` may change any flag, so it reports every flag.
+/// Whether two definitions mean the same: numbers compare by value (`0.0` is `0`), objects
+/// regardless of key order.
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y)),
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+fn same_opt(a: Option<&Value>, b: Option<&Value>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => same(a, b),
+        (a, b) => a.is_none() && b.is_none(),
+    }
+}
+
+/// The flags whose definition differs in value between `old` and `new` (rewriting `0.0` as `0`
+/// changes nothing). A change to the shared `$evaluators` or the set's `metadata` may change any
+/// flag, so it reports every flag.
 fn diff(old: &Snapshot, new: &Snapshot) -> Vec<(String, ChangeKind)> {
     let (a, b) = (old.flags.definition(), new.flags.definition());
-    let shared_changed = a.get("$evaluators") != b.get("$evaluators") || a.get("metadata") != b.get("metadata");
+    let shared_changed =
+        !same_opt(a.get("$evaluators"), b.get("$evaluators")) || !same_opt(a.get("metadata"), b.get("metadata"));
     let flags_of = |doc: &Value| doc.get("flags").and_then(Value::as_object).cloned().unwrap_or_default();
     let (before, after) = (flags_of(a), flags_of(b));
     let mut out = Vec::new();
     for (key, def) in &after {
         match before.get(key) {
             None => out.push((key.clone(), ChangeKind::Write)),
-            Some(old) if shared_changed || old != def => out.push((key.clone(), ChangeKind::Update)),
+            Some(old) if shared_changed || !same(old, def) => out.push((key.clone(), ChangeKind::Update)),
             Some(_) => {}
         }
     }
@@ -128,5 +150,10 @@ mod tests {
             &snapshot(3, &format!("flags:\n  same:\n{}  changed:\n{}  added:\n{}", flag("a"), flag("b"), flag("a"))),
         );
         assert!(rx.try_recv().is_err(), "an identical snapshot announces nothing");
+        let rewritten = |n: &str| {
+            format!("flags:\n  same:\n    state: ENABLED\n    variants: {{ a: {n}, b: 2 }}\n    defaultVariant: a\n")
+        };
+        events.publish(&snapshot(4, &rewritten("0")), &snapshot(5, &rewritten("0.0")));
+        assert!(rx.try_recv().is_err(), "0.0 for 0 changes no value");
     }
 }

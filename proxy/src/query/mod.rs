@@ -7,6 +7,8 @@ mod convert;
 mod events;
 mod grpc;
 mod ofrep;
+mod sync;
+mod v2;
 
 use std::cell::RefCell;
 use std::io;
@@ -17,7 +19,7 @@ use http::{HeaderMap, HeaderName};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use rampart_flags::{Bump, Context, ErrorCode, Flag, FlagSet, Reason, Resolution};
+use rampart_flags::{Bump, Context, ErrorCode, Flag, FlagSet, Reason, Resolution, Selector};
 use serde_json::{Map, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
@@ -44,25 +46,65 @@ pub struct QueryListeners {
 }
 
 impl QueryListeners {
-    /// Binds what `[queries]` configures; a stale unix socket file is replaced.
-    pub async fn bind(queries: &Queries) -> io::Result<QueryListeners> {
-        let tcp = |addr| async move {
+    /// Binds what `[queries]` configures; a stale unix socket file is replaced. The error names
+    /// the setting that chose the address (a second sidecar on one host must move its own).
+    pub async fn bind(queries: &Queries) -> Result<QueryListeners, BindError> {
+        let tcp = |setting: &'static str, addr: Option<std::net::SocketAddr>| async move {
             match addr {
-                Some(a) => TcpListener::bind(a).await.map(Some),
+                Some(a) => TcpListener::bind(a).await.map(Some).map_err(|source| BindError {
+                    setting,
+                    address: a.to_string(),
+                    source,
+                }),
                 None => Ok(None),
             }
         };
         let unix = match &queries.unix_socket {
             Some(path) => {
+                let failed = |source| BindError { setting: "unix_socket", address: path.display().to_string(), source };
                 match std::fs::remove_file(path) {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(failed(e)),
                     _ => {}
                 }
-                Some(UnixListener::bind(path)?)
+                Some(UnixListener::bind(path).map_err(failed)?)
             }
             None => None,
         };
-        Ok(QueryListeners { grpc: tcp(queries.grpc).await?, ofrep: tcp(queries.ofrep).await?, unix })
+        Ok(QueryListeners { grpc: tcp("grpc", queries.grpc).await?, ofrep: tcp("ofrep", queries.ofrep).await?, unix })
+    }
+}
+
+/// A query listener that could not be bound, with the `[queries]` setting that chose its address.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot bind [queries] {setting} = \"{address}\": {source} (another sidecar on this host? give each its own \
+     [queries] {setting}, or \"off\")"
+)]
+pub struct BindError {
+    pub setting: &'static str,
+    pub address: String,
+    #[source]
+    pub source: io::Error,
+}
+
+/// flagd's flag-set selection header on evaluation requests (`flagSetId=<id>`).
+const SELECTOR: HeaderName = HeaderName::from_static("flagd-selector");
+
+/// What one query evaluates with: the merged context and the selected flag set, if any.
+#[derive(Debug)]
+pub(crate) struct Query {
+    pub(crate) ctx: Value,
+    pub(crate) selector: Option<String>,
+}
+
+impl Query {
+    /// Whether `flag` is visible to this query: every flag without a selector, else the flags of
+    /// the selected set (the others answer `FLAG_NOT_FOUND`, as flagd).
+    fn sees(&self, set: &FlagSet, flag: &Flag) -> bool {
+        match self.selector.as_deref().and_then(Selector::parse) {
+            Some(s) => s.selects(set, flag),
+            None => true,
+        }
     }
 }
 
@@ -71,9 +113,6 @@ impl QueryListeners {
 pub(crate) enum QueryError {
     #[error("Flag not found")]
     NotFound,
-    /// flagd answers a disabled flag with an error (gRPC `NOT_FOUND`), not with a value.
-    #[error("Flag is disabled")]
-    Disabled,
     #[error("Type mismatch error")]
     TypeMismatch,
     #[error("Invalid context provided")]
@@ -111,8 +150,14 @@ impl Engine {
     }
 
     /// The evaluation context of a query, merged as flagd merges it: the caller's context, then the
-    /// configured static attributes, then mapped request headers (later wins).
-    pub(crate) fn context(&self, caller: Map<String, Value>, headers: &HeaderMap) -> Value {
+    /// configured static attributes, then mapped request headers (later wins); and the flag set
+    /// the caller selected with the `Flagd-Selector` header.
+    pub(crate) fn context(&self, caller: Map<String, Value>, headers: &HeaderMap) -> Query {
+        let selector = headers.get(SELECTOR).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        Query { ctx: self.context_value(caller, headers), selector }
+    }
+
+    fn context_value(&self, caller: Map<String, Value>, headers: &HeaderMap) -> Value {
         let mut ctx = caller;
         for (k, v) in &self.statics {
             ctx.insert(k.clone(), v.clone());
@@ -142,16 +187,16 @@ fn with_arena<R>(f: impl FnOnce(&Bump) -> R) -> R {
     })
 }
 
-/// Evaluates `key` in `snapshot` for `ctx` with the request path's evaluator. Disabled flags and
-/// evaluation failures are errors, as flagd reports them.
+/// Evaluates `key` in `snapshot` for `ctx` with the request path's evaluator. Evaluation failures
+/// are errors; a disabled flag is a success with reason `DISABLED` and no variant (current flagd).
 pub(crate) fn resolve<'s>(
     snapshot: &'s Snapshot,
     key: &str,
-    ctx: &Value,
+    query: &Query,
 ) -> Result<(&'s Flag, Resolution<'s>), QueryError> {
-    let flag = snapshot.flags.get(key).ok_or(QueryError::NotFound)?;
+    let flag = snapshot.flags.get(key).filter(|f| query.sees(&snapshot.flags, f)).ok_or(QueryError::NotFound)?;
     let resolution = with_arena(|arena| {
-        let ctx = Context::from_json(ctx, arena).map_err(|_| QueryError::InvalidContext)?;
+        let ctx = Context::from_json(&query.ctx, arena).map_err(|_| QueryError::InvalidContext)?;
         Ok(flag.evaluate(&ctx, arena))
     })?;
     check(resolution).map(|r| (flag, r))
@@ -160,17 +205,18 @@ pub(crate) fn resolve<'s>(
 /// One flag of a bulk evaluation and its outcome.
 pub(crate) type Evaluated<'s> = (&'s Flag, Result<Resolution<'s>, QueryError>);
 
-/// Evaluates every enabled flag for `ctx` (one context build for all).
-pub(crate) fn resolve_all<'s>(snapshot: &'s Snapshot, ctx: &Value) -> Result<Vec<Evaluated<'s>>, QueryError> {
+/// Evaluates every flag for `ctx` (one context build for all); disabled flags are included, with
+/// reason `DISABLED`, as current flagd lists them.
+pub(crate) fn resolve_all<'s>(snapshot: &'s Snapshot, query: &Query) -> Result<Vec<Evaluated<'s>>, QueryError> {
     with_arena(|arena| {
-        let ctx = Context::from_json(ctx, arena).map_err(|_| QueryError::InvalidContext)?;
-        Ok(snapshot.flags.flags().iter().filter(|f| f.enabled()).map(|f| (f, check(f.evaluate(&ctx, arena)))).collect())
+        let ctx = Context::from_json(&query.ctx, arena).map_err(|_| QueryError::InvalidContext)?;
+        let set = &snapshot.flags;
+        Ok(set.flags().iter().filter(|f| query.sees(set, f)).map(|f| (f, check(f.evaluate(&ctx, arena)))).collect())
     })
 }
 
 fn check(r: Resolution<'_>) -> Result<Resolution<'_>, QueryError> {
     match r.reason {
-        Reason::Disabled => Err(QueryError::Disabled),
         Reason::Error => Err(QueryError::Evaluation(r.error.unwrap_or(ErrorCode::General))),
         _ => Ok(r),
     }

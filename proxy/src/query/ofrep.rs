@@ -116,7 +116,8 @@ async fn handle(engine: &Engine, req: Request<Incoming>) -> Response<Full<Bytes>
 }
 
 /// `{key, value, reason, variant, metadata}`; without `value` and `variant` when the flag defers
-/// to the caller's default (`defaultVariant: null`).
+/// to the caller's default (`defaultVariant: null`) or is disabled (reason `DISABLED`, `200`, as
+/// current flagd answers it).
 fn success(key: &str, r: &Resolution<'_>, metadata: Map<String, Value>) -> Value {
     let mut m = Map::new();
     m.insert("key".to_owned(), Value::String(key.to_owned()));
@@ -129,12 +130,10 @@ fn success(key: &str, r: &Resolution<'_>, metadata: Map<String, Value>) -> Value
     Value::Object(m)
 }
 
-/// Status and body of a failed evaluation. A disabled flag is `404 FLAG_NOT_FOUND` with the
-/// reason in `errorDetails`, as flagd answers it over OFREP.
+/// Status and body of a failed evaluation.
 fn failure(key: &str, e: QueryError) -> (StatusCode, Value) {
     let (status, code, details) = match e {
         QueryError::NotFound => (StatusCode::NOT_FOUND, "FLAG_NOT_FOUND", format!("flag `{key}` does not exist")),
-        QueryError::Disabled => (StatusCode::NOT_FOUND, "FLAG_NOT_FOUND", format!("flag `{key}` is disabled")),
         QueryError::TypeMismatch => (StatusCode::BAD_REQUEST, "TYPE_MISMATCH", e.to_string()),
         QueryError::InvalidContext => (StatusCode::BAD_REQUEST, "INVALID_CONTEXT", e.to_string()),
         QueryError::Evaluation(code) => (StatusCode::BAD_REQUEST, code.as_str(), e.to_string()),
