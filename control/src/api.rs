@@ -21,12 +21,22 @@ use crate::ramp::decide::Policy;
 use crate::ramp::engine::{self, RampError, StartRequest};
 use crate::state::{Shared, lock, now_ms};
 
+/// Largest flags PUT body: the size cap of a flags file.
+const FLAGS_BODY_LIMIT: usize = rampart_flags::bounds::MAX_FILE_BYTES as usize;
+
+/// Flags PUTs parsed at once; more wait their turn (each is bounded, but a burst of large ones
+/// should not take every core from the sidecar streams).
+static PARSING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 pub(crate) fn router(shared: Arc<Shared>, operators: Option<crate::operators::Operators>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/api/v1/proxies", get(proxies))
-        .route("/api/v1/flags", get(get_flags).put(put_flags))
+        .route(
+            "/api/v1/flags",
+            get(get_flags).put(put_flags).layer(axum::extract::DefaultBodyLimit::max(FLAGS_BODY_LIMIT)),
+        )
         .route("/api/v1/stats/{flag}", get(stats))
         .route("/api/v1/ramps", get(list_ramps).post(start_ramp))
         .route("/api/v1/ramps/{flag}", get(ramp_status))
@@ -82,14 +92,27 @@ async fn put_flags(
     body: Bytes,
 ) -> Response {
     let actor = actor_name(actor.as_ref());
-    let Ok(text) = std::str::from_utf8(&body) else {
+    if std::str::from_utf8(&body).is_err() {
         return error(StatusCode::BAD_REQUEST, "the body must be UTF-8");
-    };
+    }
     let yaml = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.contains("yaml"));
     let format = if yaml { Format::Yaml } else { Format::Json };
-    let doc = match flags::parse("request body", text, format) {
-        Ok((set, _)) => set.definition().clone(),
-        Err(e) => return invalid(&e),
+    // Parsed and compiled off the runtime (bounded by `rampart_flags::bounds`), two at a time.
+    let Ok(_turn) = PARSING.acquire().await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    };
+    let parsed = tokio::task::spawn_blocking(move || {
+        let text = std::str::from_utf8(&body).unwrap_or_default();
+        flags::parse("request body", text, format).map(|(set, _)| set.definition().clone())
+    })
+    .await;
+    let doc = match parsed {
+        Ok(Ok(doc)) => doc,
+        Ok(Err(e)) => return invalid(&e),
+        Err(e) => {
+            tracing::error!(error = %e, "flags parse task failed");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "the flags could not be parsed");
+        }
     };
     let shared2 = shared.clone();
     let published = tokio::task::spawn_blocking(move || {

@@ -146,7 +146,8 @@ async fn apply(shared: &Arc<Shared>, batch: Vec<Submission>) {
         match outcome {
             Outcome::Applied => {
                 shared.metrics.reports_applied.increment(1);
-                let delay = (now - s.report.window_end_ms).max(0) as f64 / 1000.0;
+                // The window end is the sidecar's word: saturating, so no value of it can overflow.
+                let delay = now.saturating_sub(s.report.window_end_ms).max(0) as f64 / 1000.0;
                 shared.metrics.ingest_delay.record(delay);
             }
             Outcome::Duplicate => shared.metrics.reports_duplicate.increment(1),

@@ -6,11 +6,12 @@ use std::path::Path;
 use datalogic_rs::bumpalo::Bump;
 use serde_json::{Map, Value};
 
+use crate::bounds::MAX_FILE_BYTES;
 use crate::context::Context;
 use crate::error::{LoadError, Problem};
 use crate::flag::Flag;
 use crate::resolution::{ErrorCode, Resolution};
-use crate::source::{Format, parse};
+use crate::source::{Format, parse, read_file};
 use crate::validate::{Mode, validate};
 
 /// Compiled flags in definition order, with the document they came from.
@@ -28,7 +29,7 @@ impl FlagSet {
     /// Reads and compiles a JSON or YAML file (format by extension, else by content).
     pub fn from_file(path: impl AsRef<Path>) -> Result<FlagSet, LoadError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io { path: path.to_owned(), source })?;
+        let text = read_file(path, MAX_FILE_BYTES)?;
         let name = path.display().to_string();
         let format = Format::detect(&name, &text);
         FlagSet::from_text(&name, &text, format)
@@ -55,7 +56,7 @@ impl FlagSet {
     /// sidecar; where a person writes flags, use the strict [`FlagSet::from_file`].
     pub fn from_file_tolerant(path: impl AsRef<Path>) -> Result<FlagSet, LoadError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io { path: path.to_owned(), source })?;
+        let text = read_file(path, MAX_FILE_BYTES)?;
         let name = path.display().to_string();
         let format = Format::detect(&name, &text);
         FlagSet::from_text_tolerant(&name, &text, format)

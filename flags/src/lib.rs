@@ -22,6 +22,7 @@
 //! assert!(r.unit.is_some(), "a split names the unit (its bucketing hash)");
 //! ```
 
+pub mod bounds;
 mod bucket;
 mod context;
 mod error;
@@ -42,5 +43,5 @@ pub use export::Selector;
 pub use flag::{Flag, Ramp, ValueKind, Variant};
 pub use flagset::FlagSet;
 pub use resolution::{ErrorCode, Reason, Resolution};
-pub use source::Format;
+pub use source::{Format, read_file};
 pub use validate::MAX_NAME_BYTES;

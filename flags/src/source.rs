@@ -1,5 +1,9 @@
 //! Reading a definition's text into a JSON document: JSON or YAML, chosen by file extension or,
-//! failing that, by content. Syntax errors carry line and column.
+//! failing that, by content, within the bounds of `bounds.rs`; files only when regular and not too
+//! large. Syntax errors carry line and column.
+
+use std::io::Read as _;
+use std::path::Path;
 
 use serde_json::Value;
 
@@ -30,8 +34,43 @@ impl Format {
     }
 }
 
-/// Parses `text` (named `file` in errors) into a JSON value.
+/// Reads a definition file: only a regular file (not a FIFO, a device or a directory, also behind a
+/// symlink), and at most `max_bytes` of it.
+pub fn read_file(path: &Path, max_bytes: u64) -> Result<String, LoadError> {
+    let io = |source| LoadError::Io { path: path.to_owned(), source };
+    let refuse = |message: String| io(std::io::Error::new(std::io::ErrorKind::InvalidInput, message));
+    // Checked before opening: opening a FIFO for reading blocks until someone writes to it.
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(refuse("not a regular file".to_owned()));
+    }
+    let file = std::fs::File::open(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(refuse("not a regular file".to_owned()));
+    }
+    if meta.len() > max_bytes {
+        return Err(refuse(format!("{} bytes; at most {max_bytes}", meta.len())));
+    }
+    let mut text = String::new();
+    // The file may grow after the check: read no more than the cap and one byte.
+    file.take(max_bytes + 1).read_to_string(&mut text).map_err(io)?;
+    if text.len() as u64 > max_bytes {
+        return Err(refuse(format!("more than {max_bytes} bytes")));
+    }
+    Ok(text)
+}
+
+/// Parses `text` (named `file` in errors) into a JSON value, within the bounds of
+/// [`crate::bounds`].
 pub(crate) fn parse(file: &str, text: &str, format: Format) -> Result<Value, LoadError> {
+    crate::bounds::check_text(file, text)?;
+    let document = parse_unbounded(file, text, format)?;
+    crate::bounds::check_value(file, &document)?;
+    Ok(document)
+}
+
+fn parse_unbounded(file: &str, text: &str, format: Format) -> Result<Value, LoadError> {
     match format {
         Format::Json => serde_json::from_str(text).map_err(|e| LoadError::Syntax {
             file: file.to_owned(),

@@ -1,7 +1,13 @@
 //! The sidecar's Prometheus metrics: one recorder per proxy instance (no global registry), with
-//! every per-request handle registered up front so recording never looks a metric up.
+//! every per-request handle registered up front so recording never looks a metric up. Series
+//! labelled by flag live in [`PerFlag`] instead, so those of flags a reload removed are dropped
+//! (the recorder never forgets a series) while the others keep counting across reloads.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
@@ -36,6 +42,7 @@ pub(crate) struct Metrics {
     pub(crate) pending_reports: Gauge,
     /// Requests of tracked flags not recorded because the series cap was reached.
     pub(crate) stats_overflow: Counter,
+    per_flag: Arc<PerFlag>,
     /// Requests refused for their head (two Host headers, none in HTTP/1.1).
     pub(crate) requests_refused: Counter,
     /// Request headers dropped because their names contain `_`.
@@ -85,19 +92,26 @@ impl Metrics {
             pending_reports: recorder.register_gauge(&Key::from_name("rampart_stats_pending_reports"), &META),
             stats_overflow: counter("rampart_stats_overflow_total"),
             recorder: Arc::new(recorder),
+            per_flag: Arc::default(),
         }
     }
 
     /// The counter of evaluations of `flag` that chose `variant` (`""`: no variant).
     pub(crate) fn evaluations(&self, flag: &str, variant: &str) -> Counter {
-        let key = Key::from_parts(
-            "rampart_flag_evaluations_total",
-            vec![Label::new("flag", flag.to_owned()), Label::new("variant", variant.to_owned())],
-        );
-        self.recorder.register_counter(&key, &META)
+        self.per_flag.counter("rampart_flag_evaluations_total", flag, Some(variant))
     }
 
-    /// The counter `name` with one `label = value` (propagation: per flag, per rejection reason).
+    /// The counter `name` of `flag` (propagation: reused assignments, applied overrides).
+    pub(crate) fn per_flag(&self, name: &'static str, flag: &str) -> Counter {
+        self.per_flag.counter(name, flag, None)
+    }
+
+    /// Drops the per-flag series of every flag not in `flags` (after a reload removed them).
+    pub(crate) fn retain_flags<'a>(&self, flags: impl IntoIterator<Item = &'a str>) {
+        self.per_flag.retain(&flags.into_iter().collect());
+    }
+
+    /// The counter `name` with one `label = value` (per rejection reason and the like).
     pub(crate) fn labelled(&self, name: &'static str, label: &'static str, value: &str) -> Counter {
         let key = Key::from_parts(name, vec![Label::new(label, value.to_owned())]);
         self.recorder.register_counter(&key, &META)
@@ -126,7 +140,62 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub(crate) fn render(&self) -> String {
-        self.recorder.handle().render()
+        let mut text = self.recorder.handle().render();
+        self.per_flag.render(&mut text);
+        text
+    }
+}
+
+/// A per-flag series: metric name, flag, variant (if labelled by one).
+type SeriesKey = (&'static str, String, Option<String>);
+
+/// Counters labelled by flag (and variant).
+#[derive(Debug, Default)]
+struct PerFlag(Mutex<BTreeMap<SeriesKey, Arc<AtomicU64>>>);
+
+impl PerFlag {
+    fn counter(&self, name: &'static str, flag: &str, variant: Option<&str>) -> Counter {
+        let mut series = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (name, flag.to_owned(), variant.map(str::to_owned));
+        Counter::from_arc(series.entry(key).or_default().clone())
+    }
+
+    fn retain(&self, flags: &BTreeSet<&str>) {
+        let mut series = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        series.retain(|(_, flag, _), _| flags.contains(flag.as_str()));
+    }
+
+    fn render(&self, out: &mut String) {
+        let series = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut last = "";
+        for ((name, flag, variant), count) in series.iter() {
+            if *name != last {
+                let _ = writeln!(out, "# TYPE {name} counter");
+                last = name;
+            }
+            let _ = write!(out, "{name}{{flag=\"{}\"", Escaped(flag));
+            if let Some(v) = variant {
+                let _ = write!(out, ",variant=\"{}\"", Escaped(v));
+            }
+            let _ = writeln!(out, "}} {}", count.load(Ordering::Relaxed));
+        }
+    }
+}
+
+/// A label value escaped for the Prometheus text format.
+struct Escaped<'a>(&'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for c in self.0.chars() {
+            match c {
+                '\\' => f.write_str("\\\\")?,
+                '"' => f.write_str("\\\"")?,
+                '\n' => f.write_str("\\n")?,
+                c => f.write_char(c)?,
+            }
+        }
+        Ok(())
     }
 }
 

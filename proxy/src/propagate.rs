@@ -301,8 +301,8 @@ impl Prepared {
             lookup.insert(encoded(flag.key()), (i, variants.map(|v| (encoded(v.name()), v.index())).collect()));
             let pair = |v: &rampart_flags::Variant| [&*encoded(flag.key()), b"=", &*encoded(v.name())].concat();
             pairs.push(flag.variants().iter().map(|v| pair(v).into_boxed_slice()).collect());
-            reused.push(metrics.labelled("rampart_assignments_reused_total", "flag", flag.key()));
-            overridden.push(metrics.labelled("rampart_overrides_applied_total", "flag", flag.key()));
+            reused.push(metrics.per_flag("rampart_assignments_reused_total", flag.key()));
+            overridden.push(metrics.per_flag("rampart_overrides_applied_total", flag.key()));
         }
         let by_reason =
             |name| Reject::ALL.iter().map(|r| metrics.labelled(name, "reason", r.label())).collect::<Vec<_>>();

@@ -1,6 +1,8 @@
 //! Hot reload of the flags file: notify watches its directory (editors replace files by rename),
 //! changes are debounced, and a valid file becomes one new snapshot stored with one `ArcSwap`
 //! store. An invalid file keeps the previous snapshot, logs the located error and is counted.
+//! Reading and compiling run on the blocking pool, one reload at a time, within the bounds of
+//! `rampart_flags::bounds` (a regular file of at most 16 MiB, nesting, flags and values).
 //! Files load as flagd loads them: a flag whose rules cannot compile is kept out of service (it
 //! answers `PARSE_ERROR`) with its located error logged and counted; the other flags serve.
 
@@ -83,11 +85,13 @@ impl Loader {
             .map_err(|source| LoadError::Snapshot { source_name: source_name.to_owned(), source })
     }
 
-    /// Makes `snapshot` the live one (one store) and announces what changed.
+    /// Makes `snapshot` the live one (one store), announces what changed, and drops the metrics
+    /// series of flags it no longer has.
     pub(crate) fn publish(&self, current: &Current, snapshot: Snapshot) {
         let new = Arc::new(snapshot);
         let old = current.swap(new.clone());
         self.events.publish(&old, &new);
+        self.metrics.retain_flags(new.flags.flags().iter().map(|f| f.key()));
     }
 
     /// The snapshot of the flags file.
@@ -154,8 +158,12 @@ pub(crate) async fn watch(
                 got = rx.recv() => if got.is_none() { return Ok(()) },
             }
         }
-        // The error is logged and counted inside; the watch goes on.
-        let _ = loader.reload(&current);
+        // On the blocking pool, so a slow file never holds the runtime serving requests; one
+        // reload at a time. The error is logged and counted inside; the watch goes on.
+        let (l, c) = (loader.clone(), current.clone());
+        if let Err(e) = tokio::task::spawn_blocking(move || l.reload(&c)).await {
+            tracing::error!(error = %e, "flags reload task failed");
+        }
     }
 }
 

@@ -180,7 +180,7 @@ impl Reporter {
                             }
                         }
                         Some(control_message::Msg::Flags(snapshot)) => {
-                            if let Some(version) = self.apply_flags(&snapshot) {
+                            if let Some(version) = self.apply_flags(snapshot).await {
                                 send(&tx, proxy_message::Msg::FlagsApplied(FlagsApplied { version })).await?;
                             }
                         }
@@ -231,32 +231,42 @@ impl Reporter {
     }
 
     /// Applies pushed flags: one atomic snapshot swap, then the disk cache. Returns the version
-    /// now served; `None` when the definitions are refused (the previous flags stay).
-    fn apply_flags(&self, snapshot: &FlagsSnapshot) -> Option<u64> {
+    /// now served; `None` when the definitions are refused (the previous flags stay). Compiled
+    /// on the blocking pool: a large definition never holds the runtime serving requests.
+    async fn apply_flags(&self, snapshot: FlagsSnapshot) -> Option<u64> {
         if snapshot.version == self.current.load().version {
             return Some(snapshot.version);
         }
-        let built = FlagSet::from_text("control plane", &snapshot.definition, Format::Json)
-            .map_err(crate::reload::LoadError::from)
-            .and_then(|set| self.loader.build(snapshot.version, set, "control plane"));
-        match built {
-            Ok(s) => {
-                self.loader.publish(&self.current, s);
-                self.metrics.reloads.increment(1);
-                self.metrics.flags_version.set(snapshot.version as f64);
-                tracing::info!(version = snapshot.version, "flags from the control plane applied");
-                let cached = Cached { version: snapshot.version, definition: snapshot.definition.clone() };
-                if let Err(e) = cache::write(&self.control.cache, &cached) {
-                    tracing::warn!(error = %e, "cannot write the flags cache");
+        let (loader, current, metrics) = (self.loader.clone(), self.current.clone(), self.metrics.clone());
+        let cache_path = self.control.cache.clone();
+        let applied = tokio::task::spawn_blocking(move || {
+            let built = FlagSet::from_text("control plane", &snapshot.definition, Format::Json)
+                .map_err(crate::reload::LoadError::from)
+                .and_then(|set| loader.build(snapshot.version, set, "control plane"));
+            match built {
+                Ok(s) => {
+                    loader.publish(&current, s);
+                    metrics.reloads.increment(1);
+                    metrics.flags_version.set(snapshot.version as f64);
+                    tracing::info!(version = snapshot.version, "flags from the control plane applied");
+                    let cached = Cached { version: snapshot.version, definition: snapshot.definition };
+                    if let Err(e) = cache::write(&cache_path, &cached) {
+                        tracing::warn!(error = %e, "cannot write the flags cache");
+                    }
+                    Some(snapshot.version)
                 }
-                Some(snapshot.version)
+                Err(e) => {
+                    metrics.reload_failures.increment(1);
+                    tracing::error!(version = snapshot.version, "flags from the control plane refused: {e}");
+                    None
+                }
             }
-            Err(e) => {
-                self.metrics.reload_failures.increment(1);
-                tracing::error!(version = snapshot.version, "flags from the control plane refused: {e}");
-                None
-            }
-        }
+        })
+        .await;
+        applied.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "applying flags from the control plane failed");
+            None
+        })
     }
 
     fn set_connected(&self, up: bool) {
