@@ -69,6 +69,14 @@ pub enum Error {
     Http(#[from] std::io::Error),
 }
 
+/// Largest stats report a sidecar may send (a full window of the default 1 000 series with their
+/// histograms is far below it).
+const MAX_REPORT_BYTES: usize = 4 * 1024 * 1024;
+/// HTTP/2 streams per sidecar connection (a sidecar opens one).
+const MAX_STREAMS_PER_CONNECTION: u32 = 4;
+/// Bytes a sidecar may have in flight per stream (twice that per connection).
+const STREAM_WINDOW: u32 = 1024 * 1024;
+
 /// Runs the ramp engine: one tick per second until `shutdown`.
 async fn ramp_engine(shared: Arc<Shared>, shutdown: CancellationToken) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -218,8 +226,18 @@ impl Control {
             let _ = rustls::crypto::ring::default_provider().install_default();
             builder = builder.tls_config(tls.server_config()?)?;
         }
+        // Memory per connection is bounded: tonic reserves a message's announced length before it
+        // arrives, so the message size (a report of `max_series` series fits well within it),
+        // the streams per connection (a sidecar opens one) and the flow-control windows cap what
+        // a stalled or hostile stream holds.
         let grpc_server = builder
-            .add_service(RampControlServer::with_interceptor(service, move |req| auth.check(req)))
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+            .initial_stream_window_size(Some(STREAM_WINDOW))
+            .initial_connection_window_size(Some(STREAM_WINDOW * 2))
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                RampControlServer::new(service).max_decoding_message_size(MAX_REPORT_BYTES),
+                move |req| auth.check(req),
+            ))
             // tonic ignores its own `tcp_nodelay` with an external listener: set it per accepted
             // stream, or small acks wait on delayed ACKs (+40 ms at the tail, measured by the fan-in load).
             .serve_with_incoming_shutdown(

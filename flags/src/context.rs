@@ -23,11 +23,23 @@ pub struct Context<'a> {
     timestamp: Option<i64>,
 }
 
+/// Most top-level attributes in a context built from JSON.
+pub const MAX_CONTEXT_KEYS: usize = 1024;
+/// Most values in all (nested ones included) in a context built from JSON.
+pub const MAX_CONTEXT_VALUES: usize = 16_384;
+/// Deepest nesting of a context attribute.
+pub const MAX_CONTEXT_DEPTH: usize = 32;
+
 /// Why a JSON value cannot be a context.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ContextError {
     #[error("the evaluation context must be a JSON object")]
     NotAnObject,
+    #[error(
+        "the evaluation context is too large (at most {MAX_CONTEXT_KEYS} attributes, {MAX_CONTEXT_VALUES} values, \
+         nested {MAX_CONTEXT_DEPTH} deep)"
+    )]
+    TooLarge,
 }
 
 impl<'a> Context<'a> {
@@ -41,14 +53,25 @@ impl<'a> Context<'a> {
         ContextBuilder { arena, attrs: BumpVec::with_capacity_in(8, arena), targeting_key: None, timestamp: None }
     }
 
-    /// The context of a JSON object (`null` is the empty context). Strings are borrowed.
+    /// The context of a JSON object (`null` is the empty context), within [`MAX_CONTEXT_KEYS`],
+    /// [`MAX_CONTEXT_VALUES`] and [`MAX_CONTEXT_DEPTH`]. Strings are borrowed; linear in the size
+    /// of the object (its keys are unique already).
     pub fn from_json(value: &'a serde_json::Value, arena: &'a Bump) -> Result<Self, ContextError> {
         let mut b = Context::builder(arena);
         match value {
             serde_json::Value::Null => {}
             serde_json::Value::Object(map) => {
+                check_size(map)?;
+                b.attrs.reserve(map.len());
                 for (k, v) in map {
-                    b = b.value(k, to_data(v, arena));
+                    if k == FLAGD_KEY {
+                        continue;
+                    }
+                    let v = to_data(v, arena);
+                    if k == TARGETING_KEY {
+                        b.targeting_key = v.as_str();
+                    }
+                    b.attrs.push((k, v));
                 }
             }
             _ => return Err(ContextError::NotAnObject),
@@ -141,6 +164,27 @@ impl<'a> ContextBuilder<'a> {
     }
 }
 
+/// Counts the object's attributes, values and depth without recursion.
+fn check_size(map: &serde_json::Map<String, serde_json::Value>) -> Result<(), ContextError> {
+    if map.len() > MAX_CONTEXT_KEYS {
+        return Err(ContextError::TooLarge);
+    }
+    let mut values = 0usize;
+    let mut stack: Vec<(&serde_json::Value, usize)> = map.values().map(|v| (v, 1)).collect();
+    while let Some((v, depth)) = stack.pop() {
+        values += 1;
+        if values > MAX_CONTEXT_VALUES || depth > MAX_CONTEXT_DEPTH {
+            return Err(ContextError::TooLarge);
+        }
+        match v {
+            serde_json::Value::Array(items) => stack.extend(items.iter().map(|i| (i, depth + 1))),
+            serde_json::Value::Object(m) => stack.extend(m.values().map(|i| (i, depth + 1))),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Deep-converts a JSON value into the arena, borrowing its strings.
 fn to_data<'a>(value: &'a serde_json::Value, arena: &'a Bump) -> DataValue<'a> {
     use serde_json::Value as J;
@@ -166,6 +210,28 @@ fn now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_contexts_are_bounded_and_built_in_linear_time() {
+        let arena = Bump::new();
+        let wide: serde_json::Map<String, serde_json::Value> =
+            (0..MAX_CONTEXT_KEYS).map(|i| (format!("k{i}"), serde_json::json!(i))).collect();
+        let wide = serde_json::Value::Object(wide);
+        let ctx = Context::from_json(&wide, &arena).unwrap();
+        assert_eq!(ctx.attrs.len(), MAX_CONTEXT_KEYS);
+        let mut wider = wide.as_object().unwrap().clone();
+        wider.insert("one-more".into(), serde_json::Value::Null);
+        let wider = serde_json::Value::Object(wider);
+        assert_eq!(Context::from_json(&wider, &arena).unwrap_err(), ContextError::TooLarge);
+        let mut deep = serde_json::json!(1);
+        for _ in 0..MAX_CONTEXT_DEPTH {
+            deep = serde_json::json!([deep]);
+        }
+        let deep = serde_json::json!({ "a": deep });
+        assert_eq!(Context::from_json(&deep, &arena).unwrap_err(), ContextError::TooLarge);
+        let many = serde_json::json!({ "a": vec![0; MAX_CONTEXT_VALUES] });
+        assert_eq!(Context::from_json(&many, &arena).unwrap_err(), ContextError::TooLarge);
+    }
 
     #[test]
     fn builder_sets_and_replaces() {

@@ -36,7 +36,9 @@ mod targeting;
 mod validate;
 
 pub use bucket::{BUCKETS, Bucketer, Hashing, bucket_of_murmur, percent_to_threshold};
-pub use context::{Context, ContextBuilder, ContextError, TARGETING_KEY};
+pub use context::{
+    Context, ContextBuilder, ContextError, MAX_CONTEXT_DEPTH, MAX_CONTEXT_KEYS, MAX_CONTEXT_VALUES, TARGETING_KEY,
+};
 pub use datalogic_rs::bumpalo::Bump;
 pub use error::{LoadError, Problem};
 pub use export::Selector;

@@ -51,7 +51,9 @@ pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Ca
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             },

@@ -33,7 +33,7 @@ pub(super) fn service(
     Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 > + Send
 + 'static {
-    let v1 = ServiceServer::new(Flagd { engine: engine.clone() });
+    let v1 = ServiceServer::new(Flagd { engine: engine.clone() }).max_decoding_message_size(super::MAX_MESSAGE);
     let v2 = super::v2::server(engine.clone());
     let sync = super::sync::server(engine.clone());
     hyper::service::service_fn(move |req: Request<Incoming>| {

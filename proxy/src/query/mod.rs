@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rampart_flags::{Bump, Context, ErrorCode, Flag, FlagSet, Reason, Resolution, Selector};
 use serde_json::{Map, Value};
@@ -245,15 +245,29 @@ pub(crate) async fn serve(engine: Arc<Engine>, listeners: QueryListeners) {
         let (engine, stop) = (engine.clone(), shutdown.clone());
         servers.spawn(async move {
             let conns = TaskTracker::new();
+            let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
             loop {
+                let permit = tokio::select! {
+                    () = stop.cancelled() => break,
+                    p = slot(&slots) => match p { Some(p) => p, None => break },
+                };
                 let stream = tokio::select! {
                     () = stop.cancelled() => break,
                     a = l.accept() => match a {
                         Ok((s, _)) => s,
-                        Err(e) => { tracing::warn!(error = %e, "query socket accept failed"); continue }
+                        Err(e) => {
+                            // Out of descriptors and the like: back off instead of spinning.
+                            tracing::warn!(error = %e, "query socket accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
                     },
                 };
-                conns.spawn(connection(stream, grpc::service(engine.clone()), stop.clone()));
+                let (service, stop) = (grpc::service(engine.clone()), stop.clone());
+                conns.spawn(async move {
+                    connection(stream, service, stop).await;
+                    drop(permit);
+                });
             }
             conns.close();
             conns.wait().await;
@@ -271,6 +285,24 @@ pub(crate) async fn serve(engine: Arc<Engine>, listeners: QueryListeners) {
     engine.tasks.wait().await;
 }
 
+/// Largest gRPC message a query may send (a context with its flag key). tonic reserves a
+/// message's announced length before it arrives: this bounds what a stalled message holds.
+pub(super) const MAX_MESSAGE: usize = 64 * 1024;
+/// Open connections per query listener at most; more wait in the accept queue.
+const MAX_CONNECTIONS: usize = 1024;
+/// HTTP/2 streams per connection at most.
+const MAX_STREAMS: u32 = 64;
+/// Bytes a client may have in flight per HTTP/2 stream, and per connection.
+const STREAM_WINDOW: u32 = 64 * 1024;
+const CONNECTION_WINDOW: u32 = 256 * 1024;
+/// A request head (HTTP/1.1) must arrive within this.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Takes a connection slot; waits while all are taken.
+async fn slot(slots: &Arc<tokio::sync::Semaphore>) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    slots.clone().acquire_owned().await.ok()
+}
+
 async fn accept_tcp<S, B>(listener: TcpListener, make: impl Fn() -> S, stop: CancellationToken)
 where
     S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>> + Send + 'static,
@@ -281,7 +313,12 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let conns = TaskTracker::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let permit = tokio::select! {
+            () = stop.cancelled() => break,
+            p = slot(&slots) => match p { Some(p) => p, None => break },
+        };
         let stream = tokio::select! {
             () = stop.cancelled() => break,
             a = listener.accept() => match a {
@@ -296,7 +333,11 @@ where
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "set_nodelay failed");
         }
-        conns.spawn(connection(stream, make(), stop.clone()));
+        let (service, stop) = (make(), stop.clone());
+        conns.spawn(async move {
+            connection(stream, service, stop).await;
+            drop(permit);
+        });
     }
     conns.close();
     conns.wait().await;
@@ -313,7 +354,17 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_header_list_size(64 * 1024)
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(10));
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {

@@ -22,7 +22,7 @@ use crate::snapshot::Snapshot;
 pub(super) const PREFIX: &str = "/flagd.sync.v1.FlagSyncService/";
 
 pub(super) fn server(engine: Arc<Engine>) -> FlagSyncServiceServer<Sync> {
-    FlagSyncServiceServer::new(Sync { engine })
+    FlagSyncServiceServer::new(Sync { engine }).max_decoding_message_size(super::MAX_MESSAGE)
 }
 
 /// The tonic service.

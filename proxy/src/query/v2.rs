@@ -18,7 +18,7 @@ use super::grpc::{self, Typed, context, event_stream, status};
 pub(super) const PREFIX: &str = "/flagd.evaluation.v2.Service/";
 
 pub(super) fn server(engine: Arc<Engine>) -> ServiceServer<V2> {
-    ServiceServer::new(V2 { engine })
+    ServiceServer::new(V2 { engine }).max_decoding_message_size(super::MAX_MESSAGE)
 }
 
 /// The tonic service.

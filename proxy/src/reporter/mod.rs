@@ -139,12 +139,14 @@ impl Reporter {
             })?),
             None => None,
         };
+        // Flag snapshots are as large as a flags file may be (JSON of up to 16 MiB of YAML).
         let mut client = RampControlClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
             if let Some(t) = &token {
                 req.metadata_mut().insert("authorization", t.clone());
             }
             Ok(req)
-        });
+        })
+        .max_decoding_message_size(4 * rampart_flags::bounds::MAX_FILE_BYTES as usize);
         let response = tokio::time::timeout(Duration::from_secs(5), client.connect(ReceiverStream::new(rx)))
             .await
             .map_err(|_| StreamError::Timeout)??;
