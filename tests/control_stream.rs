@@ -191,6 +191,12 @@ async fn flag_changes_reach_every_sidecar_and_the_cache_survives_an_outage() {
         put_flags(http, "flags:\n  x:\n    state: ENABLED\n    variants: {a: 1}\n    defaultVariant: b\n").await;
     assert_eq!(status, http::StatusCode::BAD_REQUEST);
     assert!(body["problems"][0].as_str().unwrap().contains("flags.x.defaultVariant"), "{body}");
+    // Strict where a person writes flags: a rule that cannot compile is refused (a sidecar reading
+    // such a file keeps only that flag out of service).
+    let broken = "flags:\n  x:\n    state: ENABLED\n    variants: {a: 1}\n    defaultVariant: a\n    targeting: {\"$ref\": nowhere}\n";
+    let (status, body) = put_flags(http, broken).await;
+    assert_eq!(status, http::StatusCode::BAD_REQUEST);
+    assert!(body["problems"][0].as_str().unwrap().contains("flags.x.targeting: $ref to missing evaluator"), "{body}");
 
     let changed = FLAGS.replace("percent: 50", "percent: 100");
     let (status, body) = put_flags(http, &changed).await;

@@ -147,6 +147,10 @@ async fn sync_streams_the_flags_with_ramps_as_fractional_and_every_change() {
     let shop = sync::FetchAllFlagsRequest { provider_id: String::new(), selector: "flagSetId=ops".into() };
     let ops = document(&c.fetch_all_flags(shop).await.unwrap().into_inner().flag_configuration);
     assert_eq!(ops["flags"].as_object().unwrap().keys().collect::<Vec<_>>(), ["ops-only"]);
+    let mut by_header = tonic::Request::new(sync::FetchAllFlagsRequest::default());
+    by_header.metadata_mut().insert("flagd-selector", "flagSetId=ops".parse().unwrap());
+    let ops = document(&c.fetch_all_flags(by_header).await.unwrap().into_inner().flag_configuration);
+    assert_eq!(ops["flags"].as_object().unwrap().len(), 1, "the selector may come as a header");
     #[allow(deprecated)]
     let meta = c.get_metadata(sync::GetMetadataRequest {}).await.unwrap().into_inner().metadata.unwrap();
     assert!(matches!(&meta.fields["flagSetId"].kind, Some(Kind::StringValue(s)) if s == "shop"));

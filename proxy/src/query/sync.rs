@@ -2,7 +2,8 @@
 //! in-process mode: `SyncFlags` streams the sidecar's current flags as a flagd document (ramps
 //! expressed as `fractional`, [`rampart_flags::FlagSet::to_flagd`]) at once and again on every
 //! change; `FetchAllFlags` answers it once; `GetMetadata` gives the flag set's metadata. A
-//! `selector` (`flagSetId=<id>`) limits the document to one flag set.
+//! `selector` (`flagSetId=<id>`, in the request or its `Flagd-Selector` header) limits the
+//! document to one flag set.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -43,6 +44,14 @@ fn response(snapshot: &Snapshot, selector: &str) -> pb::SyncFlagsResponse {
     }
 }
 
+/// The request's `selector`, else its `Flagd-Selector` header (newer providers send it there).
+fn selector<T>(req: &tonic::Request<T>, field: &str) -> String {
+    if !field.is_empty() {
+        return field.to_owned();
+    }
+    req.metadata().get("flagd-selector").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
+}
+
 type Flags = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::SyncFlagsResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -52,7 +61,7 @@ impl FlagSyncService for Sync {
     /// The current flags at once, then the whole document again after every change (a change
     /// outside the selected flag set sends nothing). Stops when the client goes or on shutdown.
     async fn sync_flags(&self, req: tonic::Request<pb::SyncFlagsRequest>) -> Result<tonic::Response<Flags>, Status> {
-        let selector = req.into_inner().selector;
+        let selector = selector(&req, &req.get_ref().selector);
         let (tx, rx) = mpsc::channel(4);
         let mut changes = self.engine.events.subscribe();
         let engine = self.engine.clone();
@@ -87,7 +96,8 @@ impl FlagSyncService for Sync {
         &self,
         req: tonic::Request<pb::FetchAllFlagsRequest>,
     ) -> Result<tonic::Response<pb::FetchAllFlagsResponse>, Status> {
-        let flag_configuration = configuration(&self.engine.current.load(), &req.into_inner().selector);
+        let selector = selector(&req, &req.get_ref().selector);
+        let flag_configuration = configuration(&self.engine.current.load(), &selector);
         Ok(tonic::Response::new(pb::FetchAllFlagsResponse { flag_configuration }))
     }
 
