@@ -39,6 +39,10 @@ struct Raw {
     /// Serve the API without operator tokens on an address other than loopback.
     #[serde(default)]
     allow_unauthenticated: bool,
+    /// Series of removed flags, and sequences of sidecar processes, that no report touched for
+    /// this long are deleted.
+    #[serde(default = "default_retention", with = "humantime_serde")]
+    retention: std::time::Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,6 +77,9 @@ fn default_grpc() -> SocketAddr {
 fn default_http() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8401))
 }
+fn default_retention() -> std::time::Duration {
+    std::time::Duration::from_secs(30 * 86_400)
+}
 fn default_store() -> PathBuf {
     PathBuf::from("rampart-control.db")
 }
@@ -94,6 +101,8 @@ pub struct Config {
     /// Operators of the HTTP API and their roles; `None`: the API is open (and then on loopback
     /// unless `allow_unauthenticated`).
     pub operators: Option<crate::operators::Operators>,
+    /// How long idle series of removed flags and sequences of gone sidecars are kept.
+    pub retention: std::time::Duration,
 }
 
 impl Default for Config {
@@ -106,6 +115,7 @@ impl Default for Config {
             tls: None,
             tokens: Vec::new(),
             operators: None,
+            retention: default_retention(),
         }
     }
 }
@@ -216,6 +226,7 @@ impl Config {
             tls,
             tokens,
             operators,
+            retention: raw.retention,
         })
     }
 }

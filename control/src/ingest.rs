@@ -4,6 +4,8 @@
 //! and commits the new totals with the new sequences in one transaction per batch. Only after the
 //! commit does it answer, so a sidecar's report is acknowledged exactly when it is durable, and
 //! only then do the reports' randomised windows reach the ramp engine (once, like the totals).
+//! Only series of defined flags and variants are kept, at most [`MAX_SERIES_PER_REPORT`] per
+//! report and [`MAX_SERIES`] in all; the rest are dropped and counted.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +21,11 @@ use crate::store::{ProxyKey, TotalRow};
 
 /// Most reports committed in one transaction.
 const MAX_BATCH: usize = 1024;
+/// Most series one report may bring (a sidecar records 1 000 by default); the rest are dropped
+/// and counted.
+const MAX_SERIES_PER_REPORT: usize = 10_000;
+/// Most series kept in all; new ones past it are dropped and counted.
+pub(crate) const MAX_SERIES: usize = 100_000;
 
 /// What became of a report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,9 +70,11 @@ async fn apply(shared: &Arc<Shared>, batch: Vec<Submission>) {
     let mut windows = Windows::new();
     let current_flags = shared.flags.borrow().clone();
     let scopes = scopes(&current_flags.definition);
+    let defined = defined_series(&current_flags.definition);
     {
-        let applied = lock(&shared.seqs);
+        let mut new_series = 0usize;
         let current = lock(&shared.totals);
+        let applied = lock(&shared.seqs);
         for s in &batch {
             let last = seqs.get(&s.key).or_else(|| applied.get(&s.key)).copied().unwrap_or(0);
             if s.report.seq <= last {
@@ -83,11 +92,16 @@ async fn apply(shared: &Arc<Shared>, batch: Vec<Submission>) {
                 outcomes.push(Outcome::Invalid);
                 continue;
             };
-            for (v, d) in deltas {
-                // Names no flag file can hold (see `rampart_flags::MAX_NAME_BYTES`): dropped, so a
-                // stream cannot grow the control plane's maps with them.
-                if v.flag.len() > MAX_NAME_BYTES || v.variant.len() > MAX_NAME_BYTES {
+            for (i, (v, d)) in deltas.into_iter().enumerate() {
+                // Names no flag file can hold (see `rampart_flags::MAX_NAME_BYTES`), and series
+                // past a report's share: dropped, so a stream cannot grow the control plane's maps.
+                if i >= MAX_SERIES_PER_REPORT || v.flag.len() > MAX_NAME_BYTES || v.variant.len() > MAX_NAME_BYTES {
                     shared.metrics.series_refused.increment(1);
+                    continue;
+                }
+                // Only series of the flags and variants the control plane distributes.
+                if !defined.get(v.flag.as_str()).is_some_and(|variants| variants.contains(&v.variant.as_str())) {
+                    shared.metrics.series_unknown.increment(1);
                     continue;
                 }
                 // Evidence about a flag counts only from the services that serve it.
@@ -96,12 +110,22 @@ async fn apply(shared: &Arc<Shared>, batch: Vec<Submission>) {
                     continue;
                 }
                 let key = (v.flag.clone(), v.variant.clone());
+                if !totals.contains_key(&key) && !current.contains_key(&key) && current.len() + new_series >= MAX_SERIES
+                {
+                    shared.metrics.series_refused.increment(1);
+                    continue;
+                }
                 if d.split != rampart_stats::Split::default() {
                     let (arm, latency) = windows.entry(key.clone()).or_default();
                     arm.merge(&d.split);
                     latency.merge(&d.latency);
                 }
-                let entry = totals.entry(key).or_insert_with_key(|k| current.get(k).cloned().unwrap_or_default());
+                let entry = totals.entry(key).or_insert_with_key(|k| {
+                    current.get(k).cloned().unwrap_or_else(|| {
+                        new_series += 1;
+                        Delta::default()
+                    })
+                });
                 entry.merge(&d);
             }
             seqs.insert(s.key.clone(), s.report.seq);
@@ -158,6 +182,18 @@ async fn apply(shared: &Arc<Shared>, batch: Vec<Submission>) {
         // A stream that went away no longer waits for its answer.
         let _ = s.reply.send(outcome);
     }
+}
+
+/// Per defined flag, its variants' names.
+fn defined_series(definition: &serde_json::Value) -> HashMap<&str, Vec<&str>> {
+    let Some(flags) = definition.get("flags").and_then(serde_json::Value::as_object) else { return HashMap::new() };
+    flags
+        .iter()
+        .map(|(key, def)| {
+            let variants = def.get("variants").and_then(serde_json::Value::as_object);
+            (key.as_str(), variants.into_iter().flatten().map(|(v, _)| v.as_str()).collect())
+        })
+        .collect()
 }
 
 /// Per flag with `metadata.services` (a comma-separated list), the services whose sidecars may

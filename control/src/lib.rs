@@ -98,6 +98,58 @@ async fn ramp_engine(shared: Arc<Shared>, shutdown: CancellationToken) {
     }
 }
 
+/// Every minute (or half the retention, when shorter) until `shutdown`: deletes, from the store
+/// and from memory, the series of flags no longer defined and the sequences of sidecar processes
+/// not connected that no report touched for `retention`.
+async fn expire_idle(shared: Arc<Shared>, retention: std::time::Duration, shutdown: CancellationToken) {
+    let period = (retention / 2).clamp(std::time::Duration::from_millis(100), std::time::Duration::from_secs(60));
+    let mut every = tokio::time::interval(period);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let shared = shared.clone();
+        let swept = tokio::task::spawn_blocking(move || expire_now(&shared, retention, state::now_ms())).await;
+        match swept {
+            Ok(Ok((series, seqs))) if series + seqs > 0 => {
+                tracing::info!(series, seqs, "idle series and sequences expired");
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "expiring idle series failed"),
+            Err(e) => tracing::error!(error = %e, "expiry task failed"),
+        }
+    }
+}
+
+/// One expiry pass at `now_ms`: how many series and sequences went.
+fn expire_now(shared: &Shared, retention: std::time::Duration, now_ms: i64) -> Result<(usize, usize), StoreError> {
+    let cutoff = now_ms.saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+    let definition = shared.flags.borrow().definition.clone();
+    let defined = |flag: &str| definition.get("flags").and_then(|f| f.get(flag)).is_some();
+    // Ingest holds `totals` and `seqs` while it applies a batch: taking them first keeps a report
+    // from landing between the store's delete and memory's.
+    let mut totals = state::lock(&shared.totals);
+    let mut seqs = state::lock(&shared.seqs);
+    let (series, expired_seqs) = state::lock(&shared.store).expire(cutoff, &defined)?;
+    let connected: std::collections::HashSet<(String, u64)> =
+        state::lock(&shared.proxies).values().filter(|p| p.connected).map(|p| (p.proxy_id.clone(), p.epoch)).collect();
+    for key in &series {
+        totals.remove(key);
+    }
+    let mut gone = 0;
+    for key in &expired_seqs {
+        // A connected sidecar keeps its sequence in memory (the store's row returns with its next
+        // report); one that is not starts afresh when it comes back (its reports are renumbered).
+        if !connected.contains(key) {
+            seqs.remove(key);
+            gone += 1;
+        }
+    }
+    Ok((series.len(), gone))
+}
+
 /// An opened control plane, ready to serve.
 #[derive(Debug)]
 pub struct Control {
@@ -107,6 +159,7 @@ pub struct Control {
     https: Option<Arc<rustls::ServerConfig>>,
     tokens: Vec<config::SidecarToken>,
     operators: Option<operators::Operators>,
+    retention: std::time::Duration,
 }
 
 impl config::Tls {
@@ -190,6 +243,7 @@ impl Control {
             https,
             tokens: config.tokens.clone(),
             operators: config.operators.clone(),
+            retention: config.retention,
         })
     }
 
@@ -262,6 +316,7 @@ impl Control {
             }
         };
         tasks.spawn(ramp_engine(self.shared.clone(), shutdown.clone()));
+        tasks.spawn(expire_idle(self.shared.clone(), self.retention, shutdown.clone()));
         let (g, h) = tokio::join!(grpc_server, http_server);
         tasks.close();
         tasks.wait().await;

@@ -20,6 +20,8 @@ pub(crate) struct Metrics {
     pub(crate) series_refused: Counter,
     /// Series about a flag from a service not in its `metadata.services`, dropped.
     pub(crate) series_out_of_scope: Counter,
+    /// Series about flags or variants not in the current definitions, dropped.
+    pub(crate) series_unknown: Counter,
     /// Streams refused because their Hello contradicts their credential.
     pub(crate) streams_refused: Counter,
     /// Reports refused because their sequence jumps past the next one.
@@ -66,6 +68,7 @@ impl Metrics {
             unresponsive_sidecars: counter("rampart_control_unresponsive_sidecars_total"),
             series_refused: counter("rampart_control_series_refused_total"),
             series_out_of_scope: counter("rampart_control_series_out_of_scope_total"),
+            series_unknown: counter("rampart_control_series_unknown_total"),
             streams_refused: counter("rampart_control_streams_refused_total"),
             sequence_jumps: counter("rampart_control_sequence_jumps_total"),
             ingest_delay: recorder.register_histogram(&Key::from_name(INGEST_DELAY), &META),

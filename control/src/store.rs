@@ -14,6 +14,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_ramps.sql"),
     include_str!("../migrations/0003_audit.sql"),
     include_str!("../migrations/0004_proxy_owners.sql"),
+    include_str!("../migrations/0005_retention.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -126,18 +127,56 @@ impl Store {
         Ok(out)
     }
 
+    /// Deletes what no report touched since `cutoff_ms`: series of flags not in `current`, and
+    /// sidecar sequences (a sidecar process gone that long). Returns the series and sequences
+    /// deleted.
+    pub(crate) fn expire(
+        &mut self,
+        cutoff_ms: i64,
+        current: &dyn Fn(&str) -> bool,
+    ) -> Result<(Vec<(String, String)>, Vec<ProxyKey>), StoreError> {
+        let tx = self.conn.transaction()?;
+        let idle: Vec<(String, String)> = {
+            let mut stmt = tx.prepare("SELECT flag, variant FROM variant_totals WHERE updated_ms < ?1")?;
+            let rows = stmt.query_map([cutoff_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .filter(|(flag, _): &(String, String)| !current(flag))
+                .collect()
+        };
+        let seqs: Vec<ProxyKey> = {
+            let mut stmt = tx.prepare("SELECT proxy_id, epoch FROM proxy_seq WHERE updated_ms < ?1")?;
+            let rows = stmt.query_map([cutoff_ms], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        {
+            let mut del = tx.prepare_cached("DELETE FROM variant_totals WHERE flag = ?1 AND variant = ?2")?;
+            for (flag, variant) in &idle {
+                del.execute(params![flag, variant])?;
+            }
+            let mut del = tx.prepare_cached("DELETE FROM proxy_seq WHERE proxy_id = ?1 AND epoch = ?2")?;
+            for (id, epoch) in &seqs {
+                del.execute(params![id, *epoch as i64])?;
+            }
+        }
+        tx.commit()?;
+        Ok((idle, seqs))
+    }
+
     /// Writes new totals and applied sequences in one transaction: all or nothing.
     pub(crate) fn commit_batch(
         &mut self,
         totals: &[TotalRow<'_>],
         seqs: &[(&ProxyKey, u64)],
     ) -> Result<(), StoreError> {
+        let now = crate::state::now_ms();
         let tx = self.conn.transaction()?;
         {
             let mut put = tx.prepare_cached(
-                "INSERT INTO variant_totals (flag, variant, requests, errors, timeouts, histogram)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (flag, variant) DO UPDATE SET requests = ?3, errors = ?4, timeouts = ?5, histogram = ?6",
+                "INSERT INTO variant_totals (flag, variant, requests, errors, timeouts, histogram, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (flag, variant) DO UPDATE SET requests = ?3, errors = ?4, timeouts = ?5, histogram = ?6,
+                 updated_ms = ?7",
             )?;
             for row in totals {
                 let t = row.totals;
@@ -147,15 +186,16 @@ impl Store {
                     t.requests as i64,
                     t.errors as i64,
                     t.timeouts as i64,
-                    encode_histogram(&t.latency)
+                    encode_histogram(&t.latency),
+                    now
                 ])?;
             }
             let mut seq = tx.prepare_cached(
-                "INSERT INTO proxy_seq (proxy_id, epoch, last_seq) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (proxy_id, epoch) DO UPDATE SET last_seq = ?3",
+                "INSERT INTO proxy_seq (proxy_id, epoch, last_seq, updated_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (proxy_id, epoch) DO UPDATE SET last_seq = ?3, updated_ms = ?4",
             )?;
             for ((id, epoch), last) in seqs {
-                seq.execute(params![id, *epoch as i64, *last as i64])?;
+                seq.execute(params![id, *epoch as i64, *last as i64, now])?;
             }
         }
         tx.commit()?;
