@@ -58,6 +58,19 @@ async fn stack(dir: &std::path::Path, upstream: SocketAddr) -> (process::Running
     (control, sidecars)
 }
 
+/// A healthy upstream behind a control plane and two sidecars, and a ramp of `new-checkout` at
+/// 50% that stays there (10 minutes' dwell): the processes, the API and the sidecars' listeners.
+async fn ramped_at_half(
+    dir: &std::path::Path,
+) -> (process::Running, [process::Running; 2], SocketAddr, Vec<SocketAddr>) {
+    let up = checkout_upstream(Arc::new(|_| false)).await;
+    let (control, sidecars) = stack(dir, up).await;
+    let http = control.addr("http");
+    let listen: Vec<SocketAddr> = sidecars.iter().map(|s| s.addr("listen")).collect();
+    cli(http, &["ramp", "start", "new-checkout", "--treatment", "on", "--steps", "50,100", "--min-dwell", "10m"]);
+    (control, sidecars, http, listen)
+}
+
 /// Requests from ever-new users (`{prefix}{i}`; no `x-user-id` at all when `prefix` is empty)
 /// through the sidecars, 4 at a time, until `stop` or `limit` requests; how many were answered.
 fn traffic(
@@ -179,12 +192,8 @@ async fn an_incident_that_hits_both_arms_does_not_roll_an_aa_ramp_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn targeting_matches_and_keyless_requests_stay_out_of_the_ramp() {
-    let up = checkout_upstream(Arc::new(|_| false)).await;
     let dir = tempfile::tempdir().unwrap();
-    let (control, sidecars) = stack(dir.path(), up).await;
-    let http = control.addr("http");
-    let listen: Vec<SocketAddr> = sidecars.iter().map(|s| s.addr("listen")).collect();
-    cli(http, &["ramp", "start", "new-checkout", "--treatment", "on", "--steps", "50,100", "--min-dwell", "10m"]);
+    let (_control, _sidecars, http, listen) = ramped_at_half(dir.path()).await;
     // QA users get the treatment by targeting; requests without a user get the control by
     // default. Neither was randomised.
     let never = Arc::new(AtomicBool::new(false));
@@ -274,12 +283,8 @@ async fn malformed_body(sidecar: SocketAddr, user: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_bodies_from_treatment_users_do_not_roll_a_ramp_back() {
-    let up = checkout_upstream(Arc::new(|_| false)).await;
     let dir = tempfile::tempdir().unwrap();
-    let (control, sidecars) = stack(dir.path(), up).await;
-    let http = control.addr("http");
-    let listen: Vec<SocketAddr> = sidecars.iter().map(|s| s.addr("listen")).collect();
-    cli(http, &["ramp", "start", "new-checkout", "--treatment", "on", "--steps", "50,100", "--min-dwell", "10m"]);
+    let (_control, _sidecars, http, listen) = ramped_at_half(dir.path()).await;
     let never = Arc::new(AtomicBool::new(false));
     assert_eq!(traffic(listen.clone(), "user-", never.clone(), 400).await.unwrap(), 400);
     // Treatment users (the upstream answers with the variant it was given), each sending

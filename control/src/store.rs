@@ -130,11 +130,7 @@ impl Store {
     /// Deletes what no report touched since `cutoff_ms`: series of flags not in `current`, and
     /// sidecar sequences (a sidecar process gone that long). Returns the series and sequences
     /// deleted.
-    pub(crate) fn expire(
-        &mut self,
-        cutoff_ms: i64,
-        current: &dyn Fn(&str) -> bool,
-    ) -> Result<(Vec<(String, String)>, Vec<ProxyKey>), StoreError> {
+    pub(crate) fn expire(&mut self, cutoff_ms: i64, current: &dyn Fn(&str) -> bool) -> Result<Expired, StoreError> {
         let tx = self.conn.transaction()?;
         let idle: Vec<(String, String)> = {
             let mut stmt = tx.prepare("SELECT flag, variant FROM variant_totals WHERE updated_ms < ?1")?;
@@ -202,6 +198,9 @@ impl Store {
         Ok(())
     }
 }
+
+/// What an expiry pass deleted: series (flag, variant) and sidecar sequences.
+pub(crate) type Expired = (Vec<(String, String)>, Vec<ProxyKey>);
 
 /// A decision row as stored.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]

@@ -8,6 +8,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -42,6 +43,16 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
+
+/// Informational (1xx) responses an upstream may send before its final one.
+const MAX_INFORMATIONAL: u32 = 16;
+
+/// The informational responses of one exchange, and the signal that there were too many.
+#[derive(Debug, Default)]
+struct Informational {
+    count: AtomicU32,
+    flood: tokio::sync::Notify,
+}
 
 /// Everything the request path shares across requests.
 #[derive(Debug)]
@@ -89,10 +100,26 @@ impl Forwarder {
         }
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
+        // An upstream streaming informational (1xx) responses without end would keep this request
+        // parsing them until `upstream_timeout`: past a few, it is a failed exchange.
+        let informational = Arc::new(Informational::default());
+        let seen = informational.clone();
+        hyper::ext::on_informational(&mut req, move |_| {
+            if seen.count.fetch_add(1, Ordering::Relaxed) + 1 == MAX_INFORMATIONAL {
+                seen.flood.notify_one();
+            }
+        });
         let started = Instant::now();
-        let result = tokio::time::timeout(route.timeout, route.cluster.send(req, route.retries)).await;
+        let result = tokio::select! {
+            sent = tokio::time::timeout(route.timeout, route.cluster.send(req, route.retries)) => sent,
+            () = informational.flood.notified() => {
+                self.metrics.upstream_failures.increment(1);
+                self.record(&snapshot, &tracked, Outcome::Error, None);
+                return Ok(self.error(StatusCode::BAD_GATEWAY, "upstream sent too many informational responses\n"));
+            }
+        };
         let elapsed = started.elapsed();
-        let (mut resp, lease) = match result {
+        let (resp, lease) = match result {
             Ok(Ok(sent)) => sent,
             Ok(Err(e)) if e.client_body_failed() => {
                 // The client's own fault (a malformed or cut-off request body): a 400, and no
@@ -115,23 +142,31 @@ impl Forwarder {
             }
         };
         self.metrics.upstream_latency.record(elapsed.as_secs_f64());
-        let outcome = if resp.status().is_server_error() { Outcome::Error } else { Outcome::Ok };
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        // An upgraded connection is never reused.
+        let (mut parts, body) = resp.into_parts();
+        let mut body = UpstreamBody::new(body, (!upgraded).then_some(lease));
+        if !upgraded && body.peek_failed() {
+            // The body broke at once (an invalid chunk right after the head): nothing was sent to
+            // the client yet, so it gets a 502 rather than a connection closed without a word.
+            self.metrics.upstream_failures.increment(1);
+            self.record(&snapshot, &tracked, Outcome::Error, None);
+            return Ok(self.error(StatusCode::BAD_GATEWAY, "upstream sent a malformed body\n"));
+        }
+        let outcome = if parts.status.is_server_error() { Outcome::Error } else { Outcome::Ok };
         self.record(&snapshot, &tracked, outcome, Some(micros));
         drop(snapshot);
-
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let Some(client_side) = client_upgrade
-        {
+        let mut resp = Response::from_parts(parts, ());
+        if upgraded && let Some(client_side) = client_upgrade {
             let upstream_side = hyper::upgrade::on(&mut resp);
             self.tunnels.spawn(tunnel(client_side, upstream_side));
         } else {
             remove_hop_by_hop(resp.headers_mut());
         }
-        self.metrics.response(resp.status());
-        // An upgraded connection is never reused.
-        let lease = (resp.status() != StatusCode::SWITCHING_PROTOCOLS).then_some(lease);
-        Ok(resp.map(|body| Either::Left(UpstreamBody::new(body, lease))))
+        parts = resp.into_parts().0;
+        self.metrics.response(parts.status);
+        Ok(Response::from_parts(parts, Either::Left(body)))
     }
 
     /// Records the request's outcome for every tracked flag it was assigned, on the snapshot it

@@ -256,11 +256,30 @@ pub(crate) struct UpstreamBody {
     inner: Incoming,
     /// `None` for an upgraded connection (never reused) or once released.
     lease: Option<Lease>,
+    /// A frame read by [`UpstreamBody::peek_failed`], returned first.
+    first: Option<Frame<Bytes>>,
 }
 
 impl UpstreamBody {
     pub(crate) fn new(inner: Incoming, lease: Option<Lease>) -> UpstreamBody {
-        UpstreamBody { inner, lease }
+        UpstreamBody { inner, lease, first: None }
+    }
+
+    /// Polls the body once, without waiting: whether it already failed (a frame it already has is
+    /// kept and returned first).
+    pub(crate) fn peek_failed(&mut self) -> bool {
+        if self.inner.is_end_stream() {
+            return false;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(&mut *self).poll_frame(&mut cx) {
+            Poll::Ready(Some(Err(_))) => true,
+            Poll::Ready(Some(Ok(frame))) => {
+                self.first = Some(frame);
+                false
+            }
+            Poll::Ready(None) | Poll::Pending => false,
+        }
     }
 }
 
@@ -270,6 +289,9 @@ impl Body for UpstreamBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
+        if let Some(frame) = this.first.take() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => {
@@ -285,11 +307,18 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.first.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let inner = self.inner.size_hint();
+        let Some(len) = self.first.as_ref().and_then(Frame::data_ref).map(|d| d.len() as u64) else { return inner };
+        let mut hint = SizeHint::new();
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + len);
+        }
+        hint.set_lower(inner.lower() + len);
+        hint
     }
 }
 

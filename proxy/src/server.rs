@@ -197,6 +197,11 @@ async fn serve_io<I>(
     tokio::select! {
         ended = watcher.watch(conn) => {
             if let Err(e) = ended {
+                // hyper answered a request it could not parse itself (400, or 431 for a head too
+                // large): count it with the responses.
+                if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_parse) {
+                    metrics.responses[3].increment(1);
+                }
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         }
