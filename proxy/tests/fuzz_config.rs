@@ -115,10 +115,8 @@ fn document() -> impl Strategy<Value = Table> {
             if upstream {
                 doc.insert("upstream".to_owned(), Value::String("http://127.0.0.1:3000".to_owned()));
             }
-            for (name, t) in tables {
-                if let Some(t) = t {
-                    doc.insert(name.to_owned(), Value::Table(t));
-                }
+            for (name, t) in tables.into_iter().filter_map(|(name, t)| Some((name, t?))) {
+                doc.insert(name.to_owned(), Value::Table(t));
             }
             if let Some(c) = clusters {
                 let c = c.into_iter().map(|(k, v)| (k, Value::Table(v))).collect();

@@ -294,8 +294,8 @@ async fn one(kind: Kind, n: u64, to: SocketAddr, pace: Pace, tally: Arc<Tallies>
             if s.write_all(req.as_bytes()).await.is_err() {
                 return tally.closed_after(opened.elapsed());
             }
-            // Never read: the proxy's close is seen in the kernel's socket table (CLOSE_WAIT, or
-            // the socket gone after a reset), not by reading or writing anything.
+            // Never read: the proxy's close is seen in the kernel's socket table (its end of the
+            // connection leaves ESTABLISHED), not by reading or writing anything.
             let (Ok(local), Ok(remote)) = (s.local_addr(), s.peer_addr()) else { return };
             let deadline = opened + pace.hold;
             loop {
@@ -312,20 +312,22 @@ async fn one(kind: Kind, n: u64, to: SocketAddr, pace: Pace, tally: Arc<Tallies>
     }
 }
 
-/// Whether the kernel says the peer closed the connection `local → remote`: its line in
-/// `/proc/net/tcp` is in `CLOSE_WAIT` (the peer sent FIN), `CLOSE` or gone (a reset).
+/// Whether the peer (on this host) closed the connection `local → remote`: its own end of it in
+/// `/proc/net/tcp` (local `remote`, remote `local`) is no longer `ESTABLISHED`, or gone. Our end
+/// cannot tell: a FIN queued behind the unread response never reaches a client that stopped
+/// reading.
 fn peer_closed(local: SocketAddr, remote: SocketAddr) -> bool {
     let hex = |a: SocketAddr| match a {
         SocketAddr::V4(v4) => format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port()),
         SocketAddr::V6(_) => String::new(),
     };
-    let (l, r) = (hex(local), hex(remote));
+    let (theirs, ours) = (hex(remote), hex(local));
     let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else { return false };
     let state = table.lines().find_map(|line| {
         let mut f = line.split_whitespace().skip(1);
-        (f.next() == Some(l.as_str()) && f.next() == Some(r.as_str())).then(|| f.next().map(str::to_owned))?
+        (f.next() == Some(theirs.as_str()) && f.next() == Some(ours.as_str())).then(|| f.next().map(str::to_owned))?
     });
-    !matches!(state.as_deref(), Some(s) if s != "08" && s != "07")
+    state.as_deref() != Some("01")
 }
 
 /// One header trick on its own connection; counts a leak when it got through.

@@ -91,9 +91,12 @@ impl Report {
         let (first, last) = (attacked.first().map_or(0, |r| r.rss_bytes), attacked.last().map_or(0, |r| r.rss_bytes));
         let leaks: u64 = self.attacks.iter().map(|a| a.counts.leaks).sum();
         let held: u64 = self.attacks.iter().map(|a| a.counts.held).sum();
+        let mut late: Vec<u64> = attacked.iter().map(|r| r.normal.late_p99_us).collect();
+        late.sort_unstable();
+        let late = late.get(late.len() / 2).copied().unwrap_or(0);
         format!(
             "normal traffic {:.0} req/s: {requests} requests under attack, {errors} failed; p99 per 10 s: median {median} µs, \
-             worst {worst} µs (quiet baseline {} µs); proxy RSS {:.1} MiB at the first attacked interval, {:.1} MiB at \
+             worst {worst} µs (quiet baseline {} µs; the generator's own lateness p99, median {late} µs); proxy RSS {:.1} MiB at the first attacked interval, {:.1} MiB at \
              the last, {:.1} MiB at most; {held} attack connections held past our limit, {leaks} header tricks through",
             self.rate,
             base.map_or(0, |b| b.normal.p99_us),
@@ -123,8 +126,8 @@ impl Report {
             self.summary(),
         );
         md.push_str(
-            "| t (s) | req/s | errors | p50 µs | p99 µs | p99.9 µs | max µs | proxy RSS MiB | fds | proxy CPU % | flags live |\n\
-             |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|\n",
+            "| t (s) | req/s | errors | p50 µs | p99 µs | p99.9 µs | max µs | generator late p99 µs | proxy RSS MiB | fds | proxy CPU % | flags live |\n\
+             |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|\n",
         );
         for r in &self.rows {
             let t = if r.attacked { format!("{:.0}", r.t_s) } else { "baseline".to_owned() };
@@ -139,13 +142,14 @@ impl Report {
             }
             let n = &r.normal;
             md.push_str(&format!(
-                "| {t} | {:.0} | {} | {} | {} | {} | {} | {:.1} | {} | {:.0} | {} |\n",
+                "| {t} | {:.0} | {} | {} | {} | {} | {} | {} | {:.1} | {} | {:.0} | {} |\n",
                 n.rps,
                 n.errors(),
                 n.p50_us,
                 n.p99_us,
                 n.p999_us,
                 n.max_us,
+                n.late_p99_us,
                 mib(r.rss_bytes),
                 r.open_fds,
                 r.cpu_percent,
