@@ -16,6 +16,7 @@ mod procs;
 mod prometheus;
 mod scenario;
 mod simulate;
+mod soak;
 mod upstream;
 
 /// Load generators for Rampart's figures (loopback targets only).
@@ -43,6 +44,9 @@ enum Mode {
     /// Simulated ramps: the real decision code on declarative scenarios (`scenarios/*.toml`),
     /// many seeded runs each; false rollbacks, time to rollback and to 100%.
     Simulate(simulate::Args),
+    /// Soak: a release proxy under every attack of issue 14 at once while normal traffic runs at a
+    /// fixed rate; normal-request p99 and the proxy's RSS every interval; writes JSON and markdown.
+    Soak(soak::Args),
     /// The fast upstream (`200 ok`) as its own process, for `compare`.
     Upstream(upstream::Args),
 }
@@ -74,6 +78,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Mode::Compare(args) => compare::run(args).await,
             Mode::Scenario(args) => scenario::run(args).await,
             Mode::Upstream(args) => upstream::run(args).await,
+            Mode::Soak(args) => soak::run(args).await,
             // CPU work on scoped threads of its own; nothing else runs on this runtime.
             Mode::Simulate(args) => simulate::run(args),
         }

@@ -1,5 +1,5 @@
-//! Another process's resource use, read from `/proc`: CPU time (`utime + stime` of all its threads)
-//! and peak resident memory (`VmHWM`).
+//! Another process's resource use, read from `/proc`: CPU time (`utime + stime` of all its threads),
+//! peak and current resident memory (`VmHWM`, `VmRSS`) and open file descriptors.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -62,9 +62,29 @@ fn peak_rss(pid: u32) -> Result<u64, ProcError> {
 }
 
 fn parse_hwm(text: &str) -> Option<u64> {
-    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    status_kb(text, "VmHWM:")
+}
+
+/// A `kB` field of `/proc/PID/status`, in bytes.
+fn status_kb(text: &str, field: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(field))?;
+    let kb: u64 = line.trim_start_matches(field).trim().trim_end_matches("kB").trim().parse().ok()?;
     Some(kb * 1024)
+}
+
+/// Current resident set size, in bytes.
+pub(crate) fn rss(pid: u32) -> Result<u64, ProcError> {
+    let (path, text) = read(PathBuf::from(format!("/proc/{pid}/status")))?;
+    status_kb(&text, "VmRSS:").ok_or(ProcError::Format { path })
+}
+
+/// Open file descriptors (sockets included).
+pub(crate) fn open_fds(pid: u32) -> Result<usize, ProcError> {
+    let path = PathBuf::from(format!("/proc/{pid}/fd"));
+    match std::fs::read_dir(&path) {
+        Ok(entries) => Ok(entries.count()),
+        Err(source) => Err(ProcError::Read { path, source }),
+    }
 }
 
 #[cfg(test)]
@@ -78,5 +98,9 @@ mod tests {
         assert_eq!(parse_hwm("Name:\tx\nVmHWM:\t   10240 kB\nVmRSS:\t 1 kB\n"), Some(10 << 20));
         let me = sample(std::process::id()).unwrap();
         assert!(me.peak_rss > 0);
+        assert_eq!(status_kb("VmRSS:\t  2048 kB\n", "VmRSS:"), Some(2 << 20));
+        let now = rss(std::process::id()).unwrap();
+        assert!(now > 0 && now <= me.peak_rss.max(now));
+        assert!(open_fds(std::process::id()).unwrap() >= 3);
     }
 }

@@ -1,6 +1,7 @@
 //! The upstream the load tool serves itself: a small hyper server (HTTP/1.1 and h2c) answering
 //! `200 ok`, optionally failing or slowing down the requests whose `x-flag-<flag>` header names a
-//! chosen variant, and counting what it saw of that variant (for the ramp scenarios).
+//! chosen variant, and counting what it saw of that variant (for the ramp scenarios). `/headers`
+//! echoes the flag headers it received, `/big` answers 4 MiB (for clients that stop reading).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -63,6 +64,9 @@ async fn handle(req: Request<Incoming>, behavior: Arc<Behavior>, seen: Arc<Obser
     if req.uri().path() == "/headers" {
         return Response::new(Full::new(Bytes::from(flag_headers(&req))));
     }
+    if req.uri().path() == "/big" {
+        return Response::new(Full::new(Bytes::from_static(&BIG)));
+    }
     let is_bad = behavior
         .bad
         .as_ref()
@@ -86,11 +90,20 @@ async fn handle(req: Request<Incoming>, behavior: Arc<Behavior>, seen: Arc<Obser
     Response::new(Full::new(Bytes::from_static(b"ok\n")))
 }
 
-/// `name=value ` for every `x-flag-*` header: what a proxy injected (the sanity check of `compare`).
+/// The body of `/big`: zeros, static (no allocation per response).
+static BIG: [u8; 4 << 20] = [0; 4 << 20];
+
+/// `name=value ` for every `x-flag-*` header: what a proxy injected (the sanity check of `compare`);
+/// `x_flag_name=value ` for a header spelled with underscores (which must never get through).
 fn flag_headers(req: &Request<Incoming>) -> String {
     let mut out = String::new();
     for (name, value) in req.headers() {
-        if let Some(flag) = name.as_str().strip_prefix("x-flag-") {
+        if name.as_str().starts_with("x_flag_") {
+            out.push_str(name.as_str());
+            out.push('=');
+            out.push_str(&String::from_utf8_lossy(value.as_bytes()));
+            out.push(' ');
+        } else if let Some(flag) = name.as_str().strip_prefix("x-flag-") {
             out.push_str(flag);
             out.push('=');
             out.push_str(&String::from_utf8_lossy(value.as_bytes()));
