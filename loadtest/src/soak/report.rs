@@ -80,8 +80,7 @@ impl Report {
     pub(crate) fn summary(&self) -> String {
         let attacked: Vec<&Row> = self.rows.iter().filter(|r| r.attacked && r.error.is_none()).collect();
         let base = self.rows.iter().find(|r| !r.attacked);
-        let p99s: Vec<u64> = attacked.iter().map(|r| r.normal.p99_us).collect();
-        let mut sorted = p99s.clone();
+        let mut sorted: Vec<u64> = attacked.iter().map(|r| r.normal.p99_us).collect();
         sorted.sort_unstable();
         let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0);
         let worst = sorted.last().copied().unwrap_or(0);
