@@ -141,8 +141,7 @@ impl Config {
             None => Vec::new(),
             Some(f) => {
                 let file = base.join(f);
-                let text = std::fs::read_to_string(&file)
-                    .map_err(|e| invalid("tokens_file", format!("{}: {e}", file.display())))?;
+                let text = read_small(&file).map_err(|e| invalid("tokens_file", e))?;
                 let mut tokens = Vec::new();
                 for (i, line) in text.lines().enumerate() {
                     let line = line.trim();
@@ -187,8 +186,7 @@ impl Config {
             None => None,
             Some(f) => {
                 let file = base.join(f);
-                let text = std::fs::read_to_string(&file)
-                    .map_err(|e| invalid("api_tokens_file", format!("{}: {e}", file.display())))?;
+                let text = read_small(&file).map_err(|e| invalid("api_tokens_file", e))?;
                 let operators = crate::operators::Operators::parse(&text)
                     .map_err(|e| invalid("api_tokens_file", format!("{}: {e}", file.display())))?;
                 Some(operators)
@@ -229,6 +227,11 @@ impl Config {
             retention: raw.retention,
         })
     }
+}
+
+/// A token file: a regular file (not a FIFO or a device) of at most 1 MiB.
+fn read_small(file: &Path) -> Result<String, String> {
+    rampart_flags::read_file(file, 1 << 20).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
