@@ -77,32 +77,15 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 4;
 /// Bytes a sidecar may have in flight per stream (twice that per connection).
 const STREAM_WINDOW: u32 = 1024 * 1024;
 
-/// Runs the ramp engine: one tick per second until `shutdown`.
-async fn ramp_engine(shared: Arc<Shared>, shutdown: CancellationToken) {
-    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = every.tick() => {}
-        }
-        let shared = shared.clone();
-        let ticked = tokio::task::spawn_blocking(move || {
-            ramp::engine::tick(&shared, state::now_ms());
-            shared.metrics.set_dora(&api::dora_now(&shared, 30 * 86_400_000));
-        })
-        .await;
-        if let Err(e) = ticked {
-            tracing::error!(error = %e, "ramp engine tick failed");
-        }
-    }
-}
-
-/// Every minute (or half the retention, when shorter) until `shutdown`: deletes, from the store
-/// and from memory, the series of flags no longer defined and the sequences of sidecar processes
-/// not connected that no report touched for `retention`.
-async fn expire_idle(shared: Arc<Shared>, retention: std::time::Duration, shutdown: CancellationToken) {
-    let period = (retention / 2).clamp(std::time::Duration::from_millis(100), std::time::Duration::from_secs(60));
+/// Runs `work` on the blocking pool every `period` until `shutdown`, one run at a time (a late
+/// run delays the next rather than piling up); `what` names it in the log if a run panics.
+async fn periodically(
+    what: &'static str,
+    period: std::time::Duration,
+    shutdown: CancellationToken,
+    work: impl Fn() + Send + Sync + 'static,
+) {
+    let work = Arc::new(work);
     let mut every = tokio::time::interval(period);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -110,16 +93,28 @@ async fn expire_idle(shared: Arc<Shared>, retention: std::time::Duration, shutdo
             () = shutdown.cancelled() => return,
             _ = every.tick() => {}
         }
-        let shared = shared.clone();
-        let swept = tokio::task::spawn_blocking(move || expire_now(&shared, retention, state::now_ms())).await;
-        match swept {
-            Ok(Ok((series, seqs))) if series + seqs > 0 => {
-                tracing::info!(series, seqs, "idle series and sequences expired");
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "expiring idle series failed"),
-            Err(e) => tracing::error!(error = %e, "expiry task failed"),
+        let work = work.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || work()).await {
+            tracing::error!(error = %e, "{what} failed");
         }
+    }
+}
+
+/// The ramp engine: one tick per second, and the DORA gauges with it.
+fn ramp_engine(shared: Arc<Shared>) -> impl Fn() + Send + Sync + 'static {
+    move || {
+        ramp::engine::tick(&shared, state::now_ms());
+        shared.metrics.set_dora(&api::dora_now(&shared, 30 * 86_400_000));
+    }
+}
+
+/// Deletes, from the store and from memory, the series of flags no longer defined and the
+/// sequences of sidecar processes not connected that no report touched for `retention`.
+fn expire_idle(shared: Arc<Shared>, retention: std::time::Duration) -> impl Fn() + Send + Sync + 'static {
+    move || match expire_now(&shared, retention, state::now_ms()) {
+        Ok((series, seqs)) if series + seqs > 0 => tracing::info!(series, seqs, "idle series and sequences expired"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "expiring idle series failed"),
     }
 }
 
@@ -315,8 +310,11 @@ impl Control {
                 None => axum::serve(http, router).with_graceful_shutdown(stopped).await,
             }
         };
-        tasks.spawn(ramp_engine(self.shared.clone(), shutdown.clone()));
-        tasks.spawn(expire_idle(self.shared.clone(), self.retention, shutdown.clone()));
+        let second = std::time::Duration::from_secs(1);
+        tasks.spawn(periodically("ramp engine tick", second, shutdown.clone(), ramp_engine(self.shared.clone())));
+        // Every minute, or half the retention when that is shorter.
+        let sweep = (self.retention / 2).clamp(std::time::Duration::from_millis(100), 60 * second);
+        tasks.spawn(periodically("expiry", sweep, shutdown.clone(), expire_idle(self.shared.clone(), self.retention)));
         let (g, h) = tokio::join!(grpc_server, http_server);
         tasks.close();
         tasks.wait().await;
