@@ -15,8 +15,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 const FLAGS: &str = "flags:\n  banner:\n    state: ENABLED\n    variants: { a: 1, b: 2 }\n    defaultVariant: a\n";
 
-/// An upstream that answers every request with a head and then an invalid chunk.
-async fn broken_upstream() -> SocketAddr {
+/// An upstream that answers every request by writing `reply` `times` times (stopping when the
+/// sidecar hangs up), then closing.
+async fn raw_upstream(reply: &'static [u8], times: usize) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -24,8 +25,11 @@ async fn broken_upstream() -> SocketAddr {
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
                 let _ = s.read(&mut buf).await;
-                let _ =
-                    s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nnot a chunk\r\n").await;
+                for _ in 0..times {
+                    if s.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
                 let _ = s.shutdown().await;
             });
         }
@@ -33,25 +37,14 @@ async fn broken_upstream() -> SocketAddr {
     addr
 }
 
-/// An upstream that answers every request with `102 Processing`, again and again.
+/// A head, then an invalid chunk.
+async fn broken_upstream() -> SocketAddr {
+    raw_upstream(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nnot a chunk\r\n", 1).await
+}
+
+/// `102 Processing`, again and again: far more than the sidecar accepts.
 async fn processing_forever() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                // Bounded: far more than the sidecar accepts, and stops when it hangs up.
-                for _ in 0..100_000 {
-                    if s.write_all(b"HTTP/1.1 102 Processing\r\n\r\n").await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
+    raw_upstream(b"HTTP/1.1 102 Processing\r\n\r\n", 100_000).await
 }
 
 async fn raw(addr: SocketAddr, request: &[u8]) -> String {
