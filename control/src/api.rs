@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 use crate::flags;
 use crate::operators::{Actor, Role};
 use crate::ramp::decide::Policy;
-use crate::ramp::engine::{self, RampError, StartRequest};
+use crate::ramp::engine::{self, StartRequest};
+use crate::writes::Write;
 use crate::state::{Shared, lock, now_ms};
 
 /// Largest flags PUT body: the size cap of a flags file.
@@ -43,6 +44,7 @@ pub(crate) fn router(shared: Arc<Shared>, operators: Option<crate::operators::Op
         .route("/api/v1/ramps/{flag}/{action}", post(operate_ramp))
         .route("/api/v1/dora", get(dora))
         .route("/api/v1/audit", get(audit_trail))
+        .route("/api/v1/replicas", get(replicas))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(shared)
         .layer(axum::middleware::from_fn_with_state(operators, crate::operators::authorize))
@@ -114,35 +116,13 @@ async fn put_flags(
             return error(StatusCode::INTERNAL_SERVER_ERROR, "the flags could not be parsed");
         }
     };
-    let shared2 = shared.clone();
-    let published = tokio::task::spawn_blocking(move || {
-        // The engine owns a running ramp's percent and keeps a rolled-back treatment at 0%,
-        // whatever the new definitions say. The ramps stay locked until the new version is
-        // published, so a rollback decided meanwhile is published after it, never undone by it.
-        let ramps = lock(&shared2.ramps);
-        let mut doc = doc;
-        engine::impose_ramps(&ramps, &mut doc);
-        let set = rampart_flags::FlagSet::from_value("request body", doc).map_err(flags::PublishError::from)?;
-        let json_text = set.definition().to_string();
-        let before = shared2.flags.borrow().definition.clone();
-        let version = flags::publish(&shared2, &set, json_text, "api")?;
-        let changed = crate::audit::changed_flags(&before, set.definition());
-        if changed.is_empty() {
-            crate::audit::record(&shared2, &actor, "flags_put", None, Some(version), "no flag changed".to_owned())?;
-        }
-        for (flag, how) in changed {
-            let detail = format!("{how} by a flags PUT (version {version})");
-            crate::audit::record(&shared2, &actor, "flags_put", Some(&flag), Some(version), detail)?;
-        }
-        Ok(version)
-    })
-    .await;
-    match published {
-        Ok(Ok(version)) => axum::Json(json!({ "version": version })).into_response(),
-        Ok(Err(flags::PublishError::Invalid(e))) => invalid(&e),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-    }
+    answer(crate::writes::submit(&shared, Write::PutFlags { definition: doc, actor }).await)
+}
+
+/// A write's answer as an HTTP response.
+fn answer((status, body): (u16, Value)) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, axum::Json(body)).into_response()
 }
 
 fn invalid(e: &rampart_flags::LoadError) -> Response {
@@ -152,14 +132,18 @@ fn invalid(e: &rampart_flags::LoadError) -> Response {
 }
 
 async fn stats(State(shared): State<Arc<Shared>>, Path(flag): Path<String>) -> Response {
+    let shared2 = shared.clone();
+    let flag2 = flag.clone();
+    let totals = match tokio::task::spawn_blocking(move || shared2.flag_totals(&flag2)).await {
+        Ok(Ok(totals)) => totals,
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
     let mut variants = BTreeMap::new();
-    for ((f, variant), d) in lock(&shared.totals).iter() {
-        if *f != flag {
-            continue;
-        }
+    for (variant, d) in totals {
         let ms = |q: f64| d.latency.quantile(q).map(|us| us.round() / 1000.0);
         variants.insert(
-            variant.clone(),
+            variant,
             json!({
                 "requests": d.requests,
                 "errors": d.errors,
@@ -196,16 +180,6 @@ struct StartBody {
     change_id: Option<String>,
     /// RFC 3339, e.g. "2026-11-26T09:30:00+01:00".
     commit_time: Option<String>,
-}
-
-fn ramp_error(e: &RampError) -> Response {
-    let status = match e {
-        RampError::BadRequest(_) => StatusCode::BAD_REQUEST,
-        RampError::NotFound(_) => StatusCode::NOT_FOUND,
-        RampError::Conflict(_) => StatusCode::CONFLICT,
-        RampError::Publish(_) | RampError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    error(status, &e.to_string())
 }
 
 fn parse_start(body: &[u8]) -> Result<StartRequest, String> {
@@ -252,17 +226,7 @@ async fn start_ramp(State(shared): State<Arc<Shared>>, actor: Option<Extension<A
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
     req.actor = actor_name(actor.as_ref());
-    let shared2 = shared.clone();
-    let started = tokio::task::spawn_blocking(move || {
-        let ramp = engine::start(&shared2, req)?;
-        Ok::<_, RampError>(engine::status(&shared2, &ramp, 20)?)
-    })
-    .await;
-    match started {
-        Ok(Ok(status)) => (StatusCode::CREATED, axum::Json(status)).into_response(),
-        Ok(Err(e)) => ramp_error(&e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-    }
+    answer(crate::writes::submit(&shared, Write::StartRamp { request: req }).await)
 }
 
 async fn list_ramps(State(shared): State<Arc<Shared>>) -> Response {
@@ -294,15 +258,14 @@ async fn operate_ramp(
     Path((flag, action)): Path<(String, String)>,
 ) -> Response {
     let actor = actor_name(actor.as_ref());
-    let shared2 = shared.clone();
-    let done = tokio::task::spawn_blocking(move || {
-        let ramp = engine::operate(&shared2, &flag, &action, &actor)?;
-        Ok::<_, RampError>(engine::status(&shared2, &ramp, 20)?)
-    })
-    .await;
-    match done {
-        Ok(Ok(status)) => axum::Json(status).into_response(),
-        Ok(Err(e)) => ramp_error(&e),
+    answer(crate::writes::submit(&shared, Write::OperateRamp { flag, op: action, actor }).await)
+}
+
+/// `GET /api/v1/replicas`: the control-plane replicas and which one leads.
+async fn replicas(State(shared): State<Arc<Shared>>) -> Response {
+    match tokio::task::spawn_blocking(move || crate::replicas::list(&shared)).await {
+        Ok(Ok(list)) => axum::Json(list).into_response(),
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }
@@ -322,7 +285,7 @@ struct AuditQuery {
 async fn audit_trail(State(shared): State<Arc<Shared>>, Query(q): Query<AuditQuery>) -> Response {
     let limit = q.limit.unwrap_or(100).min(10_000);
     let shared2 = shared.clone();
-    let rows = tokio::task::spawn_blocking(move || lock(&shared2.store).audit(q.flag.as_deref(), limit)).await;
+    let rows = tokio::task::spawn_blocking(move || shared2.store.audit(q.flag.as_deref(), limit)).await;
     match rows {
         Ok(Ok(rows)) => axum::Json(json!({ "audit": rows })).into_response(),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),

@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use crate::state::{Shared, lock, now_ms};
+use crate::state::{Shared, now_ms};
 use crate::store::{AuditRow, StoreError};
 
 /// The actor of the ramp engine's own decisions.
@@ -29,7 +29,7 @@ pub(crate) fn record(
         version,
         detail,
     };
-    lock(&shared.store).add_audit(&row)
+    shared.store.add_audit(&row)
 }
 
 /// The flags a replacement changes, as `(key, "added" | "removed" | "changed")`, sorted by key.

@@ -28,8 +28,11 @@ struct Raw {
     #[serde(default = "default_http")]
     http_listen: SocketAddr,
     flags: Option<PathBuf>,
+    /// A SQLite file, or a `postgres://…` URL shared by replicas.
     #[serde(default = "default_store")]
-    store: PathBuf,
+    store: String,
+    /// This replica's name in the replicas list (default: host name and process id).
+    replica: Option<String>,
     tls: Option<RawTls>,
     /// Bearer tokens for sidecars: `token`, `service token` to bind it to a service, or
     /// `service/proxy_id token` to bind it to one sidecar.
@@ -80,8 +83,8 @@ fn default_http() -> SocketAddr {
 fn default_retention() -> std::time::Duration {
     std::time::Duration::from_secs(30 * 86_400)
 }
-fn default_store() -> PathBuf {
-    PathBuf::from("rampart-control.db")
+fn default_store() -> String {
+    "rampart-control.db".to_owned()
 }
 
 /// A validated control-plane configuration. Relative paths resolve against the config file.
@@ -91,8 +94,10 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// Flags to start with when the store has none yet.
     pub flags: Option<PathBuf>,
-    /// The SQLite database.
-    pub store: PathBuf,
+    /// The SQLite database, or the PostgreSQL database replicas share.
+    pub store: crate::store::Location,
+    /// This replica's name (with PostgreSQL), unique among the replicas.
+    pub replica: Option<String>,
     /// TLS on the gRPC listener.
     pub tls: Option<Tls>,
     /// Bearer tokens accepted from sidecars. When tokens or a client CA are configured, a stream
@@ -111,7 +116,8 @@ impl Default for Config {
             grpc_listen: default_grpc(),
             http_listen: default_http(),
             flags: None,
-            store: default_store(),
+            store: crate::store::Location::parse(&default_store()),
+            replica: None,
             tls: None,
             tokens: Vec::new(),
             operators: None,
@@ -202,6 +208,11 @@ impl Config {
                 ),
             ));
         }
+        if let Some(name) = &raw.replica
+            && (name.is_empty() || name.len() > rampart_flags::MAX_NAME_BYTES)
+        {
+            return Err(invalid("replica", format!("1 to {} bytes", rampart_flags::MAX_NAME_BYTES)));
+        }
         let tls = raw.tls.map(|t| Tls {
             cert: base.join(t.cert),
             key: base.join(t.key),
@@ -220,7 +231,11 @@ impl Config {
             grpc_listen: raw.grpc_listen,
             http_listen: raw.http_listen,
             flags: raw.flags.map(|f| base.join(f)),
-            store: base.join(raw.store),
+            store: match crate::store::Location::parse(&raw.store) {
+                crate::store::Location::Sqlite(file) => crate::store::Location::Sqlite(base.join(file)),
+                url => url,
+            },
+            replica: raw.replica,
             tls,
             tokens,
             operators,
@@ -243,7 +258,11 @@ mod tests {
         let c = Config::parse(Path::new("/srv/control.toml"), "flags = \"flags.yaml\"\n").unwrap();
         assert_eq!(c.grpc_listen.port(), 8400);
         assert_eq!(c.http_listen.port(), 8401);
-        assert_eq!(c.store, Path::new("/srv/rampart-control.db"));
+        assert_eq!(c.store, crate::store::Location::Sqlite("/srv/rampart-control.db".into()));
+        let pg = Config::parse(Path::new("/srv/c.toml"), "store = \"postgres://rampart@db/rampart\"\nreplica = \"a\"\n");
+        let pg = pg.unwrap();
+        assert_eq!(pg.store, crate::store::Location::Postgres("postgres://rampart@db/rampart".into()));
+        assert_eq!(pg.replica.as_deref(), Some("a"));
         assert_eq!(c.flags.as_deref(), Some(Path::new("/srv/flags.yaml")));
         let e = Config::parse(Path::new("c.toml"), "store = 1\n").unwrap_err().to_string();
         assert!(e.starts_with("c.toml:1:9: "), "{e}");

@@ -17,7 +17,7 @@ use rampart_stats::Delta;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::state::{Shared, Windows, lock, now_ms};
-use crate::store::{ProxyKey, TotalRow};
+use crate::store::{Batch, ProxyKey, SeqRow, StoreError, TotalRow, WindowRow};
 
 /// Most reports committed in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -64,7 +64,62 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Submission>)
 }
 
 async fn apply(shared: &Arc<Shared>, batch: Vec<Submission>) {
+    let outcomes = match decide_and_commit(shared, &batch).await {
+        Ok(outcomes) => outcomes,
+        Err(Stale) => {
+            // A sidecar's reports were applied at another replica since this one read its
+            // sequence: reread the batch's sequences and decide again.
+            refresh_seqs(shared, &batch).await;
+            decide_and_commit(shared, &batch).await.unwrap_or_else(|Stale| {
+                shared.metrics.commit_failures.increment(1);
+                vec![Outcome::Failed; batch.len()]
+            })
+        }
+    };
+    let now = now_ms();
+    shared.metrics.batch_size.record(batch.len() as f64);
+    for (s, outcome) in batch.into_iter().zip(outcomes) {
+        match outcome {
+            Outcome::Applied => {
+                shared.metrics.reports_applied.increment(1);
+                // The window end is the sidecar's word: saturating, so no value of it can overflow.
+                let delay = now.saturating_sub(s.report.window_end_ms).max(0) as f64 / 1000.0;
+                shared.metrics.ingest_delay.record(delay);
+            }
+            Outcome::Duplicate => shared.metrics.reports_duplicate.increment(1),
+            Outcome::Invalid => shared.metrics.reports_invalid.increment(1),
+            Outcome::Jump { .. } => shared.metrics.sequence_jumps.increment(1),
+            Outcome::Failed => {}
+        }
+        // A stream that went away no longer waits for its answer.
+        let _ = s.reply.send(outcome);
+    }
+}
+
+/// The store said a sequence this replica read had moved on elsewhere.
+#[derive(Debug)]
+struct Stale;
+
+/// Rereads the stored sequences of the batch's sidecars.
+async fn refresh_seqs(shared: &Arc<Shared>, batch: &[Submission]) {
+    let keys: std::collections::HashSet<ProxyKey> = batch.iter().map(|s| s.key.clone()).collect();
+    let shared2 = shared.clone();
+    let fresh = tokio::task::spawn_blocking(move || {
+        keys.into_iter().map(|k| shared2.store.seq(&k).map(|seq| (k, seq))).collect::<Result<Vec<_>, _>>()
+    })
+    .await;
+    match fresh {
+        Ok(Ok(fresh)) => lock(&shared.seqs).extend(fresh),
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot reread sidecar sequences"),
+        Err(e) => tracing::warn!(error = %e, "rereading sidecar sequences failed"),
+    }
+}
+
+/// Decides what becomes of each report and commits the applied ones; `Err(Stale)` when the
+/// store refused the batch for a stale sequence (nothing was written).
+async fn decide_and_commit(shared: &Arc<Shared>, batch: &[Submission]) -> Result<Vec<Outcome>, Stale> {
     let mut outcomes = Vec::with_capacity(batch.len());
+    let mut priors: HashMap<ProxyKey, u64> = HashMap::new();
     let mut seqs: HashMap<ProxyKey, u64> = HashMap::new();
     let mut totals: HashMap<(String, String), Delta> = HashMap::new();
     let mut windows = Windows::new();
@@ -75,7 +130,7 @@ async fn apply(shared: &Arc<Shared>, batch: Vec<Submission>) {
         let mut new_series = 0usize;
         let current = lock(&shared.totals);
         let applied = lock(&shared.seqs);
-        for s in &batch {
+        for s in batch {
             let last = seqs.get(&s.key).or_else(|| applied.get(&s.key)).copied().unwrap_or(0);
             if s.report.seq <= last {
                 outcomes.push(Outcome::Duplicate);
@@ -128,25 +183,43 @@ async fn apply(shared: &Arc<Shared>, batch: Vec<Submission>) {
                 });
                 entry.merge(&d);
             }
+            priors.entry(s.key.clone()).or_insert(last);
             seqs.insert(s.key.clone(), s.report.seq);
             outcomes.push(Outcome::Applied);
         }
     }
-    if !seqs.is_empty() {
-        let store = shared.store.clone();
-        let (rows_totals, rows_seqs) = (totals, seqs);
-        let committed = tokio::task::spawn_blocking(move || {
-            let rows: Vec<TotalRow<'_>> =
-                rows_totals.iter().map(|((flag, variant), totals)| TotalRow { flag, variant, totals }).collect();
-            let seq_rows: Vec<(&ProxyKey, u64)> = rows_seqs.iter().map(|(k, v)| (k, *v)).collect();
-            let result = lock(&store).commit_batch(&rows, &seq_rows);
-            (result, rows_totals, rows_seqs)
-        })
-        .await;
-        match committed {
-            Ok((Ok(()), new_totals, new_seqs)) => {
-                lock(&shared.totals).extend(new_totals);
-                lock(&shared.seqs).extend(new_seqs);
+    if seqs.is_empty() {
+        return Ok(outcomes);
+    }
+    // With replicas, the windows go through the store to the leader's engine; one control plane
+    // keeps them in memory.
+    let replicated = shared.replicas.is_some();
+    let shared2 = shared.clone();
+    let committed = tokio::task::spawn_blocking(move || {
+        let batch = Batch {
+            totals: totals.iter().map(|((flag, variant), totals)| TotalRow { flag, variant, totals }).collect(),
+            seqs: seqs
+                .iter()
+                .map(|(key, last)| SeqRow { key, prior: priors.get(key).copied().unwrap_or(0), last: *last })
+                .collect(),
+            windows: if replicated {
+                windows
+                    .iter()
+                    .map(|((flag, variant), (arm, latency))| WindowRow { flag, variant, arm, latency })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        };
+        let result = shared2.store.commit_batch(&batch);
+        (result, totals, seqs, windows)
+    })
+    .await;
+    match committed {
+        Ok((Ok(()), new_totals, new_seqs, windows)) => {
+            lock(&shared.totals).extend(new_totals);
+            lock(&shared.seqs).extend(new_seqs);
+            if !replicated {
                 let mut pending = lock(&shared.windows);
                 for (key, (arm, latency)) in windows {
                     let (a, l) = pending.entry(key).or_default();
@@ -154,34 +227,21 @@ async fn apply(shared: &Arc<Shared>, batch: Vec<Submission>) {
                     l.merge(&latency);
                 }
             }
-            Ok((Err(e), ..)) => {
-                tracing::error!(error = %e, "committing stats failed; sidecars will resend");
-                fail_applied(shared, &mut outcomes);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "commit task failed; sidecars will resend");
-                fail_applied(shared, &mut outcomes);
-            }
+        }
+        Ok((Err(StoreError::Conflict(why)), ..)) => {
+            tracing::info!(%why, "batch refused by the store; rereading sequences");
+            return Err(Stale);
+        }
+        Ok((Err(e), ..)) => {
+            tracing::error!(error = %e, "committing stats failed; sidecars will resend");
+            fail_applied(shared, &mut outcomes);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "commit task failed; sidecars will resend");
+            fail_applied(shared, &mut outcomes);
         }
     }
-    let now = now_ms();
-    shared.metrics.batch_size.record(batch.len() as f64);
-    for (s, outcome) in batch.into_iter().zip(outcomes) {
-        match outcome {
-            Outcome::Applied => {
-                shared.metrics.reports_applied.increment(1);
-                // The window end is the sidecar's word: saturating, so no value of it can overflow.
-                let delay = now.saturating_sub(s.report.window_end_ms).max(0) as f64 / 1000.0;
-                shared.metrics.ingest_delay.record(delay);
-            }
-            Outcome::Duplicate => shared.metrics.reports_duplicate.increment(1),
-            Outcome::Invalid => shared.metrics.reports_invalid.increment(1),
-            Outcome::Jump { .. } => shared.metrics.sequence_jumps.increment(1),
-            Outcome::Failed => {}
-        }
-        // A stream that went away no longer waits for its answer.
-        let _ = s.reply.send(outcome);
-    }
+    Ok(outcomes)
 }
 
 /// Per defined flag, its variants' names.

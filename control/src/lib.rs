@@ -1,6 +1,6 @@
 //! Rampart's control plane: takes the stats streams of all sidecars, applies every report exactly
 //! once into per-variant aggregates, distributes versioned flag definitions, persists it all in
-//! SQLite, and serves the HTTP JSON API.
+//! SQLite (or in PostgreSQL, shared by replicas: see `replicas.rs`), and serves the HTTP JSON API.
 //!
 //! [`Control::open`] opens the store and loads the state (failing before anything is bound);
 //! [`Control::run`] serves gRPC and HTTP on the given listeners (both over TLS with `[tls]`) until
@@ -17,9 +17,11 @@ mod ingest;
 mod metrics;
 pub mod operators;
 pub mod ramp;
+mod replicas;
 mod state;
 mod store;
 mod stream;
+mod writes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicU64;
@@ -34,7 +36,7 @@ use tokio_util::task::TaskTracker;
 
 pub use crate::config::{Config, ConfigError};
 use crate::state::{Flags, Shared};
-pub use crate::store::StoreError;
+pub use crate::store::{Location, StoreError};
 
 /// Why the control plane cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -100,10 +102,17 @@ async fn periodically(
     }
 }
 
-/// The ramp engine: one tick per second, and the DORA gauges with it.
+/// The ramp engine: one tick per second (on the leading replica, with replicas), and the DORA
+/// gauges with it.
 fn ramp_engine(shared: Arc<Shared>) -> impl Fn() + Send + Sync + 'static {
     move || {
-        ramp::engine::tick(&shared, state::now_ms());
+        let decides = shared.replicas.as_ref().is_none_or(|r| r.leads());
+        if decides {
+            if shared.replicas.is_some() {
+                replicas::before_tick(&shared);
+            }
+            ramp::engine::tick(&shared, state::now_ms());
+        }
         shared.metrics.set_dora(&api::dora_now(&shared, 30 * 86_400_000));
     }
 }
@@ -120,6 +129,10 @@ fn expire_idle(shared: Arc<Shared>, retention: std::time::Duration) -> impl Fn()
 
 /// One expiry pass at `now_ms`: how many series and sequences went.
 fn expire_now(shared: &Shared, retention: std::time::Duration, now_ms: i64) -> Result<(usize, usize), StoreError> {
+    // With replicas, the leader expires for all.
+    if shared.replicas.as_ref().is_some_and(|r| !r.leads()) {
+        return Ok((0, 0));
+    }
     let cutoff = now_ms.saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
     let definition = shared.flags.borrow().definition.clone();
     let defined = |flag: &str| definition.get("flags").and_then(|f| f.get(flag)).is_some();
@@ -127,7 +140,7 @@ fn expire_now(shared: &Shared, retention: std::time::Duration, now_ms: i64) -> R
     // from landing between the store's delete and memory's.
     let mut totals = state::lock(&shared.totals);
     let mut seqs = state::lock(&shared.seqs);
-    let (series, expired_seqs) = state::lock(&shared.store).expire(cutoff, &defined)?;
+    let (series, expired_seqs) = shared.store.expire(cutoff, &defined)?;
     let connected: std::collections::HashSet<(String, u64)> =
         state::lock(&shared.proxies).values().filter(|p| p.connected).map(|p| (p.proxy_id.clone(), p.epoch)).collect();
     for key in &series {
@@ -174,8 +187,16 @@ impl config::Tls {
 
 impl Control {
     pub fn open(config: &Config) -> Result<Control, Error> {
-        let store = store::Store::open(&config.store)?;
+        let (store, replicas): (Arc<dyn store::Store>, _) = match &config.store {
+            store::Location::Sqlite(path) => (Arc::new(store::Sqlite::open(path)?), None),
+            store::Location::Postgres(url) => {
+                let name = config.replica.clone().unwrap_or_else(default_replica_name);
+                let pg = Arc::new(store::Postgres::open(url, &name)?);
+                (pg.clone(), Some(Arc::new(replicas::Replicas::new(pg))))
+            }
+        };
         let metrics = metrics::Metrics::new();
+        metrics.leader.set(if replicas.is_none() { 1.0 } else { 0.0 });
         let flags = match store.latest_flags()? {
             Some((version, text)) => {
                 let (set, json) = flags::parse("store", &text, Format::Json)
@@ -192,8 +213,16 @@ impl Control {
                     }
                     None => flags::parse("empty", "{\"flags\": {}}", Format::Json)?,
                 };
-                store.insert_flags(1, &json, "file", state::now_ms())?;
-                Flags { version: 1, text: json, definition: set.definition().clone() }
+                // Another replica may have stored a first version meanwhile: the store's wins.
+                store.init_flags(&json, state::now_ms())?;
+                match store.latest_flags()? {
+                    Some((version, text)) if version > 1 || text != json => {
+                        let (set, json) = flags::parse("store", &text, Format::Json)
+                            .map_err(|source| Error::StoredFlags { version, source })?;
+                        Flags { version, text: json, definition: set.definition().clone() }
+                    }
+                    _ => Flags { version: 1, text: json, definition: set.definition().clone() },
+                }
             }
         };
         metrics.flags_version.set(flags.version as f64);
@@ -217,7 +246,9 @@ impl Control {
             .collect::<Result<BTreeMap<_, _>, _>>()
             .map_err(Error::StoredRamp)?;
         let shared = Shared {
-            store: Arc::new(Mutex::new(store)),
+            store,
+            publishing: Mutex::new(()),
+            replicas,
             totals: Mutex::new(totals),
             windows: Mutex::default(),
             seqs: Mutex::new(seqs),
@@ -249,6 +280,10 @@ impl Control {
 
     /// Serves the sidecar streams on `grpc` and the API on `http` until `shutdown`.
     pub async fn run(self, grpc: TcpListener, http: TcpListener, shutdown: CancellationToken) -> Result<(), Error> {
+        if let Some(r) = &self.shared.replicas {
+            let at = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            r.set_addresses(at(&grpc), at(&http));
+        }
         let tasks = TaskTracker::new();
         let (ingest_tx, ingest_rx) = mpsc::channel(4096);
         let ingest_task = tokio::spawn(ingest::run(self.shared.clone(), ingest_rx));
@@ -311,6 +346,11 @@ impl Control {
             }
         };
         let second = std::time::Duration::from_secs(1);
+        if self.shared.replicas.is_some() {
+            let shared = self.shared.clone();
+            tasks.spawn(periodically("leader lease", second, shutdown.clone(), move || replicas::lease_tick(&shared)));
+            tasks.spawn(replicas::follow(self.shared.clone(), shutdown.clone()));
+        }
         tasks.spawn(periodically("ramp engine tick", second, shutdown.clone(), ramp_engine(self.shared.clone())));
         // Every minute, or half the retention when that is shorter.
         let sweep = (self.retention / 2).clamp(std::time::Duration::from_millis(100), 60 * second);
@@ -322,8 +362,25 @@ impl Control {
         if let Err(e) = ingest_task.await {
             tracing::error!(error = %e, "ingest task failed");
         }
+        if let Some(r) = &self.shared.replicas {
+            let pg = r.pg.clone();
+            // Hand the lead over at once rather than after the lease lapses.
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || pg.resign()).await {
+                tracing::warn!(error = %e, "cannot give up the leader lease");
+            }
+        }
         g?;
         h?;
         Ok(())
     }
+}
+
+/// A replica's default name: the host's name and this process's id.
+fn default_replica_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "replica".to_owned());
+    format!("{host}-{}", std::process::id())
 }

@@ -33,6 +33,8 @@ pub(crate) struct Metrics {
     pub(crate) batch_size: Histogram,
     pub(crate) connected: Gauge,
     pub(crate) flags_version: Gauge,
+    /// 1 while this replica leads (always 1 for one control plane on SQLite).
+    pub(crate) leader: Gauge,
     /// DORA over the last 30 days: frequency/day, lead time s, failure rate, recovery s, detect s,
     /// bad-variant requests.
     dora: [Gauge; 6],
@@ -75,6 +77,7 @@ impl Metrics {
             batch_size: recorder.register_histogram(&Key::from_name(BATCH), &META),
             connected: recorder.register_gauge(&Key::from_name("rampart_control_connected_proxies"), &META),
             flags_version: recorder.register_gauge(&Key::from_name("rampart_control_flags_version"), &META),
+            leader: recorder.register_gauge(&Key::from_name("rampart_control_leader"), &META),
             dora: [
                 "rampart_dora_deployment_frequency_per_day",
                 "rampart_dora_lead_time_seconds",

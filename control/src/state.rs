@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use crate::metrics::Metrics;
 use crate::ramp::model::Ramp;
 use crate::ramp::window::Arm;
-use crate::store::{ProxyKey, Store};
+use crate::store::{ProxyKey, Store, StoreError};
 
 /// A flag definition as distributed: validated, versioned.
 #[derive(Debug)]
@@ -58,7 +58,11 @@ pub(crate) type Windows = HashMap<(String, String), (Arm, SparseHistogram)>;
 
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) store: Arc<Mutex<Store>>,
+    pub(crate) store: Arc<dyn Store>,
+    /// Held while a flags version is numbered and stored.
+    pub(crate) publishing: Mutex<()>,
+    /// Set when replicas share a PostgreSQL store.
+    pub(crate) replicas: Option<Arc<crate::replicas::Replicas>>,
     pub(crate) totals: Mutex<Totals>,
     /// Drained by every engine tick.
     pub(crate) windows: Mutex<Windows>,
@@ -70,6 +74,29 @@ pub(crate) struct Shared {
     /// Every ramp ever started, by id.
     pub(crate) ramps: Mutex<BTreeMap<i64, Ramp>>,
     pub(crate) metrics: Metrics,
+}
+
+impl Shared {
+    /// One variant's totals over every sidecar: from memory for one control plane, from the
+    /// store's partial aggregates of every replica otherwise.
+    pub(crate) fn variant_totals(&self, flag: &str, variant: &str) -> Result<Delta, StoreError> {
+        if self.replicas.is_none() {
+            return Ok(lock(&self.totals).get(&(flag.to_owned(), variant.to_owned())).cloned().unwrap_or_default());
+        }
+        Ok(self.store.flag_totals(flag)?.into_iter().find(|(v, _)| v == variant).map(|(_, d)| d).unwrap_or_default())
+    }
+
+    /// A flag's totals per variant (see [`Shared::variant_totals`]).
+    pub(crate) fn flag_totals(&self, flag: &str) -> Result<Vec<(String, Delta)>, StoreError> {
+        if self.replicas.is_none() {
+            let totals = lock(&self.totals);
+            let mut out: Vec<(String, Delta)> =
+                totals.iter().filter(|((f, _), _)| f == flag).map(|((_, v), d)| (v.clone(), d.clone())).collect();
+            out.sort_by(|a, b| a.0.cmp(&b.0));
+            return Ok(out);
+        }
+        self.store.flag_totals(flag)
+    }
 }
 
 /// Locks a mutex, recovering the data if a panicking holder poisoned it: every critical section

@@ -61,7 +61,7 @@ fn admit(shared: &Shared, identity: &Identity, service: &str, proxy: &str) -> Re
         Some(o) if o.pinned == pinned => Ok(()),
         _ => {
             let owner = Owner { service: service.to_owned(), pinned };
-            let stored = lock(&shared.store).put_owner(proxy, service, pinned, now_ms());
+            let stored = shared.store.put_owner(proxy, service, pinned, now_ms());
             if let Err(e) = stored {
                 // Refuse rather than let an unrecorded owner be taken over after a restart.
                 tracing::error!(error = %e, proxy, "cannot record the sidecar's owner");
@@ -97,6 +97,17 @@ impl RampControl for Service {
         }
         let key = (hello.proxy_id.clone(), hello.epoch);
         let stream_id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        // With replicas, the sidecar may have reported to another one since: the store knows.
+        if self.shared.replicas.is_some() {
+            let (shared, k) = (self.shared.clone(), key.clone());
+            let stored = tokio::task::spawn_blocking(move || shared.store.seq(&k)).await;
+            match stored {
+                Ok(Ok(seq)) => {
+                    lock(&self.shared.seqs).insert(key.clone(), seq);
+                }
+                _ => return Err(Status::unavailable("the control plane cannot read its store now; retry")),
+            }
+        }
         let last_applied = lock(&self.shared.seqs).get(&key).copied().unwrap_or(0);
         lock(&self.shared.proxies).insert(
             hello.proxy_id.clone(),

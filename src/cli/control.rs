@@ -33,7 +33,7 @@ pub(crate) fn run(args: &ControlArgs) -> anyhow::Result<ExitCode> {
         let http = tokio::net::TcpListener::bind(config.http_listen)
             .await
             .with_context(|| format!("bind http_listen {}", config.http_listen))?;
-        tracing::info!(grpc = %grpc.local_addr()?, http = %http.local_addr()?, store = %config.store.display(),
+        tracing::info!(grpc = %grpc.local_addr()?, http = %http.local_addr()?, store = ?config.store,
             flags_version = control.flags_version(), "rampart control serving");
         let token = CancellationToken::new();
         let signals = tokio::spawn(shutdown::on_signal(token.clone()));

@@ -37,7 +37,7 @@ pub(crate) enum RampError {
 }
 
 /// What an operator asks for when starting a ramp.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct StartRequest {
     pub(crate) flag: String,
     pub(crate) treatment: String,
@@ -47,10 +47,6 @@ pub(crate) struct StartRequest {
     pub(crate) commit_ms: Option<i64>,
     /// Who asked (for the audit trail).
     pub(crate) actor: String,
-}
-
-fn totals(shared: &Shared, flag: &str, variant: &str) -> Delta {
-    lock(&shared.totals).get(&(flag.to_owned(), variant.to_owned())).cloned().unwrap_or_default()
 }
 
 /// The ramp block the engine serves for `ramp` (keeping the definition's `bucketBy`).
@@ -102,12 +98,12 @@ pub(crate) fn impose_ramps(ramps: &std::collections::BTreeMap<i64, Ramp>, doc: &
 
 fn persist(shared: &Shared, ramp: &Ramp) -> Result<(), StoreError> {
     let record = serde_json::to_string(ramp).unwrap_or_default();
-    lock(&shared.store).put_ramp(ramp.id, &ramp.flag, ramp.state.as_str(), ramp.started_ms, &record)
+    shared.store.put_ramp(ramp.id, &ramp.flag, ramp.state.as_str(), ramp.started_ms, &record)
 }
 
 fn event(shared: &Shared, ramp: &Ramp, kind: &str, detail: String) -> Result<(), StoreError> {
     tracing::info!(flag = %ramp.flag, ramp = ramp.id, kind, "{detail}");
-    lock(&shared.store).add_event(ramp.id, &EventRow { at_ms: now_ms(), kind: kind.to_owned(), detail })
+    shared.store.add_event(ramp.id, &EventRow { at_ms: now_ms(), kind: kind.to_owned(), detail })
 }
 
 /// Starts a ramp: validates, sets the first step's percent, persists.
@@ -154,7 +150,7 @@ pub(crate) fn start(shared: &Shared, req: StartRequest) -> Result<Ramp, RampErro
     let now = now_ms();
     // The slow threshold comes from the control's latencies of the first ticks (the variant's
     // totals may be days old), so the latency guardrail starts a moment after the ramp.
-    let t = totals(shared, &req.flag, &req.treatment);
+    let t = shared.variant_totals(&req.flag, &req.treatment)?;
     let mut ramp = Ramp::new(id, &req.flag, &req.treatment, control, req.steps, req.policy, now, &t);
     ramp.change_id = req.change_id;
     ramp.commit_ms = req.commit_ms;
@@ -226,7 +222,7 @@ fn tick_one(shared: &Shared, id: i64, now: i64, windows: &mut crate::state::Wind
     let mut ramps = lock(&shared.ramps);
     let Some(ramp) = ramps.get_mut(&id) else { return Ok(()) };
     if ramp.state == State::RolledBack {
-        let t = totals(shared, &ramp.flag, &ramp.treatment);
+        let t = shared.variant_totals(&ramp.flag, &ramp.treatment)?;
         return settle_rollback(shared, ramp, &t, now);
     }
     let mut window = Window::default();
@@ -315,7 +311,7 @@ fn carry_out(
         reason: decision.reason.clone(),
         numbers: serde_json::to_value(&decision.numbers).unwrap_or(Value::Null),
     };
-    lock(&shared.store).add_decision(ramp.id, &row)?;
+    shared.store.add_decision(ramp.id, &row)?;
     persist(shared, ramp)?;
     Ok(())
 }
@@ -341,14 +337,17 @@ pub(crate) const ACK_DEADLINE_MS: i64 = 5_000;
 fn acknowledge(shared: &Shared, ramp: &mut Ramp, now: i64) -> Result<(), RampError> {
     let (None, Some(version)) = (ramp.rollback_acked_ms, ramp.rollback_version) else { return Ok(()) };
     let after = now - ramp.rollback_ms.unwrap_or(now);
+    // With replicas, the sidecars of the others too (as their last heartbeat lists them).
+    let remote = crate::replicas::remote_sidecars(shared);
     let late: Vec<String> = {
         let mut proxies = lock(&shared.proxies);
         let mut connected = proxies.values_mut().filter(|p| p.connected).peekable();
-        if connected.peek().is_none() {
+        if connected.peek().is_none() && remote.is_empty() {
             return Ok(());
         }
         let late: Vec<&mut crate::state::ProxyInfo> = connected.filter(|p| p.flags_version < version).collect();
-        if !late.is_empty() && after < ACK_DEADLINE_MS {
+        let remote_late: Vec<String> = remote.into_iter().filter(|(_, v)| *v < version).map(|(id, _)| id).collect();
+        if (!late.is_empty() || !remote_late.is_empty()) && after < ACK_DEADLINE_MS {
             return Ok(());
         }
         late.into_iter()
@@ -356,6 +355,7 @@ fn acknowledge(shared: &Shared, ramp: &mut Ramp, now: i64) -> Result<(), RampErr
                 p.unresponsive = true;
                 p.proxy_id.clone()
             })
+            .chain(remote_late)
             .collect()
     };
     ramp.rollback_acked_ms = Some(now);
@@ -378,6 +378,10 @@ fn acknowledge(shared: &Shared, ramp: &mut Ramp, now: i64) -> Result<(), RampErr
 
 /// A sidecar confirmed a flags version: rollbacks waiting for it may now be acknowledged.
 pub(crate) fn flags_applied(shared: &Shared, now: i64) {
+    // With replicas, the leader acknowledges (its ticks read every replica's sidecars).
+    if shared.replicas.as_ref().is_some_and(|r| !r.leads()) {
+        return;
+    }
     let mut ramps = lock(&shared.ramps);
     for ramp in ramps.values_mut().filter(|r| r.rollback_version.is_some() && r.rollback_acked_ms.is_none()) {
         if let Err(e) = acknowledge(shared, ramp, now) {
@@ -388,9 +392,8 @@ pub(crate) fn flags_applied(shared: &Shared, now: i64) {
 
 /// The status of a ramp as the API and CLI show it.
 pub(crate) fn status(shared: &Shared, ramp: &Ramp, recent: u32) -> Result<Value, StoreError> {
-    let store = lock(&shared.store);
-    let decisions = store.decisions(ramp.id, recent)?;
-    let events = store.events(ramp.id)?;
+    let decisions = shared.store.decisions(ramp.id, recent)?;
+    let events = shared.store.events(ramp.id)?;
     Ok(json!({
         "id": ramp.id,
         "flag": ramp.flag,

@@ -74,7 +74,7 @@ async fn demo(duration: Duration, plain: bool, rps: u32) -> anyhow::Result<ExitC
 
     let control_config = rampart_control::Config {
         flags: Some(dir.path().join("flags.yaml")),
-        store: dir.path().join("demo.db"),
+        store: rampart_control::Location::Sqlite(dir.path().join("demo.db")),
         ..rampart_control::Config::default()
     };
     let control = rampart_control::Control::open(&control_config)?;

@@ -1,0 +1,201 @@
+//! The control plane's store, behind one interface with two implementations: embedded SQLite
+//! (`sqlite.rs`, the default, for one control plane) and PostgreSQL (`postgres.rs`, shared by
+//! replicas). It holds flag versions, the last applied report sequence per sidecar process, the
+//! aggregated stats, ramps with their decisions and events, the audit trail and sidecar owners.
+//!
+//! The interface is synchronous: its callers are the ingest commit and the ramp engine on the
+//! blocking pool, and the engine decides under the ramps lock. The PostgreSQL implementation
+//! drives its async driver on a runtime of its own behind the same calls.
+//!
+//! Replicas write partial aggregates: each keeps its own totals rows (never one hot row per
+//! variant that every replica updates) and appends the randomised windows of its reports, which
+//! the leading replica's engine takes.
+
+mod postgres;
+mod sqlite;
+
+use rampart_stats::{Delta, SparseHistogram};
+
+use crate::ramp::window::Arm;
+
+pub(crate) use postgres::{Notice, Postgres, ReplicaRow};
+pub(crate) use sqlite::Sqlite;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("store (PostgreSQL): {0}")]
+    Postgres(String),
+    #[error("store holds a histogram that does not decode: {0}")]
+    Corrupt(String),
+    /// Another writer got there first (a flags version taken, a sidecar's sequence moved on at
+    /// another replica): reload and retry.
+    #[error("store: {0}")]
+    Conflict(String),
+    /// A write only the leading replica may make, attempted by one whose lease has lapsed.
+    #[error("store: this replica no longer leads")]
+    NotLeader,
+}
+
+/// A sidecar process: its id and the epoch it chose at start.
+pub(crate) type ProxyKey = (String, u64);
+
+/// One series' new totals (this replica's share of them, on PostgreSQL).
+#[derive(Debug)]
+pub(crate) struct TotalRow<'a> {
+    pub(crate) flag: &'a str,
+    pub(crate) variant: &'a str,
+    pub(crate) totals: &'a Delta,
+}
+
+/// A sidecar's sequence moving from `prior` (what this replica believes is applied) to `last`.
+#[derive(Debug)]
+pub(crate) struct SeqRow<'a> {
+    pub(crate) key: &'a ProxyKey,
+    pub(crate) prior: u64,
+    pub(crate) last: u64,
+}
+
+/// One series' randomised window, for the leader's engine.
+#[derive(Debug)]
+pub(crate) struct WindowRow<'a> {
+    pub(crate) flag: &'a str,
+    pub(crate) variant: &'a str,
+    pub(crate) arm: &'a Arm,
+    pub(crate) latency: &'a SparseHistogram,
+}
+
+/// Everything one ingest batch writes, all or nothing.
+#[derive(Debug, Default)]
+pub(crate) struct Batch<'a> {
+    pub(crate) totals: Vec<TotalRow<'a>>,
+    pub(crate) seqs: Vec<SeqRow<'a>>,
+    /// Written only where replicas share the store (one control plane keeps them in memory).
+    pub(crate) windows: Vec<WindowRow<'a>>,
+}
+
+/// What an expiry pass deleted: series (flag, variant) and sidecar sequences.
+pub(crate) type Expired = (Vec<(String, String)>, Vec<ProxyKey>);
+
+/// A decision row as stored.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub(crate) struct DecisionRow {
+    pub(crate) at_ms: i64,
+    pub(crate) step: u32,
+    pub(crate) percent: f64,
+    pub(crate) action: String,
+    pub(crate) reason: String,
+    pub(crate) numbers: serde_json::Value,
+}
+
+/// An event row as stored.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub(crate) struct EventRow {
+    pub(crate) at_ms: i64,
+    pub(crate) kind: String,
+    pub(crate) detail: String,
+}
+
+/// One change in the audit trail.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub(crate) struct AuditRow {
+    pub(crate) at_ms: i64,
+    /// An operator's name, `engine`, or `anonymous` (an API without operators).
+    pub(crate) actor: String,
+    pub(crate) action: String,
+    pub(crate) flag: Option<String>,
+    /// The flags version the change produced, if it published one.
+    pub(crate) version: Option<u64>,
+    pub(crate) detail: String,
+}
+
+/// The store's interface; see the module docs.
+pub(crate) trait Store: Send + Sync + std::fmt::Debug {
+    /// The newest flag version and its definition.
+    fn latest_flags(&self) -> Result<Option<(u64, String)>, StoreError>;
+    /// The first version, from the configured file, unless a version exists already (another
+    /// replica wrote it first).
+    fn init_flags(&self, definition: &str, now_ms: i64) -> Result<(), StoreError>;
+    /// Stores `version`; [`StoreError::Conflict`] when it exists already.
+    fn insert_flags(&self, version: u64, definition: &str, source: &str, now_ms: i64) -> Result<(), StoreError>;
+
+    fn load_seqs(&self) -> Result<Vec<(ProxyKey, u64)>, StoreError>;
+    /// The last sequence applied for one sidecar process (0 when none).
+    fn seq(&self, key: &ProxyKey) -> Result<u64, StoreError>;
+    /// Each known sidecar id: (proxy_id, service, pinned).
+    fn load_owners(&self) -> Result<Vec<(String, String, bool)>, StoreError>;
+    fn put_owner(&self, proxy_id: &str, service: &str, pinned: bool, at_ms: i64) -> Result<(), StoreError>;
+
+    /// The totals this control plane wrote (with replicas: this replica's share).
+    fn load_totals(&self) -> Result<Vec<(String, String, Delta)>, StoreError>;
+    /// One flag's totals per variant over every replica.
+    fn flag_totals(&self, flag: &str) -> Result<Vec<(String, Delta)>, StoreError>;
+    /// Writes a batch; with `prior` sequences checked where replicas share the store
+    /// ([`StoreError::Conflict`] when one moved on elsewhere, and nothing is written).
+    fn commit_batch(&self, batch: &Batch<'_>) -> Result<(), StoreError>;
+    /// Takes (removes and returns) the randomised windows replicas appended.
+    fn take_windows(&self) -> Result<Vec<(String, String, Arm, SparseHistogram)>, StoreError>;
+    /// Deletes what no report touched since `cutoff_ms`: series of flags not in `current`, and
+    /// sidecar sequences (a sidecar process gone that long).
+    fn expire(&self, cutoff_ms: i64, current: &dyn Fn(&str) -> bool) -> Result<Expired, StoreError>;
+
+    fn add_audit(&self, a: &AuditRow) -> Result<(), StoreError>;
+    /// The latest `limit` changes (of `flag`, when given), oldest first.
+    fn audit(&self, flag: Option<&str>, limit: u32) -> Result<Vec<AuditRow>, StoreError>;
+
+    /// Inserts or replaces a ramp's record (only the leader's, with replicas).
+    fn put_ramp(&self, id: i64, flag: &str, state: &str, started_ms: i64, record: &str) -> Result<(), StoreError>;
+    fn load_ramps(&self) -> Result<Vec<String>, StoreError>;
+    fn add_decision(&self, ramp: i64, d: &DecisionRow) -> Result<(), StoreError>;
+    fn add_event(&self, ramp: i64, e: &EventRow) -> Result<(), StoreError>;
+    /// The ramp's decisions that changed something, plus its latest `recent` decisions, in time order.
+    fn decisions(&self, ramp: i64, recent: u32) -> Result<Vec<DecisionRow>, StoreError>;
+    fn events(&self, ramp: i64) -> Result<Vec<EventRow>, StoreError>;
+}
+
+/// Histogram blob: little-endian (u32 bucket, u64 count) pairs.
+pub(crate) fn encode_histogram(h: &SparseHistogram) -> Vec<u8> {
+    let mut out = Vec::with_capacity(h.iter().len() * 12);
+    for (bucket, count) in h.iter() {
+        out.extend_from_slice(&bucket.to_le_bytes());
+        out.extend_from_slice(&count.to_le_bytes());
+    }
+    out
+}
+
+pub(crate) fn decode_histogram(blob: &[u8]) -> Result<SparseHistogram, String> {
+    if !blob.len().is_multiple_of(12) {
+        return Err(format!("{} bytes is not a whole number of pairs", blob.len()));
+    }
+    let pairs = blob.chunks_exact(12).map(|c| {
+        let (b, n) = c.split_at(4);
+        (u32::from_le_bytes(b.try_into().unwrap_or_default()), u64::from_le_bytes(n.try_into().unwrap_or_default()))
+    });
+    SparseHistogram::from_pairs(pairs).map_err(|e| e.to_string())
+}
+
+/// Where the store lives: a SQLite file, or a PostgreSQL URL shared by replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Sqlite(std::path::PathBuf),
+    /// `postgres://…` or `postgresql://…`.
+    Postgres(String),
+}
+
+impl Location {
+    /// `store = "…"`: a URL with a PostgreSQL scheme, else a file path.
+    pub fn parse(text: &str) -> Location {
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            Location::Postgres(text.to_owned())
+        } else {
+            Location::Sqlite(std::path::PathBuf::from(text))
+        }
+    }
+}
