@@ -199,3 +199,36 @@ impl Location {
         }
     }
 }
+
+/// Shown in logs without a password the URL may hold.
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sqlite(path) => write!(f, "{}", path.display()),
+            Location::Postgres(url) => {
+                let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+                // `user:password@host/db`: keep the user, drop the password.
+                match rest.rsplit_once('@') {
+                    Some((credentials, host)) => {
+                        let user = credentials.split_once(':').map_or(credentials, |(u, _)| u);
+                        write!(f, "{scheme}://{user}@{host}")
+                    }
+                    None => write!(f, "{scheme}://{rest}"),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_url_is_logged_without_its_password() {
+        let at = Location::parse("postgres://rampart:s3cret@db:5432/rampart");
+        assert_eq!(at.to_string(), "postgres://rampart@db:5432/rampart");
+        assert_eq!(Location::parse("postgresql://db/r").to_string(), "postgresql://db/r");
+        assert_eq!(Location::parse("c.db"), Location::Sqlite("c.db".into()));
+    }
+}
