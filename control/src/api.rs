@@ -67,7 +67,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 /// needs to report as that sidecar.
 async fn proxies(State(shared): State<Arc<Shared>>, actor: Option<Extension<Actor>>) -> Response {
     let hide_epochs = actor.is_some_and(|Extension(a)| a.role == Role::Viewer);
-    let proxies: Vec<Value> = lock(&shared.proxies)
+    let mut proxies: Vec<Value> = lock(&shared.proxies)
         .values()
         .map(|p| {
             let mut v = serde_json::to_value(p).unwrap_or(Value::Null);
@@ -77,6 +77,13 @@ async fn proxies(State(shared): State<Arc<Shared>>, actor: Option<Extension<Acto
             v
         })
         .collect();
+    // With replicas, the sidecars connected to the others too, as their last heartbeat lists them.
+    if shared.replicas.is_some() {
+        let shared2 = shared.clone();
+        if let Ok(remote) = tokio::task::spawn_blocking(move || crate::replicas::remote_sidecar_list(&shared2)).await {
+            proxies.extend(remote);
+        }
+    }
     axum::Json(json!({ "proxies": proxies })).into_response()
 }
 

@@ -138,6 +138,18 @@ pub(crate) fn reload_ramps(shared: &Shared) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Takes one ramp's record from the store.
+fn reload_ramp(shared: &Shared, id: i64) -> Result<(), StoreError> {
+    let Some(record) = shared.store.load_ramp(id)? else { return Ok(()) };
+    match serde_json::from_str::<crate::ramp::model::Ramp>(&record) {
+        Ok(ramp) => {
+            lock(&shared.ramps).insert(ramp.id, ramp);
+        }
+        Err(e) => tracing::error!(ramp = id, error = %e, "a stored ramp record does not decode"),
+    }
+    Ok(())
+}
+
 /// The leader carries out the queued writes, oldest first, and answers each.
 pub(crate) fn run_commands(shared: &Shared) {
     let Some(r) = &shared.replicas else { return };
@@ -219,9 +231,9 @@ pub(crate) async fn follow(shared: Arc<Shared>, shutdown: CancellationToken) {
                     flags::reload(&shared);
                 })
             }
-            Ok(Notice::Ramp) if !r.leads() => Box::new(move || {
-                if let Err(e) = reload_ramps(&shared) {
-                    tracing::warn!(error = %e, "cannot reload the ramps");
+            Ok(Notice::Ramp(id)) if !r.leads() => Box::new(move || {
+                if let Err(e) = reload_ramp(&shared, id) {
+                    tracing::warn!(ramp = id, error = %e, "cannot reload a ramp");
                 }
             }),
             Ok(Notice::Command) if r.leads() => Box::new(move || run_commands(&shared)),
@@ -240,20 +252,35 @@ pub(crate) async fn follow(shared: Arc<Shared>, shutdown: CancellationToken) {
     }
 }
 
-/// The connected sidecars of the other replicas: (proxy_id, flags version).
-pub(crate) fn remote_sidecars(shared: &Shared) -> Vec<(String, u64)> {
+/// The other replicas that sent a heartbeat lately.
+fn others(shared: &Shared) -> Vec<ReplicaRow> {
     let Some(r) = &shared.replicas else { return Vec::new() };
     match r.pg.replicas(SEEN_WITHIN_MS) {
-        Ok(rows) => rows
-            .into_iter()
-            .filter(|row| row.id != r.pg.replica() && now_ms() - row.seen_ms < SEEN_WITHIN_MS)
-            .flat_map(|row| row.sidecars.into_iter().map(|(id, _, version)| (id, version)))
-            .collect(),
+        Ok(rows) => rows.into_iter().filter(|row| row.id != r.pg.replica()).collect(),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the other replicas' sidecars");
             Vec::new()
         }
     }
+}
+
+/// The connected sidecars of the other replicas: (proxy_id, flags version).
+pub(crate) fn remote_sidecars(shared: &Shared) -> Vec<(String, u64)> {
+    others(shared).into_iter().flat_map(|row| row.sidecars.into_iter().map(|(id, _, version)| (id, version))).collect()
+}
+
+/// The connected sidecars of the other replicas, as `GET /api/v1/proxies` lists them.
+pub(crate) fn remote_sidecar_list(shared: &Shared) -> Vec<Value> {
+    others(shared)
+        .into_iter()
+        .flat_map(|row| {
+            let replica = row.id;
+            row.sidecars.into_iter().map(move |(id, service, version)| {
+                json!({"proxy_id": id, "service": service, "connected": true, "flags_version": version,
+                       "replica": replica})
+            })
+        })
+        .collect()
 }
 
 /// `GET /api/v1/replicas`: every replica and which one leads (one control plane on SQLite lists

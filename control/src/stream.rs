@@ -59,15 +59,36 @@ fn admit(shared: &Shared, identity: &Identity, service: &str, proxy: &str) -> Re
         Some(o) if o.service != service => refuse(format!("sidecar \"{proxy}\" belongs to service \"{}\"", o.service)),
         Some(o) if o.pinned && !pinned => refuse(format!("sidecar \"{proxy}\" has a credential of its own")),
         Some(o) if o.pinned == pinned => Ok(()),
-        _ => {
-            let owner = Owner { service: service.to_owned(), pinned };
-            let stored = shared.store.put_owner(proxy, service, pinned, now_ms());
-            if let Err(e) = stored {
-                // Refuse rather than let an unrecorded owner be taken over after a restart.
+        Some(o) if pinned => {
+            // A credential of its own now pins an id its service already had.
+            if let Err(e) = shared.store.pin_owner(proxy) {
                 tracing::error!(error = %e, proxy, "cannot record the sidecar's owner");
                 return Err(Status::unavailable("the control plane cannot record this sidecar now; retry"));
             }
-            owners.insert(proxy.to_owned(), owner);
+            let service = o.service.clone();
+            owners.insert(proxy.to_owned(), Owner { service, pinned });
+            Ok(())
+        }
+        _ => {
+            // Another replica may have recorded an owner meanwhile: the store's word is final.
+            let stored = shared.store.claim_owner(proxy, service, pinned, now_ms());
+            let (owner_service, owner_pinned) = match stored {
+                Ok(owner) => owner,
+                Err(e) => {
+                    // Refuse rather than let an unrecorded owner be taken over after a restart.
+                    tracing::error!(error = %e, proxy, "cannot record the sidecar's owner");
+                    return Err(Status::unavailable("the control plane cannot record this sidecar now; retry"));
+                }
+            };
+            owners.insert(proxy.to_owned(), Owner { service: owner_service.clone(), pinned: owner_pinned });
+            if owner_service != service {
+                drop(owners);
+                return refuse(format!("sidecar \"{proxy}\" belongs to service \"{owner_service}\""));
+            }
+            if owner_pinned && !pinned {
+                drop(owners);
+                return refuse(format!("sidecar \"{proxy}\" has a credential of its own"));
+            }
             Ok(())
         }
     }

@@ -131,7 +131,12 @@ pub(crate) trait Store: Send + Sync + std::fmt::Debug {
     fn seq(&self, key: &ProxyKey) -> Result<u64, StoreError>;
     /// Each known sidecar id: (proxy_id, service, pinned).
     fn load_owners(&self) -> Result<Vec<(String, String, bool)>, StoreError>;
-    fn put_owner(&self, proxy_id: &str, service: &str, pinned: bool, at_ms: i64) -> Result<(), StoreError>;
+    /// Records `service` as the owner of `proxy_id` unless it has one already (another replica
+    /// may have recorded it); the owner now stored: (service, pinned).
+    fn claim_owner(&self, proxy_id: &str, service: &str, pinned: bool, at_ms: i64)
+    -> Result<(String, bool), StoreError>;
+    /// Pins `proxy_id` (its service unchanged) to a credential of its own.
+    fn pin_owner(&self, proxy_id: &str) -> Result<(), StoreError>;
 
     /// The totals this control plane wrote (with replicas: this replica's share).
     fn load_totals(&self) -> Result<Vec<(String, String, Delta)>, StoreError>;
@@ -153,6 +158,7 @@ pub(crate) trait Store: Send + Sync + std::fmt::Debug {
     /// Inserts or replaces a ramp's record (only the leader's, with replicas).
     fn put_ramp(&self, id: i64, flag: &str, state: &str, started_ms: i64, record: &str) -> Result<(), StoreError>;
     fn load_ramps(&self) -> Result<Vec<String>, StoreError>;
+    fn load_ramp(&self, id: i64) -> Result<Option<String>, StoreError>;
     fn add_decision(&self, ramp: i64, d: &DecisionRow) -> Result<(), StoreError>;
     fn add_event(&self, ramp: i64, e: &EventRow) -> Result<(), StoreError>;
     /// The ramp's decisions that changed something, plus its latest `recent` decisions, in time order.

@@ -33,13 +33,17 @@ const MIGRATION_LOCK: i64 = 0x7261_6d70_6172;
 /// The database's clock in Unix ms, so leases do not depend on replicas' clocks agreeing.
 const DB_NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
+/// Longest a store call may take before its connection is given up (a network partition must not
+/// hang the caller: the lease lapses, the ingest fails and sidecars resend).
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A notification from another replica (or this one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Notice {
     /// A new flags version was stored.
     Flags(u64),
     /// A ramp record changed.
-    Ramp,
+    Ramp(i64),
     /// A write was queued for the leader.
     Command,
     /// The leader answered a queued write.
@@ -101,7 +105,9 @@ fn pg(e: &tokio_postgres::Error) -> StoreError {
 }
 
 async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    let mut config: tokio_postgres::Config = url.parse()?;
+    config.connect_timeout(std::time::Duration::from_secs(5)).keepalives_idle(std::time::Duration::from_secs(10));
+    let (client, connection) = config.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "store connection lost; reconnecting on the next call");
@@ -189,7 +195,14 @@ impl Postgres {
                     *guard = Some(connect(&inner.url).await.map_err(|e| pg(&e))?);
                 }
                 let Some(client) = guard.as_mut() else { return Err(StoreError::Postgres("no connection".to_owned())) };
-                f(client).await.map_err(|e| pg(&e))
+                match tokio::time::timeout(CALL_TIMEOUT, f(client)).await {
+                    Ok(result) => result.map_err(|e| pg(&e)),
+                    Err(_) => {
+                        // A connection that stopped answering is dropped; the next call reconnects.
+                        *guard = None;
+                        Err(StoreError::Postgres(format!("no answer within {} s", CALL_TIMEOUT.as_secs())))
+                    }
+                }
             }
             .await;
             let _ = tx.send(result);
@@ -392,12 +405,21 @@ async fn migrate(c: &mut Client) -> Result<(), tokio_postgres::Error> {
     Ok(())
 }
 
+async fn connect_listener(
+    url: &str,
+) -> Result<(Client, tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>), tokio_postgres::Error>
+{
+    let mut config: tokio_postgres::Config = url.parse()?;
+    config.connect_timeout(std::time::Duration::from_secs(5)).keepalives_idle(std::time::Duration::from_secs(10));
+    config.connect(NoTls).await
+}
+
 /// Listens for the replicas' notifications and forwards them, reconnecting after a failure (and
 /// then announcing [`Notice::Resync`]).
 async fn listen(url: String, notices: broadcast::Sender<Notice>) {
     let mut first = true;
     loop {
-        match tokio_postgres::connect(&url, NoTls).await {
+        match connect_listener(&url).await {
             Ok((client, mut connection)) => {
                 let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
                 let pump = tokio::spawn(async move {
@@ -430,7 +452,7 @@ async fn listen(url: String, notices: broadcast::Sender<Notice>) {
                     while let Some((channel, payload)) = rx.recv().await {
                         let notice = match channel.as_str() {
                             "rampart_flags" => payload.parse().ok().map(Notice::Flags),
-                            "rampart_ramps" => Some(Notice::Ramp),
+                            "rampart_ramps" => payload.parse().ok().map(Notice::Ramp),
                             "rampart_commands" => Some(Notice::Command),
                             "rampart_command_done" => payload.parse().ok().map(Notice::CommandDone),
                             _ => None,
@@ -523,16 +545,33 @@ impl Store for Postgres {
         })
     }
 
-    fn put_owner(&self, proxy_id: &str, service: &str, pinned: bool, at_ms: i64) -> Result<(), StoreError> {
+    fn claim_owner(
+        &self,
+        proxy_id: &str,
+        service: &str,
+        pinned: bool,
+        at_ms: i64,
+    ) -> Result<(String, bool), StoreError> {
         let (proxy_id, service) = (proxy_id.to_owned(), service.to_owned());
         self.run(Conn::General, move |c| {
             Box::pin(async move {
                 c.execute(
                     "INSERT INTO proxy_owner (proxy_id, service, pinned, since_ms) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (proxy_id) DO UPDATE SET service = excluded.service, pinned = excluded.pinned",
+                     ON CONFLICT (proxy_id) DO NOTHING",
                     &[&proxy_id, &service, &pinned, &at_ms],
                 )
                 .await?;
+                let row = c.query_one("SELECT service, pinned FROM proxy_owner WHERE proxy_id = $1", &[&proxy_id]).await?;
+                Ok((row.get(0), row.get(1)))
+            })
+        })
+    }
+
+    fn pin_owner(&self, proxy_id: &str) -> Result<(), StoreError> {
+        let proxy_id = proxy_id.to_owned();
+        self.run(Conn::General, move |c| {
+            Box::pin(async move {
+                c.execute("UPDATE proxy_owner SET pinned = true WHERE proxy_id = $1", &[&proxy_id]).await?;
                 Ok(())
             })
         })
@@ -753,6 +792,14 @@ impl Store for Postgres {
             Box::pin(async move {
                 let rows = c.query("SELECT record FROM ramps ORDER BY id", &[]).await?;
                 Ok(rows.iter().map(|r| r.get(0)).collect())
+            })
+        })
+    }
+
+    fn load_ramp(&self, id: i64) -> Result<Option<String>, StoreError> {
+        self.run(Conn::General, move |c| {
+            Box::pin(async move {
+                Ok(c.query_opt("SELECT record FROM ramps WHERE id = $1", &[&id]).await?.map(|r| r.get(0)))
             })
         })
     }

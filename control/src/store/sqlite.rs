@@ -101,12 +101,26 @@ impl Store for Sqlite {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn put_owner(&self, proxy_id: &str, service: &str, pinned: bool, at_ms: i64) -> Result<(), StoreError> {
-        self.conn().execute(
+    fn claim_owner(
+        &self,
+        proxy_id: &str,
+        service: &str,
+        pinned: bool,
+        at_ms: i64,
+    ) -> Result<(String, bool), StoreError> {
+        let conn = self.conn();
+        conn.execute(
             "INSERT INTO proxy_owner (proxy_id, service, pinned, since_ms) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (proxy_id) DO UPDATE SET service = excluded.service, pinned = excluded.pinned",
+             ON CONFLICT (proxy_id) DO NOTHING",
             params![proxy_id, service, pinned as i64, at_ms],
         )?;
+        Ok(conn.query_row("SELECT service, pinned FROM proxy_owner WHERE proxy_id = ?1", [proxy_id], |r| {
+            Ok((r.get(0)?, r.get::<_, i64>(1)? != 0))
+        })?)
+    }
+
+    fn pin_owner(&self, proxy_id: &str) -> Result<(), StoreError> {
+        self.conn().execute("UPDATE proxy_owner SET pinned = 1 WHERE proxy_id = ?1", [proxy_id])?;
         Ok(())
     }
 
@@ -232,6 +246,10 @@ impl Store for Sqlite {
         let mut stmt = conn.prepare("SELECT record FROM ramps ORDER BY id")?;
         let rows = stmt.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn load_ramp(&self, id: i64) -> Result<Option<String>, StoreError> {
+        Ok(self.conn().query_row("SELECT record FROM ramps WHERE id = ?1", [id], |r| r.get(0)).optional()?)
     }
 
     fn add_decision(&self, ramp: i64, d: &DecisionRow) -> Result<(), StoreError> {
