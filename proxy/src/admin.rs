@@ -89,9 +89,8 @@ impl Admin {
             // its last flags, so it stays ready and says so.
             "/readyz" => {
                 let stream = match &self.control {
-                    None => "none (local flags file)",
-                    Some(s) if s.connected.load(Ordering::Relaxed) => "connected",
-                    Some(_) => "disconnected (serving the last flags)",
+                    None => "none (local flags file)".to_owned(),
+                    Some(s) => s.describe(),
                 };
                 let version = self.current.load().version;
                 text(StatusCode::OK, format!("ready: flags version {version}; control stream: {stream}\n"))

@@ -11,6 +11,7 @@ use http::uri::{Authority, Scheme};
 use serde::Deserialize;
 
 mod connections;
+mod control;
 mod propagation;
 mod queries;
 mod tls;
@@ -48,7 +49,8 @@ struct Raw {
     #[serde(default = "defaults::upstream")]
     upstream: String,
     flags: Option<PathBuf>,
-    control_plane: Option<String>,
+    /// One URL, or a list of URLs tried in turn.
+    control_plane: Option<toml::Value>,
     #[serde(default = "defaults::service")]
     service: String,
     proxy_id: Option<String>,
@@ -191,7 +193,9 @@ pub struct Upstream {
 /// Where the sidecar streams its stats and gets its flags from.
 #[derive(Debug, Clone)]
 pub struct ControlPlane {
-    pub uri: http::Uri,
+    /// The control plane's replicas, tried in turn (never empty): after a failed connect or a
+    /// stream that ends, the next one at once; a full round without a stream, then a backoff.
+    pub uris: Vec<http::Uri>,
     pub service: String,
     pub proxy_id: String,
     pub report_interval: Duration,
@@ -326,22 +330,14 @@ impl Config {
         }
         let control_plane = match &raw.control_plane {
             None => None,
-            Some(text) => {
-                let uri: http::Uri = text
-                    .parse()
-                    .ok()
-                    .filter(|u: &http::Uri| u.scheme().is_some() && u.authority().is_some())
-                    .ok_or_else(|| {
-                        invalid("control_plane", format!("\"{text}\" is not a URI like http://127.0.0.1:8400"))
-                    })?;
+            Some(value) => {
+                let needs_https = control_auth.as_ref().is_some_and(|a| a.ca.is_some());
+                let uris = control::urls(value, needs_https).map_err(located)?;
                 if raw.report_interval.is_zero() {
                     return Err(invalid("report_interval", "must be above zero".to_owned()));
                 }
-                if control_auth.as_ref().is_some_and(|a| a.ca.is_some()) && uri.scheme_str() != Some("https") {
-                    return Err(invalid("control_plane", "must be https://… when [control_auth] sets a ca".to_owned()));
-                }
                 Some(ControlPlane {
-                    uri,
+                    uris,
                     service: raw.service.clone(),
                     proxy_id: raw.proxy_id.clone().unwrap_or_else(default_proxy_id),
                     report_interval: raw.report_interval,

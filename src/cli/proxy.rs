@@ -39,7 +39,7 @@ pub(crate) fn run(args: &ProxyArgs) -> anyhow::Result<ExitCode> {
         };
         tracing::info!(listen = %listener.local_addr()?, admin = %admin.local_addr()?, grpc = %local(&queries.grpc),
             ofrep = %local(&queries.ofrep), upstream = %c.upstream.authority, flags = ?c.flags,
-            control_plane = ?c.control_plane.as_ref().map(|cp| &cp.uri), workers, "rampart proxy serving");
+            control_plane = ?c.control_plane.as_ref().map(|cp| &cp.uris), workers, "rampart proxy serving");
         let token = CancellationToken::new();
         let signals = tokio::spawn(shutdown::on_signal(token.clone()));
         proxy.run_with_queries(listener, admin, queries, token.clone()).await;

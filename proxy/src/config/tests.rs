@@ -73,12 +73,42 @@ fn control_plane_settings() {
     let c = parse("control_plane = \"http://127.0.0.1:8400\"\nservice = \"checkout\"\nreport_interval = \"250ms\"\n")
         .unwrap();
     let cp = c.control_plane.unwrap();
-    assert_eq!(cp.uri.authority().unwrap().as_str(), "127.0.0.1:8400");
+    assert_eq!(cp.uris, ["http://127.0.0.1:8400"]);
     assert_eq!(cp.service, "checkout");
     assert_eq!(cp.report_interval, Duration::from_millis(250));
     assert!(cp.proxy_id.ends_with(&format!("-{}", std::process::id())), "{}", cp.proxy_id);
     assert_eq!(cp.cache, Path::new("/etc/rampart/rampart-flags.cache.json"));
     assert!(c.flags.is_none(), "a control plane needs no local flags file");
+}
+
+#[test]
+fn control_plane_takes_one_url_or_a_list_tried_in_turn() {
+    let c = parse("control_plane = [\"http://10.0.0.1:8400\", \"http://10.0.0.2:8400/\"]\n").unwrap();
+    assert_eq!(c.control_plane.unwrap().uris, ["http://10.0.0.1:8400", "http://10.0.0.2:8400/"]);
+    let c = parse("control_plane = [\"http://10.0.0.1:8400\"]\n").unwrap();
+    assert_eq!(c.control_plane.unwrap().uris, ["http://10.0.0.1:8400"]);
+
+    let e = |text: &str| parse(text).unwrap_err().to_string();
+    assert_eq!(e("control_plane = []\n"), "/etc/rampart/proxy.toml: control_plane: needs at least one URL");
+    assert_eq!(
+        e("control_plane = [\"http://a:8400\", \"b:8400\"]\n"),
+        "/etc/rampart/proxy.toml: control_plane[1]: \"b:8400\" is not a URL like http://127.0.0.1:8400"
+    );
+    assert_eq!(
+        e("control_plane = [\"http://a:8400\", 8400]\n"),
+        "/etc/rampart/proxy.toml: control_plane[1]: must be a URL like \"http://127.0.0.1:8400\" or a list of them"
+    );
+    assert!(e("control_plane = 8400\n").contains(": control_plane: must be a URL"), "{}", e("control_plane = 8400\n"));
+    assert!(
+        e("control_plane = [\"http://a:8400\", \"http://a:8400\"]\n")
+            .contains("control_plane[1]: \"http://a:8400\" is listed twice")
+    );
+    assert!(e("control_plane = \"ftp://a:8400\"\n").contains("control_plane: \"ftp://a:8400\" is not a URL"));
+    assert!(e("control_plane = \"http://a:8400/v1\"\n").contains("control_plane: \"http://a:8400/v1\" is not a URL"));
+    assert!(
+        e("control_plane = [\"http://a:8400\"]\nreport_interval = \"0s\"\n")
+            .contains("report_interval: must be above zero")
+    );
 }
 
 #[test]

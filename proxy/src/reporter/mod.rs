@@ -1,12 +1,16 @@
 //! The control stream, sidecar side: every interval the per-variant deltas become a numbered
 //! report, sent over `RampControl/Connect` and kept until acknowledged ([`pending`]); flags pushed
-//! by the control plane are applied atomically, cached on disk and confirmed. The stream
-//! reconnects with jittered exponential backoff; the sidecar serves its last flags meanwhile.
+//! by the control plane are applied atomically, cached on disk and confirmed. The control plane's
+//! replicas are tried in turn: after a failed connect or a stream that ends, the next one at once;
+//! after a full round without a lasting stream, a jittered exponential backoff. Reports not yet
+//! acknowledged are resent to whichever replica the sidecar reaches; it serves its last flags
+//! meanwhile.
 
 mod pending;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -37,11 +41,29 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long a shutting-down sidecar waits for its last reports to be acknowledged.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// A stream welcomed and up at least this long starts a new round of the replicas: the next
+/// failure fails over at once again. Shorter-lived streams count as failures of their round, so
+/// replicas that accept and drop the stream at once are retried with backoff, never in a loop.
+const LASTING_STREAM: Duration = Duration::from_secs(1);
 
-/// Whether the control stream is up, for `/readyz`.
+/// Whether the control stream is up, and to which replica, for `/readyz`.
 #[derive(Debug, Default)]
 pub(crate) struct Status {
     pub(crate) connected: AtomicBool,
+    /// The URL of the replica of the stream that is or was last up.
+    replica: Mutex<Option<http::Uri>>,
+}
+
+impl Status {
+    /// `connected to URL`, or `disconnected (serving the last flags)`.
+    pub(crate) fn describe(&self) -> String {
+        if self.connected.load(Ordering::Relaxed)
+            && let Some(uri) = self.replica.lock().unwrap_or_else(PoisonError::into_inner).as_ref()
+        {
+            return format!("connected to {uri}");
+        }
+        "disconnected (serving the last flags)".to_owned()
+    }
 }
 
 #[derive(Debug)]
@@ -79,21 +101,36 @@ impl Reporter {
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut window_start = unix_ms();
         let mut backoff = BACKOFF_MIN;
+        let replicas = self.control.uris.len();
+        // The replica to try next, and how many of this round failed.
+        let (mut next, mut failed) = (0, 0);
         loop {
-            let mut connected = false;
-            match self.stream(&mut pending, &mut tick, &mut window_start, &mut connected, &shutdown).await {
+            let uri = &self.control.uris[next];
+            let mut up = Up::default();
+            match self.stream(next, &mut pending, &mut tick, &mut window_start, &mut up, &shutdown).await {
                 Ok(()) => return,
                 Err(e) => {
-                    self.set_connected(false);
-                    tracing::warn!(error = %e, pending = pending.len(), "control stream down; retrying");
+                    self.set_connected(next, false);
+                    tracing::warn!(control_plane = %uri, error = %e, pending = pending.len(), "control stream down");
                 }
             }
-            if connected {
+            if up.connected {
                 backoff = BACKOFF_MIN;
             }
-            // Jittered backoff; stats keep being collected meanwhile.
+            if up.lasting() {
+                failed = 0;
+            }
+            failed += 1;
+            next = (next + 1) % replicas;
+            if failed < replicas {
+                // Fail over to the next replica at once.
+                continue;
+            }
+            failed = 0;
+            // A full round failed: jittered backoff; stats keep being collected meanwhile.
             let wait = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
             backoff = (backoff * 2).min(BACKOFF_MAX);
+            tracing::info!(retry_in = ?wait, "no control plane replica reachable; retrying");
             let until = Instant::now() + wait;
             loop {
                 tokio::select! {
@@ -105,17 +142,19 @@ impl Reporter {
         }
     }
 
-    /// One stream, from connect to failure (`Err`) or shutdown (`Ok`).
+    /// One stream to replica `replica`, from connect to failure (`Err`) or shutdown (`Ok`).
     async fn stream(
         &self,
+        replica: usize,
         pending: &mut Pending,
         tick: &mut tokio::time::Interval,
         window_start: &mut i64,
-        connected: &mut bool,
+        up: &mut Up,
         shutdown: &CancellationToken,
     ) -> Result<(), StreamError> {
         pending.new_stream();
-        let mut endpoint = Endpoint::from(self.control.uri.clone())
+        let uri = &self.control.uris[replica];
+        let mut endpoint = Endpoint::from(uri.clone())
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
@@ -151,9 +190,10 @@ impl Reporter {
             .await
             .map_err(|_| StreamError::Timeout)??;
         let mut inbound = response.into_inner();
-        self.set_connected(true);
-        *connected = true;
-        tracing::info!(control_plane = %self.control.uri, "control stream connected");
+        *self.status.replica.lock().unwrap_or_else(PoisonError::into_inner) = Some(uri.clone());
+        self.set_connected(replica, true);
+        up.connected = true;
+        tracing::info!(control_plane = %uri, "control stream connected");
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => {
@@ -170,6 +210,7 @@ impl Reporter {
                     let Some(ControlMessage { msg }) = msg? else { return Err(StreamError::Closed) };
                     match msg {
                         Some(control_message::Msg::Welcome(w)) => {
+                            up.welcomed.get_or_insert_with(Instant::now);
                             pending.welcome(w.last_applied_seq);
                             for report in pending.next_to_send() {
                                 send(&tx, proxy_message::Msg::Report(report)).await?;
@@ -271,9 +312,31 @@ impl Reporter {
         })
     }
 
-    fn set_connected(&self, up: bool) {
+    /// The stream's state for `/readyz` and `/metrics` (per replica:
+    /// `rampart_control_plane_connected{url}`).
+    fn set_connected(&self, replica: usize, up: bool) {
         self.status.connected.store(up, Ordering::Relaxed);
-        self.metrics.control_connected.set(if up { 1.0 } else { 0.0 });
+        let value = if up { 1.0 } else { 0.0 };
+        self.metrics.control_connected.set(value);
+        if let Some(uri) = self.control.uris.get(replica) {
+            self.metrics.gauge("rampart_control_plane_connected", &[("url", &uri.to_string())]).set(value);
+        }
+    }
+}
+
+/// How far one stream got.
+#[derive(Debug, Default)]
+struct Up {
+    /// The control plane answered the stream.
+    connected: bool,
+    /// When its Welcome arrived.
+    welcomed: Option<Instant>,
+}
+
+impl Up {
+    /// Welcomed and up for [`LASTING_STREAM`]: its end starts a new round of the replicas.
+    fn lasting(&self) -> bool {
+        self.welcomed.is_some_and(|at| at.elapsed() >= LASTING_STREAM)
     }
 }
 
