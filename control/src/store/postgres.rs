@@ -1,6 +1,6 @@
 //! The PostgreSQL store, shared by control-plane replicas (see `mod.rs` and `replicas.rs`).
 //!
-//! The driver is tokio-postgres, run on a current-thread runtime of the store's own thread, so
+//! The driver is tokio-postgres, run on a one-worker runtime of the store's own thread, so
 //! the synchronous [`Store`] calls work from anywhere: a call hands its future to that runtime
 //! and waits for the answer. Two connections (ingest commits; everything else) reconnect on the
 //! next call after a failure, and a third listens for notifications (`rampart_flags`,
