@@ -77,12 +77,8 @@ async fn json(url: String) -> Value {
 async fn call(method: &str, url: String, body: &str) -> (u16, Value) {
     use http_body_util::BodyExt;
     let body = http_body_util::Full::new(bytes::Bytes::from(body.to_owned())).map_err(|never| match never {}).boxed();
-    let req = http::Request::builder()
-        .method(method)
-        .uri(url)
-        .header("content-type", "application/json")
-        .body(body)
-        .unwrap();
+    let req =
+        http::Request::builder().method(method).uri(url).header("content-type", "application/json").body(body).unwrap();
     let (status, _, body) = send(req).await;
     (status.as_u16(), serde_json::from_str(&body).unwrap_or(Value::Null))
 }

@@ -34,7 +34,8 @@ impl Stream {
         let (out, rx) = mpsc::channel(16);
         let hello = Hello { proxy_id: "p".into(), service: "s".into(), flags_version: 0, epoch: 1 };
         out.send(ProxyMessage { msg: Some(proxy_message::Msg::Hello(hello)) }).await.unwrap();
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
         let outbound = tokio_stream::wrappers::ReceiverStream::new(rx);
         let mut inbound = RampControlClient::new(channel).connect(outbound).await.unwrap().into_inner();
         let welcome = match inbound.message().await.unwrap().and_then(|m| m.msg) {
@@ -46,7 +47,8 @@ impl Stream {
 
     /// Sends report `seq` (5 requests of `banner`/`a`) and waits for its acknowledgement.
     async fn report(&mut self, seq: u64) {
-        let stats = vec![VariantStats { flag: "banner".into(), variant: "a".into(), requests: 5, ..Default::default() }];
+        let stats =
+            vec![VariantStats { flag: "banner".into(), variant: "a".into(), requests: 5, ..Default::default() }];
         let report = StatsReport { seq, first_seq: seq, stats, ..Default::default() };
         self.out.send(ProxyMessage { msg: Some(proxy_message::Msg::Report(report)) }).await.unwrap();
         let acked = tokio::time::timeout(Duration::from_secs(10), async {

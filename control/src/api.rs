@@ -19,8 +19,8 @@ use crate::flags;
 use crate::operators::{Actor, Role};
 use crate::ramp::decide::Policy;
 use crate::ramp::engine::{self, StartRequest};
-use crate::writes::Write;
 use crate::state::{Shared, lock, now_ms};
+use crate::writes::Write;
 
 /// Largest flags PUT body: the size cap of a flags file.
 const FLAGS_BODY_LIMIT: usize = rampart_flags::bounds::MAX_FILE_BYTES as usize;

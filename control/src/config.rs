@@ -259,7 +259,8 @@ mod tests {
         assert_eq!(c.grpc_listen.port(), 8400);
         assert_eq!(c.http_listen.port(), 8401);
         assert_eq!(c.store, crate::store::Location::Sqlite("/srv/rampart-control.db".into()));
-        let pg = Config::parse(Path::new("/srv/c.toml"), "store = \"postgres://rampart@db/rampart\"\nreplica = \"a\"\n");
+        let pg =
+            Config::parse(Path::new("/srv/c.toml"), "store = \"postgres://rampart@db/rampart\"\nreplica = \"a\"\n");
         let pg = pg.unwrap();
         assert_eq!(pg.store, crate::store::Location::Postgres("postgres://rampart@db/rampart".into()));
         assert_eq!(pg.replica.as_deref(), Some("a"));

@@ -226,11 +226,9 @@ pub(crate) async fn follow(shared: Arc<Shared>, shutdown: CancellationToken) {
         };
         let shared = shared.clone();
         let work: Box<dyn FnOnce() + Send> = match notice {
-            Ok(Notice::Flags(version)) if version > shared.flags.borrow().version => {
-                Box::new(move || {
-                    flags::reload(&shared);
-                })
-            }
+            Ok(Notice::Flags(version)) if version > shared.flags.borrow().version => Box::new(move || {
+                flags::reload(&shared);
+            }),
             Ok(Notice::Ramp(id)) if !r.leads() => Box::new(move || {
                 if let Err(e) = reload_ramp(&shared, id) {
                     tracing::warn!(ramp = id, error = %e, "cannot reload a ramp");
@@ -298,5 +296,7 @@ pub(crate) fn list(shared: &Shared) -> Result<Value, StoreError> {
                    "self": row.id == r.pg.replica()})
         })
         .collect();
-    Ok(json!({"store": "postgres", "replica": r.pg.replica(), "term": r.term.load(Ordering::Relaxed), "replicas": list}))
+    Ok(
+        json!({"store": "postgres", "replica": r.pg.replica(), "term": r.term.load(Ordering::Relaxed), "replicas": list}),
+    )
 }

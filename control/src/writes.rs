@@ -16,10 +16,19 @@ use crate::state::{Shared, lock};
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub(crate) enum Write {
     /// Replace the flag definitions (already parsed and validated).
-    PutFlags { definition: Value, actor: String },
-    StartRamp { request: StartRequest },
+    PutFlags {
+        definition: Value,
+        actor: String,
+    },
+    StartRamp {
+        request: StartRequest,
+    },
     /// `op`: pause, resume or abort.
-    OperateRamp { flag: String, op: String, actor: String },
+    OperateRamp {
+        flag: String,
+        op: String,
+        actor: String,
+    },
 }
 
 /// Carries `write` out here, now (blocking).
@@ -34,7 +43,8 @@ pub(crate) fn execute(shared: &Shared, write: Write) -> (u16, Value) {
             }
         }
         Write::OperateRamp { flag, op, actor } => {
-            let done = engine::operate(shared, &flag, &op, &actor).and_then(|ramp| Ok(engine::status(shared, &ramp, 20)?));
+            let done =
+                engine::operate(shared, &flag, &op, &actor).and_then(|ramp| Ok(engine::status(shared, &ramp, 20)?));
             match done {
                 Ok(status) => (200, status),
                 Err(e) => ramp_error(&e),
