@@ -250,10 +250,10 @@ pub(crate) async fn follow(shared: Arc<Shared>, shutdown: CancellationToken) {
     }
 }
 
-/// The other replicas that sent a heartbeat lately.
-fn others(shared: &Shared) -> Vec<ReplicaRow> {
+/// The other replicas that sent a heartbeat within `within_ms`.
+fn others(shared: &Shared, within_ms: i64) -> Vec<ReplicaRow> {
     let Some(r) = &shared.replicas else { return Vec::new() };
-    match r.pg.replicas(SEEN_WITHIN_MS) {
+    match r.pg.replicas(within_ms) {
         Ok(rows) => rows.into_iter().filter(|row| row.id != r.pg.replica()).collect(),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the other replicas' sidecars");
@@ -262,14 +262,18 @@ fn others(shared: &Shared) -> Vec<ReplicaRow> {
     }
 }
 
-/// The connected sidecars of the other replicas: (proxy_id, flags version).
+/// The connected sidecars of the other live replicas (a heartbeat within [`LEASE_MS`]: the
+/// sidecars of one that died have moved on): (proxy_id, flags version).
 pub(crate) fn remote_sidecars(shared: &Shared) -> Vec<(String, u64)> {
-    others(shared).into_iter().flat_map(|row| row.sidecars.into_iter().map(|(id, _, version)| (id, version))).collect()
+    others(shared, LEASE_MS)
+        .into_iter()
+        .flat_map(|row| row.sidecars.into_iter().map(|(id, _, version)| (id, version)))
+        .collect()
 }
 
 /// The connected sidecars of the other replicas, as `GET /api/v1/proxies` lists them.
 pub(crate) fn remote_sidecar_list(shared: &Shared) -> Vec<Value> {
-    others(shared)
+    others(shared, LEASE_MS)
         .into_iter()
         .flat_map(|row| {
             let replica = row.id;
