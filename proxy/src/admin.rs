@@ -46,6 +46,11 @@ pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Ca
             () = shutdown.cancelled() => break,
             _ = upkeep.tick() => {
                 admin.metrics.upkeep();
+                if admin.control.is_none() {
+                    // No reporter drains the stats: free the series of ended ramps no request
+                    // holds any more (a reload frees those it can at once).
+                    admin.stats.forget_retired();
+                }
                 continue;
             }
             accepted = listener.accept() => match accepted {

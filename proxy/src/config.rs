@@ -216,7 +216,8 @@ pub struct Config {
     /// bootstraps the sidecar (when there is no cache) and is not watched.
     pub flags: Option<PathBuf>,
     pub control_plane: Option<ControlPlane>,
-    /// Most (flag, variant) stats series recorded; requests beyond are counted as overflow.
+    /// Most (flag, variant) stats series recorded at once (ended ramps' series give up their
+    /// slots at once and are freed once reported); requests beyond are counted as overflow.
     pub max_series: usize,
     pub admin: SocketAddr,
     pub header_prefix: String,

@@ -65,6 +65,7 @@ impl Proxy {
             inject: config.inject.clone(),
             metrics: metrics.clone(),
             stats: stats.clone(),
+            reported: config.control_plane.is_some(),
             events: query::Events::default(),
             routes: config.routes.clone(),
             propagation: config.propagation.clone(),

@@ -34,6 +34,10 @@ pub(crate) struct Loader {
     pub(crate) inject: Option<Vec<String>>,
     pub(crate) metrics: Metrics,
     pub(crate) stats: Arc<Registry>,
+    /// Whether a reporter drains `stats` (a control plane is configured): the series of ended
+    /// ramps are then freed once their last counts are taken; otherwise once no snapshot or
+    /// request holds them.
+    pub(crate) reported: bool,
     /// Told of every snapshot stored, for the flag query `EventStream`s.
     pub(crate) events: Events,
     /// The configured routes, whose flag conditions each snapshot resolves.
@@ -86,12 +90,17 @@ impl Loader {
     }
 
     /// Makes `snapshot` the live one (one store), announces what changed, and drops the metrics
-    /// series of flags it no longer has.
+    /// series of flags it no longer has. Without a reporter, the stats series the build retired
+    /// are freed here once unheld (the old snapshot is dropped first).
     pub(crate) fn publish(&self, current: &Current, snapshot: Snapshot) {
         let new = Arc::new(snapshot);
         let old = current.swap(new.clone());
         self.events.publish(&old, &new);
+        drop(old);
         self.metrics.retain_flags(new.flags.flags().iter().map(|f| f.key()));
+        if !self.reported {
+            self.stats.forget_retired();
+        }
     }
 
     /// The snapshot of the flags file.

@@ -84,10 +84,19 @@ pub(crate) struct Outputs<'a> {
 
 impl Snapshot {
     /// Builds the snapshot of `flags`: every flag, or only those in `inject` when given.
+    ///
+    /// First retires the stats series these flags no longer track (an ended ramp, a removed flag
+    /// or variant): they go on counting for the snapshot still served and are freed once their
+    /// last counts are reported (see `rampart_stats::Registry`), and their live slots serve the
+    /// series created here at once.
     pub(crate) fn build(version: u64, flags: FlagSet, out: Outputs<'_>) -> Result<Snapshot, SnapshotError> {
+        let injects = |flag: &Flag| out.inject.is_none_or(|keys| keys.iter().any(|k| k == flag.key()));
+        out.stats.retain(|key, variant| {
+            flags.get(key).is_some_and(|f| injects(f) && tracked(f) && f.variant(variant).is_some())
+        });
         let mut injected = Vec::new();
         for (index, flag) in flags.flags().iter().enumerate() {
-            if out.inject.is_some_and(|keys| !keys.iter().any(|k| k == flag.key())) {
+            if !injects(flag) {
                 continue;
             }
             let header = HeaderName::try_from(format!("{}{}", out.prefix, flag.key().to_ascii_lowercase()))

@@ -64,3 +64,40 @@ async fn in_flight_requests_finish_on_their_snapshot() {
     let h = slow.await.unwrap();
     assert_eq!(header(&h, "x-flag-banner").as_deref(), Some("a"), "evaluated when it arrived");
 }
+
+/// Flags `f0` … `f3`; only `ramped` under a ramp.
+fn ramps(ramped: usize) -> String {
+    let mut text = String::from("flags:\n");
+    for i in 0..4 {
+        text.push_str(&format!("  f{i}:\n    state: ENABLED\n    variants: {{ a: 1, b: 2 }}\n    defaultVariant: a\n"));
+        if i == ramped {
+            text.push_str("    ramp: { treatment: b, percent: 50 }\n");
+        }
+    }
+    text
+}
+
+async fn stats_flags(sc: &Sidecar) -> Vec<String> {
+    let (_, body) = get(&format!("http://{}/stats", sc.admin), &[]).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["series"].as_array().unwrap().iter().map(|s| s["flag"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn a_reload_that_ends_a_ramp_frees_its_series_for_the_next() {
+    let up = upstream().await;
+    // Room for one ramp's two series.
+    let sc = sidecar(up.addr, &ramps(0), "max_series = 2").await;
+    for ramp in 0..4 {
+        if ramp > 0 {
+            replace_file(&sc.flags_path(), &ramps(ramp));
+        }
+        let now = format!("f{ramp}");
+        let live =
+            eventually(Duration::from_secs(2), || async { stats_flags(&sc).await == [now.as_str(), now.as_str()] })
+                .await;
+        assert!(live, "{now}: {:?}", stats_flags(&sc).await);
+        seen(&sc.url("/"), &[("x-user-id", "u")]).await;
+    }
+    assert_eq!(metric(sc.admin, "rampart_stats_overflow_total").await, Some(0.0));
+}

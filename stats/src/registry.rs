@@ -1,5 +1,6 @@
 //! The bounded set of recorded series, keyed by (flag, variant): created at snapshot build, drained
-//! into deltas at each report, with an overflow counter for what did not fit under the cap.
+//! into deltas at each report, retired when the flags no longer track them and freed once their
+//! last counts are taken, with an overflow counter for what did not fit under the cap.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,14 +9,22 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use crate::recent::Shared;
 use crate::series::{Delta, SeriesStats};
 
-/// Every recorded flag×variant series, at most `max_series` of them (each ≈ 21.5 KiB, see
-/// [`SeriesStats`], so the cap bounds memory too).
+/// Every recorded flag×variant series: at most `max_series` live ones, and at most
+/// `2 × max_series` with the retired ones awaiting their last report (each ≈ 21.5 KiB, see
+/// [`SeriesStats`], so the caps bound memory too). Retired series do not count against the live
+/// cap: a snapshot that ends one ramp and starts another gets the new ramp's series at once, while
+/// the old ramp's are still being reported.
 ///
-/// The map sits behind a `std::sync::Mutex`: it is only locked to create series (at snapshot
-/// build, rare, never per request) and to drain them (once per report), and no `.await` happens
-/// while it is held. The hot path never touches it: a request records through the `Arc<SeriesStats>`
-/// its snapshot resolved, i.e. atomics only. Series are never removed, so a handle stays valid and
-/// counted for the registry's whole life.
+/// The map sits behind a `std::sync::Mutex`: it is only locked to retire and create series (at
+/// snapshot build, rare, never per request) and to drain them (once per report), and no `.await`
+/// happens while it is held. The hot path never touches it: a request records through the
+/// `Arc<SeriesStats>` its snapshot resolved, i.e. atomics only.
+///
+/// A series the flags no longer track (its ramp ended, the flag went) is [retired](Self::retain):
+/// it keeps counting for whoever still holds it (a request on the previous snapshot), is drained
+/// with the others, and is freed by the first [`take_all`](Self::take_all) that finds no handle
+/// left but the registry's, after taking its last counts: nothing recorded is lost, and its slot
+/// serves a new series. A retired pair tracked again before that is revived, counts and all.
 #[derive(Debug)]
 pub struct Registry {
     max_series: usize,
@@ -27,13 +36,25 @@ pub struct Registry {
 #[derive(Debug, Default)]
 struct Series {
     by_flag: HashMap<String, HashMap<String, Arc<SeriesStats>>>,
-    /// Per flag, the table of units seen that its variants' series share.
+    /// Series no longer tracked, drained until no handle but this one is left.
+    retired: Vec<Retired>,
+    /// Per flag, the table of units seen that its variants' series share (dropped with the
+    /// flag's last series).
     seen: HashMap<String, Arc<Shared>>,
-    len: usize,
+    /// Live series (in `by_flag`).
+    live: usize,
+}
+
+#[derive(Debug)]
+struct Retired {
+    flag: String,
+    variant: String,
+    stats: Arc<SeriesStats>,
 }
 
 impl Registry {
-    /// An empty registry that will hold at most `max_series` series.
+    /// An empty registry that will hold at most `max_series` live series (and `2 × max_series`
+    /// with the retired ones).
     pub fn new(max_series: usize) -> Self {
         Self { max_series, series: Mutex::default(), overflow: AtomicU64::new(0) }
     }
@@ -43,32 +64,76 @@ impl Registry {
         self.max_series
     }
 
-    /// Number of series created so far.
+    /// Number of series held: live, and retired but not yet freed.
     pub fn len(&self) -> usize {
-        self.lock().len
+        let series = self.lock();
+        series.live + series.retired.len()
     }
 
-    /// Whether no series has been created.
+    /// Number of retired series not yet freed (their last counts not taken, or a handle left).
+    pub fn retired(&self) -> usize {
+        self.lock().retired.len()
+    }
+
+    /// Whether no series is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// The series for `flag`×`variant`, created if needed; the same `Arc` for the same pair.
-    /// `None` once `max_series` series exist and this pair is not one of them: the caller then
-    /// counts each request it cannot record in [`overflow`](Self::overflow).
+    /// `None` when `max_series` live series exist (or `2 × max_series` with the retired ones
+    /// waiting to be freed) and this pair is not one of them: the caller then counts each request
+    /// it cannot record in [`overflow`](Self::overflow).
     pub fn get_or_create(&self, flag: &str, variant: &str) -> Option<Arc<SeriesStats>> {
         let mut series = self.lock();
         if let Some(existing) = series.by_flag.get(flag).and_then(|variants| variants.get(variant)) {
             return Some(Arc::clone(existing));
         }
-        if series.len >= self.max_series {
+        if series.live >= self.max_series {
+            return None;
+        }
+        if let Some(at) = series.retired.iter().position(|r| r.flag == flag && r.variant == variant) {
+            // Tracked again before it was freed: the same series, live again.
+            let Retired { flag, variant, stats } = series.retired.swap_remove(at);
+            series.by_flag.entry(flag).or_default().insert(variant, Arc::clone(&stats));
+            series.live += 1;
+            return Some(stats);
+        }
+        if series.live + series.retired.len() >= self.max_series.saturating_mul(2) {
             return None;
         }
         let seen = Arc::clone(series.seen.entry(flag.to_owned()).or_insert_with(|| Arc::new(Shared::new())));
         let created = Arc::new(SeriesStats::with_seen(seen));
         series.by_flag.entry(flag.to_owned()).or_default().insert(variant.to_owned(), Arc::clone(&created));
-        series.len += 1;
+        series.live += 1;
         Some(created)
+    }
+
+    /// Retires every live series for which `keep(flag, variant)` is false: called with the pairs
+    /// new flags track, before their snapshot's series are resolved. A retired series keeps
+    /// counting (the snapshot being served may still hold it) and is drained until freed (see
+    /// [`Registry`]); [`get_or_create`](Self::get_or_create) revives it.
+    pub fn retain(&self, mut keep: impl FnMut(&str, &str) -> bool) {
+        let mut guard = self.lock();
+        let series = &mut *guard;
+        for (flag, variants) in &mut series.by_flag {
+            let gone: Vec<String> = variants.keys().filter(|v| !keep(flag, v)).cloned().collect();
+            for variant in gone {
+                if let Some(stats) = variants.remove(&variant) {
+                    series.retired.push(Retired { flag: flag.clone(), variant, stats });
+                    series.live -= 1;
+                }
+            }
+        }
+        series.by_flag.retain(|_, variants| !variants.is_empty());
+    }
+
+    /// Frees the retired series no one else holds, without taking their counts: for a registry
+    /// nobody drains (a sidecar without a control plane), whose counts go nowhere anyway.
+    pub fn forget_retired(&self) {
+        let mut series = self.lock();
+        series.retired.retain_mut(|r| Arc::get_mut(&mut r.stats).is_none());
+        series.drop_unused_seen();
     }
 
     /// Requests that could not be recorded because their series did not fit under the cap. The
@@ -84,10 +149,12 @@ impl Registry {
     }
 
     /// Drains every series ([`SeriesStats::take`]) and returns the non-empty deltas as
-    /// `(flag, variant, delta)`, sorted by flag then variant. Recording goes on meanwhile; the
-    /// lock only holds off series creation.
+    /// `(flag, variant, delta)`, sorted by flag then variant. Recording goes on meanwhile; the lock
+    /// only holds off series creation. Retired series that no one else holds are freed after
+    /// their last counts are taken here.
     pub fn take_all(&self) -> Vec<(String, String, Delta)> {
-        let series = self.lock();
+        let mut guard = self.lock();
+        let series = &mut *guard;
         let mut deltas: Vec<_> = series
             .by_flag
             .iter()
@@ -95,7 +162,21 @@ impl Registry {
             .filter(|(_, _, delta)| !delta.is_empty())
             .map(|(flag, variant, delta)| (flag.clone(), variant.clone(), delta))
             .collect();
-        drop(series);
+        let before = series.retired.len();
+        series.retired.retain_mut(|r| {
+            // Alone (checked with acquire ordering, so every record of a dropped handle is seen,
+            // and under the lock, so no new handle appears): this take is its last.
+            let last = Arc::get_mut(&mut r.stats).is_some();
+            let delta = r.stats.take();
+            if !delta.is_empty() {
+                deltas.push((r.flag.clone(), r.variant.clone(), delta));
+            }
+            !last
+        });
+        if series.retired.len() < before {
+            series.drop_unused_seen();
+        }
+        drop(guard);
         deltas.sort_unstable_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         deltas
     }
@@ -110,6 +191,7 @@ impl Registry {
             .flat_map(|(flag, variants)| variants.iter().map(move |(variant, stats)| (flag, variant, stats.peek())))
             .map(|(flag, variant, delta)| (flag.clone(), variant.clone(), delta))
             .collect();
+        deltas.extend(series.retired.iter().map(|r| (r.flag.clone(), r.variant.clone(), r.stats.peek())));
         drop(series);
         deltas.sort_unstable_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         deltas
@@ -122,67 +204,13 @@ impl Registry {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::series::Outcome;
-
-    #[test]
-    fn same_pair_same_series() {
-        let registry = Registry::new(4);
-        let a = registry.get_or_create("f", "on").unwrap();
-        let b = registry.get_or_create("f", "on").unwrap();
-        assert!(Arc::ptr_eq(&a, &b));
-        assert!(!Arc::ptr_eq(&a, &registry.get_or_create("f", "off").unwrap()));
-        assert!(!Arc::ptr_eq(&a, &registry.get_or_create("g", "on").unwrap()));
-        assert_eq!(registry.len(), 3);
-    }
-
-    #[test]
-    fn cap_refuses_new_series_and_overflow_is_counted_and_drained() {
-        let registry = Registry::new(2);
-        assert!(registry.is_empty());
-        let on = registry.get_or_create("f", "on").unwrap();
-        registry.get_or_create("f", "off").unwrap();
-        assert!(registry.get_or_create("g", "on").is_none());
-        assert!(registry.get_or_create("f", "other").is_none());
-        // Existing series stay reachable at the cap.
-        assert!(Arc::ptr_eq(&on, &registry.get_or_create("f", "on").unwrap()));
-        assert_eq!((registry.len(), registry.max_series()), (2, 2));
-
-        for _ in 0..3 {
-            registry.overflow().fetch_add(1, Ordering::Relaxed);
-        }
-        assert_eq!(registry.take_overflow(), 3);
-        assert_eq!(registry.take_overflow(), 0);
-    }
-
-    #[test]
-    fn zero_cap_records_nothing() {
-        let registry = Registry::new(0);
-        assert!(registry.get_or_create("f", "on").is_none());
-        assert!(registry.take_all().is_empty());
-    }
-
-    #[test]
-    fn take_all_returns_only_non_empty_deltas_sorted() {
-        let registry = Registry::new(10);
-        let b_on = registry.get_or_create("b", "on").unwrap();
-        let a_off = registry.get_or_create("a", "off").unwrap();
-        let _idle = registry.get_or_create("a", "on").unwrap();
-        b_on.record(Outcome::Error, Some(300));
-        a_off.record(Outcome::Ok, Some(40));
-        a_off.record(Outcome::Ok, None);
-
-        let taken = registry.take_all();
-        let keys: Vec<_> = taken.iter().map(|(f, v, d)| (f.as_str(), v.as_str(), d.requests, d.errors)).collect();
-        assert_eq!(keys, [("a", "off", 2, 0), ("b", "on", 1, 1)]);
-        assert!(registry.take_all().is_empty(), "a second take finds nothing new");
-
-        a_off.record_split(Outcome::Ok, Some(40), 9, u64::MAX);
-        let peeked = registry.peek_all();
-        let keys: Vec<_> = peeked.iter().map(|(f, v, d)| (f.as_str(), v.as_str(), d.requests, d.split.units)).collect();
-        assert_eq!(keys, [("a", "off", 1, 1), ("a", "on", 0, 0), ("b", "on", 0, 0)], "idle series too");
-        assert_eq!(registry.take_all().len(), 1, "peeking drained nothing");
+impl Series {
+    /// Drops the shared units table of every flag with no series left.
+    fn drop_unused_seen(&mut self) {
+        let (by_flag, retired) = (&self.by_flag, &self.retired);
+        self.seen.retain(|flag, _| by_flag.contains_key(flag) || retired.iter().any(|r| &r.flag == flag));
     }
 }
+
+#[cfg(test)]
+mod tests;
