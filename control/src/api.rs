@@ -45,14 +45,30 @@ pub(crate) fn router(shared: Arc<Shared>, operators: Option<crate::operators::Op
         .route("/api/v1/dora", get(dora))
         .route("/api/v1/audit", get(audit_trail))
         .route("/api/v1/replicas", get(replicas))
+        .route("/api/v1/flags/lifecycle", get(lifecycle))
+        .route("/api/v1/flags/{key}", post(create_flag))
+        .route("/api/v1/flags/{key}/archive", post(archive_flag))
+        .route("/api/v1/deployments", get(list_deployments).post(record_deployment))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(shared)
         .layer(axum::middleware::from_fn_with_state(operators, crate::operators::authorize))
 }
 
-/// The operator behind a request, or `anonymous` on an API without operators.
-fn actor_name(actor: Option<&Extension<Actor>>) -> String {
-    actor.map_or_else(|| crate::audit::ANONYMOUS.to_owned(), |Extension(a)| a.name.clone())
+/// The operator behind a request: the token's name; on an API without operators, the user the
+/// CLI names in `x-rampart-actor` (unverified, so marked), else `anonymous`.
+fn actor_name(actor: Option<&Extension<Actor>>, headers: &HeaderMap) -> String {
+    if let Some(Extension(a)) = actor {
+        return a.name.clone();
+    }
+    let claimed = headers
+        .get("x-rampart-actor")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|n| !n.is_empty() && n.len() <= 64 && n.chars().all(|c| c.is_ascii_graphic()));
+    match claimed {
+        Some(name) => format!("{name} (unverified)"),
+        None => crate::audit::ANONYMOUS.to_owned(),
+    }
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
@@ -100,7 +116,7 @@ async fn put_flags(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let actor = actor_name(actor.as_ref());
+    let actor = actor_name(actor.as_ref(), &headers);
     if std::str::from_utf8(&body).is_err() {
         return error(StatusCode::BAD_REQUEST, "the body must be UTF-8");
     }
@@ -227,12 +243,17 @@ fn parse_start(body: &[u8]) -> Result<StartRequest, String> {
     })
 }
 
-async fn start_ramp(State(shared): State<Arc<Shared>>, actor: Option<Extension<Actor>>, body: Bytes) -> Response {
+async fn start_ramp(
+    State(shared): State<Arc<Shared>>,
+    actor: Option<Extension<Actor>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let mut req = match parse_start(&body) {
         Ok(r) => r,
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
-    req.actor = actor_name(actor.as_ref());
+    req.actor = actor_name(actor.as_ref(), &headers);
     answer(crate::writes::submit(&shared, Write::StartRamp { request: req }).await)
 }
 
@@ -262,9 +283,10 @@ async fn ramp_status(State(shared): State<Arc<Shared>>, Path(flag): Path<String>
 async fn operate_ramp(
     State(shared): State<Arc<Shared>>,
     actor: Option<Extension<Actor>>,
+    headers: HeaderMap,
     Path((flag, action)): Path<(String, String)>,
 ) -> Response {
-    let actor = actor_name(actor.as_ref());
+    let actor = actor_name(actor.as_ref(), &headers);
     answer(crate::writes::submit(&shared, Write::OperateRamp { flag, op: action, actor }).await)
 }
 
@@ -311,5 +333,120 @@ async fn dora(State(shared): State<Arc<Shared>>, Query(q): Query<DoraQuery>) -> 
         return error(StatusCode::BAD_REQUEST, &format!("window \"{window}\" is not a duration like 30d or 12h"));
     };
     let window_ms = i64::try_from(span.as_millis()).unwrap_or(i64::MAX);
-    axum::Json(dora_now(&shared, window_ms)).into_response()
+    let mut body = serde_json::to_value(dora_now(&shared, window_ms)).unwrap_or(Value::Null);
+    let confidence = crate::confidence::compute(lock(&shared.ramps).values(), now_ms(), window_ms);
+    body["confidence"] = serde_json::to_value(confidence).unwrap_or(Value::Null);
+    axum::Json(body).into_response()
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct LifecycleQuery {
+    /// RFC 3339: the stages as they will be (or were) at that time.
+    at: Option<String>,
+    /// Only flags in this stage.
+    stage: Option<String>,
+}
+
+/// `GET /api/v1/flags/lifecycle?at=&stage=`: every flag's owner, stage and why, with when it was
+/// last evaluated.
+async fn lifecycle(State(shared): State<Arc<Shared>>, Query(q): Query<LifecycleQuery>) -> Response {
+    let now = match q.at.as_deref() {
+        None => now_ms(),
+        Some(t) => match crate::lifecycle::parse_time(t) {
+            Some(at) => at,
+            None => return error(StatusCode::BAD_REQUEST, &format!("at \"{t}\" is not RFC 3339")),
+        },
+    };
+    let shared2 = shared.clone();
+    let lives = tokio::task::spawn_blocking(move || crate::lifecycle::current(&shared2, now)).await;
+    match lives {
+        Ok(Ok(mut lives)) => {
+            if let Some(stage) = &q.stage {
+                lives.retain(|l| l.stage.as_str() == stage);
+            }
+            axum::Json(json!({"at_ms": now, "flags": lives})).into_response()
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+async fn create_flag(
+    State(shared): State<Arc<Shared>>,
+    actor: Option<Extension<Actor>>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    body: Bytes,
+) -> Response {
+    let spec: crate::writes::NewFlag = match serde_json::from_slice(&body) {
+        Ok(spec) => spec,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid flag: {e}")),
+    };
+    let actor = actor_name(actor.as_ref(), &headers);
+    answer(crate::writes::submit(&shared, Write::CreateFlag { key, spec, actor }).await)
+}
+
+async fn archive_flag(
+    State(shared): State<Arc<Shared>>,
+    actor: Option<Extension<Actor>>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> Response {
+    let actor = actor_name(actor.as_ref(), &headers);
+    answer(crate::writes::submit(&shared, Write::ArchiveFlag { key, actor }).await)
+}
+
+/// `POST /api/v1/deployments`: the pipeline records a deployment (any replica stores it).
+async fn record_deployment(
+    State(shared): State<Arc<Shared>>,
+    actor: Option<Extension<Actor>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let actor = actor_name(actor.as_ref(), &headers);
+    let mut row = match crate::deployments::parse(&body, &actor, now_ms()) {
+        Ok(row) => row,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+    };
+    let shared2 = shared.clone();
+    let to_store = row.clone();
+    match tokio::task::spawn_blocking(move || shared2.store.add_deployment(&to_store)).await {
+        Ok(Ok(id)) => {
+            row.id = id;
+            let detail = format!("{} at {} ({} flags)", row.service, row.commit, row.flags.len());
+            let shared3 = shared.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                crate::audit::record(&shared3, &actor, "deployment", None, None, detail)
+            })
+            .await;
+            (StatusCode::CREATED, axum::Json(crate::deployments::to_json(&row))).into_response()
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct DeploymentsQuery {
+    window: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /api/v1/deployments?window=30d&limit=100`: newest first.
+async fn list_deployments(State(shared): State<Arc<Shared>>, Query(q): Query<DeploymentsQuery>) -> Response {
+    let window = q.window.as_deref().unwrap_or("30d");
+    let Ok(span) = humantime::parse_duration(window) else {
+        return error(StatusCode::BAD_REQUEST, &format!("window \"{window}\" is not a duration like 30d"));
+    };
+    let since = now_ms().saturating_sub(i64::try_from(span.as_millis()).unwrap_or(i64::MAX));
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    let shared2 = shared.clone();
+    match tokio::task::spawn_blocking(move || shared2.store.deployments(since, limit)).await {
+        Ok(Ok(rows)) => {
+            let list: Vec<Value> = rows.iter().map(crate::deployments::to_json).collect();
+            axum::Json(json!({ "deployments": list })).into_response()
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
 }

@@ -46,6 +46,31 @@ struct Raw {
     /// this long are deleted.
     #[serde(default = "default_retention", with = "humantime_serde")]
     retention: std::time::Duration,
+    #[serde(default)]
+    lifecycle: RawLifecycle,
+}
+
+/// `[lifecycle]`: when a flag counts as launched or unused.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLifecycle {
+    #[serde(default = "default_launched_after", with = "humantime_serde")]
+    launched_after: std::time::Duration,
+    #[serde(default = "default_unused_after", with = "humantime_serde")]
+    unused_after: std::time::Duration,
+}
+
+impl Default for RawLifecycle {
+    fn default() -> Self {
+        RawLifecycle { launched_after: default_launched_after(), unused_after: default_unused_after() }
+    }
+}
+
+fn default_launched_after() -> std::time::Duration {
+    std::time::Duration::from_secs(7 * 86_400)
+}
+fn default_unused_after() -> std::time::Duration {
+    std::time::Duration::from_secs(30 * 86_400)
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,6 +133,8 @@ pub struct Config {
     pub operators: Option<crate::operators::Operators>,
     /// How long idle series of removed flags and sequences of gone sidecars are kept.
     pub retention: std::time::Duration,
+    /// When flags count as launched or unused.
+    pub lifecycle: crate::lifecycle::Policy,
 }
 
 impl Default for Config {
@@ -122,6 +149,7 @@ impl Default for Config {
             tokens: Vec::new(),
             operators: None,
             retention: default_retention(),
+            lifecycle: crate::lifecycle::Policy::default(),
         }
     }
 }
@@ -240,6 +268,10 @@ impl Config {
             tokens,
             operators,
             retention: raw.retention,
+            lifecycle: crate::lifecycle::Policy {
+                launched_after_ms: i64::try_from(raw.lifecycle.launched_after.as_millis()).unwrap_or(i64::MAX),
+                unused_after_ms: i64::try_from(raw.lifecycle.unused_after.as_millis()).unwrap_or(i64::MAX),
+            },
         })
     }
 }

@@ -9,11 +9,14 @@
 mod api;
 mod audit;
 mod auth;
+mod confidence;
 pub mod config;
+mod deployments;
 mod dora;
 mod flags;
 mod https;
 mod ingest;
+pub mod lifecycle;
 mod metrics;
 pub mod operators;
 pub mod ramp;
@@ -105,7 +108,15 @@ async fn periodically(
 /// The ramp engine: one tick per second (on the leading replica, with replicas), and the DORA
 /// gauges with it.
 fn ramp_engine(shared: Arc<Shared>) -> impl Fn() + Send + Sync + 'static {
+    let ticks = AtomicU64::new(0);
     move || {
+        // Every 10 s: the flags' lifecycle gauges.
+        if ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10 == 0 {
+            match lifecycle::current(&shared, state::now_ms()) {
+                Ok(lives) => shared.metrics.set_flag_stages(&lifecycle::counts(&lives)),
+                Err(e) => tracing::warn!(error = %e, "cannot assess the flags' lifecycle"),
+            }
+        }
         let decides = shared.replicas.as_ref().is_none_or(|r| r.leads());
         if decides {
             if shared.replicas.is_some() {
@@ -246,6 +257,7 @@ impl Control {
             .collect::<Result<BTreeMap<_, _>, _>>()
             .map_err(Error::StoredRamp)?;
         let shared = Shared {
+            lifecycle: config.lifecycle,
             store,
             publishing: Mutex::new(()),
             replicas,

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use metrics::{Counter, Gauge, Histogram, Key, Level, Metadata, Recorder};
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
 
 const META: Metadata<'static> = Metadata::new("rampart_control", Level::INFO, Some(module_path!()));
@@ -38,6 +38,8 @@ pub(crate) struct Metrics {
     /// DORA over the last 30 days: frequency/day, lead time s, failure rate, recovery s, detect s,
     /// bad-variant requests.
     dora: [Gauge; 6],
+    /// The (stage, owner) pairs of `rampart_flags` set last, so pairs that emptied go to 0.
+    flag_stages: Arc<std::sync::Mutex<std::collections::BTreeSet<(String, String)>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -87,6 +89,7 @@ impl Metrics {
                 "rampart_dora_bad_variant_requests",
             ]
             .map(|n| recorder.register_gauge(&Key::from_name(n), &META)),
+            flag_stages: Arc::default(),
             recorder: Arc::new(recorder),
         }
     }
@@ -103,6 +106,24 @@ impl Metrics {
         for (gauge, value) in self.dora.iter().zip(values) {
             gauge.set(value.unwrap_or(0.0));
         }
+    }
+
+    /// `rampart_flags{stage, owner}`: how many flags are in each lifecycle stage, per owner.
+    pub(crate) fn set_flag_stages(&self, counts: &std::collections::BTreeMap<(crate::lifecycle::Stage, String), usize>) {
+        let now: std::collections::BTreeSet<(String, String)> =
+            counts.keys().map(|(stage, owner)| (stage.as_str().to_owned(), owner.clone())).collect();
+        let mut last = crate::state::lock(&self.flag_stages);
+        let gauge = |stage: &str, owner: &str| {
+            let labels = vec![Label::new("stage", stage.to_owned()), Label::new("owner", owner.to_owned())];
+            self.recorder.register_gauge(&Key::from_parts("rampart_flags", labels), &META)
+        };
+        for (stage, owner) in last.difference(&now) {
+            gauge(stage, owner).set(0.0);
+        }
+        for ((stage, owner), n) in counts {
+            gauge(stage.as_str(), owner).set(*n as f64);
+        }
+        *last = now;
     }
 
     /// Folds recorded histogram samples into buckets (they are kept raw until then).

@@ -121,6 +121,11 @@ fn required(method: &Method, path: &str) -> Option<Role> {
     if *method == Method::POST && (path == "/api/v1/ramps" || path.starts_with("/api/v1/ramps/")) {
         return Some(Role::Operator);
     }
+    // Creating and archiving a flag, and recording a deployment, are a developer's or a
+    // pipeline's everyday steps; replacing every definition stays an admin's.
+    if *method == Method::POST && (path == "/api/v1/deployments" || path.starts_with("/api/v1/flags/")) {
+        return Some(Role::Operator);
+    }
     Some(Role::Admin)
 }
 
@@ -192,6 +197,8 @@ mod tests {
         assert_eq!(required(&Method::POST, "/api/v1/ramps/f/abort"), Some(Role::Operator));
         assert_eq!(required(&Method::POST, "/api/v1/ramps"), Some(Role::Operator));
         assert_eq!(required(&Method::PUT, "/api/v1/flags"), Some(Role::Admin));
+        assert_eq!(required(&Method::POST, "/api/v1/flags/new-checkout"), Some(Role::Operator));
+        assert_eq!(required(&Method::POST, "/api/v1/deployments"), Some(Role::Operator));
         assert!(Role::Admin > Role::Operator && Role::Operator > Role::Viewer);
     }
 }

@@ -59,6 +59,8 @@ pub(crate) type Windows = HashMap<(String, String), (Arm, SparseHistogram)>;
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
+    /// When flags count as launched or unused.
+    pub(crate) lifecycle: crate::lifecycle::Policy,
     /// Held while a flags version is numbered and stored.
     pub(crate) publishing: Mutex<()>,
     /// Set when replicas share a PostgreSQL store.

@@ -154,6 +154,15 @@ pub(crate) fn start(shared: &Shared, req: StartRequest) -> Result<Ramp, RampErro
     let mut ramp = Ramp::new(id, &req.flag, &req.treatment, control, req.steps, req.policy, now, &t);
     ramp.change_id = req.change_id;
     ramp.commit_ms = req.commit_ms;
+    ramp.started_by = Some(req.actor.clone());
+    // A deployment the pipeline recorded for this flag gives the ramp its commit (lead time).
+    if ramp.commit_ms.is_none()
+        && let Some(d) = crate::deployments::latest_for_flag(shared, &req.flag, now)?
+    {
+        ramp.change_id = ramp.change_id.take().or_else(|| Some(d.pr.clone().unwrap_or_else(|| d.commit.clone())));
+        ramp.commit_ms = Some(d.commit_ms);
+        ramp.deployment_id = Some(d.id);
+    }
     let version = set_percent(shared, &ramp)?;
     persist(shared, &ramp)?;
     let detail = format!("{} → {}% of {} (flags version {version})", ramp.flag, ramp.percent(), ramp.treatment);
@@ -161,6 +170,20 @@ pub(crate) fn start(shared: &Shared, req: StartRequest) -> Result<Ramp, RampErro
     event(shared, &ramp, "started", detail)?;
     ramps.insert(id, ramp.clone());
     Ok(ramp)
+}
+
+/// A person changed `flags` by a flags write: each active ramp of one of them counts a human
+/// intervention. The caller holds the ramps lock (`ramps`).
+pub(crate) fn note_flag_edits(
+    shared: &Shared,
+    ramps: &mut std::collections::BTreeMap<i64, Ramp>,
+    flags: &[String],
+) -> Result<(), StoreError> {
+    for ramp in ramps.values_mut().filter(|r| r.state.active() && flags.contains(&r.flag)) {
+        ramp.interventions = ramp.interventions.saturating_add(1);
+        persist(shared, ramp)?;
+    }
+    Ok(())
 }
 
 /// The operator's pause, resume and abort.
@@ -191,6 +214,7 @@ pub(crate) fn operate(shared: &Shared, flag: &str, op: &str, actor: &str) -> Res
         }
         _ => return Err(RampError::BadRequest(format!("unknown action \"{op}\" (pause, resume or abort)"))),
     }
+    ramp.interventions = ramp.interventions.saturating_add(1);
     persist(shared, ramp)?;
     let detail = format!("{op} by {actor} at {}%", ramp.percent());
     audit::record(shared, actor, &format!("ramp_{op}"), Some(&ramp.flag), version, detail.clone())?;
@@ -408,6 +432,9 @@ pub(crate) fn status(shared: &Shared, ramp: &Ramp, recent: u32) -> Result<Value,
         "policy": ramp.policy,
         "change_id": ramp.change_id,
         "commit_ms": ramp.commit_ms,
+        "deployment_id": ramp.deployment_id,
+        "started_by": ramp.started_by,
+        "interventions": ramp.interventions,
         "started_ms": ramp.started_ms,
         "step_started_ms": ramp.step_started_ms,
         "finished_ms": ramp.finished_ms,

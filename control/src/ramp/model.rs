@@ -154,6 +154,16 @@ pub struct Ramp {
     pub rollback_acked_ms: Option<i64>,
     /// Treatment requests (all, randomised or not) served until the rollback was acknowledged.
     pub exposed_requests: Option<u64>,
+    /// The recorded pipeline deployment it ships, when one named its flag (its commit gives the
+    /// lead time).
+    #[serde(default)]
+    pub deployment_id: Option<i64>,
+    /// Who started it (an operator's name, or the pipeline's token).
+    #[serde(default)]
+    pub started_by: Option<String>,
+    /// Human interventions while it ran: pauses, resumes, aborts, edits of its flag.
+    #[serde(default)]
+    pub interventions: u32,
 }
 
 impl Ramp {
@@ -199,6 +209,9 @@ impl Ramp {
             rollback_version: None,
             rollback_acked_ms: None,
             exposed_requests: None,
+            deployment_id: None,
+            started_by: None,
+            interventions: 0,
         }
     }
 

@@ -116,6 +116,21 @@ pub(crate) struct AuditRow {
     pub(crate) detail: String,
 }
 
+/// A deployment recorded from the pipeline.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub(crate) struct DeploymentRow {
+    pub(crate) id: i64,
+    pub(crate) service: String,
+    pub(crate) commit: String,
+    pub(crate) commit_ms: i64,
+    pub(crate) pr: Option<String>,
+    /// The flags it ships behind.
+    pub(crate) flags: Vec<String>,
+    pub(crate) recorded_ms: i64,
+    /// Who recorded it.
+    pub(crate) actor: String,
+}
+
 /// The store's interface; see the module docs.
 pub(crate) trait Store: Send + Sync + std::fmt::Debug {
     /// The newest flag version and its definition.
@@ -169,6 +184,15 @@ pub(crate) trait Store: Send + Sync + std::fmt::Debug {
     /// The ramp's decisions that changed something, plus its latest `recent` decisions, in time order.
     fn decisions(&self, ramp: i64, recent: u32) -> Result<Vec<DecisionRow>, StoreError>;
     fn events(&self, ramp: i64) -> Result<Vec<EventRow>, StoreError>;
+
+    /// Records a deployment; its id.
+    fn add_deployment(&self, d: &DeploymentRow) -> Result<i64, StoreError>;
+    /// Deployments recorded at or after `since_ms`, newest first, at most `limit`.
+    fn deployments(&self, since_ms: i64, limit: u32) -> Result<Vec<DeploymentRow>, StoreError>;
+    /// Notes that flags were evaluated at these times (keeping the latest per flag).
+    fn touch_flags(&self, evaluated: &[(String, i64)]) -> Result<(), StoreError>;
+    /// When each flag was last evaluated.
+    fn flag_usage(&self) -> Result<Vec<(String, i64)>, StoreError>;
 }
 
 /// Histogram blob: little-endian (u32 bucket, u64 count) pairs.

@@ -20,12 +20,15 @@ use rampart_stats::{Delta, SparseHistogram};
 use tokio::sync::{Mutex, broadcast};
 use tokio_postgres::{Client, NoTls};
 
-use super::{AuditRow, Batch, DecisionRow, EventRow, Expired, ProxyKey, Store, StoreError};
+use super::{AuditRow, Batch, DecisionRow, DeploymentRow, EventRow, Expired, ProxyKey, Store, StoreError};
 use super::{decode_histogram, encode_histogram};
 use crate::ramp::window::Arm;
 
 /// The migrations, in order; `rampart_schema` counts how many have run.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/postgres/0001_init.sql"),
+    include_str!("../../migrations/postgres/0002_platform.sql"),
+];
 
 /// The advisory lock key migrations run under ("rampart" in ASCII, roughly).
 const MIGRATION_LOCK: i64 = 0x7261_6d70_6172;
@@ -895,6 +898,75 @@ impl Store for Postgres {
                     )
                     .await?;
                 Ok(rows.iter().map(|r| EventRow { at_ms: r.get(0), kind: r.get(1), detail: r.get(2) }).collect())
+            })
+        })
+    }
+
+    fn add_deployment(&self, d: &DeploymentRow) -> Result<i64, StoreError> {
+        let d = d.clone();
+        let flags = serde_json::to_string(&d.flags).unwrap_or_default();
+        self.run(Conn::General, move |c| {
+            Box::pin(async move {
+                let row = c
+                    .query_one(
+                        "INSERT INTO deployments (service, commit_sha, commit_ms, pr, flags, recorded_ms, actor)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                        &[&d.service, &d.commit, &d.commit_ms, &d.pr, &flags, &d.recorded_ms, &d.actor],
+                    )
+                    .await?;
+                Ok(row.get(0))
+            })
+        })
+    }
+
+    fn deployments(&self, since_ms: i64, limit: u32) -> Result<Vec<DeploymentRow>, StoreError> {
+        let limit = i64::from(limit);
+        self.run(Conn::General, move |c| {
+            Box::pin(async move {
+                let rows = c
+                    .query(
+                        "SELECT id, service, commit_sha, commit_ms, pr, flags, recorded_ms, actor FROM deployments
+                         WHERE recorded_ms >= $1 ORDER BY recorded_ms DESC, id DESC LIMIT $2",
+                        &[&since_ms, &limit],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| DeploymentRow {
+                        id: r.get(0),
+                        service: r.get(1),
+                        commit: r.get(2),
+                        commit_ms: r.get(3),
+                        pr: r.get(4),
+                        flags: serde_json::from_str(r.get::<_, &str>(5)).unwrap_or_default(),
+                        recorded_ms: r.get(6),
+                        actor: r.get(7),
+                    })
+                    .collect())
+            })
+        })
+    }
+
+    fn touch_flags(&self, evaluated: &[(String, i64)]) -> Result<(), StoreError> {
+        let (flags, times): (Vec<String>, Vec<i64>) = evaluated.iter().cloned().unzip();
+        self.run(Conn::General, move |c| {
+            Box::pin(async move {
+                c.execute(
+                    "INSERT INTO flag_usage (flag, last_ms) SELECT * FROM unnest($1::text[], $2::bigint[])
+                     ON CONFLICT (flag) DO UPDATE SET last_ms = GREATEST(flag_usage.last_ms, excluded.last_ms)",
+                    &[&flags, &times],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+    }
+
+    fn flag_usage(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.run(Conn::General, |c| {
+            Box::pin(async move {
+                let rows = c.query("SELECT flag, last_ms FROM flag_usage", &[]).await?;
+                Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
             })
         })
     }

@@ -9,7 +9,7 @@ use std::sync::{Mutex, MutexGuard};
 use rampart_stats::{Delta, SparseHistogram};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{AuditRow, Batch, DecisionRow, EventRow, Expired, ProxyKey, Store, StoreError};
+use super::{AuditRow, Batch, DecisionRow, DeploymentRow, EventRow, Expired, ProxyKey, Store, StoreError};
 use super::{decode_histogram, encode_histogram};
 use crate::ramp::window::Arm;
 
@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0003_audit.sql"),
     include_str!("../../migrations/sqlite/0004_proxy_owners.sql"),
     include_str!("../../migrations/sqlite/0005_retention.sql"),
+    include_str!("../../migrations/sqlite/0006_platform.sql"),
 ];
 
 #[derive(Debug)]
@@ -297,6 +298,69 @@ impl Store for Sqlite {
             .prepare_cached("SELECT at_ms, kind, detail FROM ramp_events WHERE ramp_id = ?1 ORDER BY at_ms, rowid")?;
         let rows =
             stmt.query_map(params![ramp], |r| Ok(EventRow { at_ms: r.get(0)?, kind: r.get(1)?, detail: r.get(2)? }))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn add_deployment(&self, d: &DeploymentRow) -> Result<i64, StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO deployments (service, commit_sha, commit_ms, pr, flags, recorded_ms, actor)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                d.service,
+                d.commit,
+                d.commit_ms,
+                d.pr,
+                serde_json::to_string(&d.flags).unwrap_or_default(),
+                d.recorded_ms,
+                d.actor
+            ],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    fn deployments(&self, since_ms: i64, limit: u32) -> Result<Vec<DeploymentRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, service, commit_sha, commit_ms, pr, flags, recorded_ms, actor FROM deployments
+             WHERE recorded_ms >= ?1 ORDER BY recorded_ms DESC, id DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![since_ms, limit], |r| {
+            let flags: String = r.get(5)?;
+            Ok(DeploymentRow {
+                id: r.get(0)?,
+                service: r.get(1)?,
+                commit: r.get(2)?,
+                commit_ms: r.get(3)?,
+                pr: r.get(4)?,
+                flags: serde_json::from_str(&flags).unwrap_or_default(),
+                recorded_ms: r.get(6)?,
+                actor: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn touch_flags(&self, evaluated: &[(String, i64)]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut put = tx.prepare_cached(
+                "INSERT INTO flag_usage (flag, last_ms) VALUES (?1, ?2)
+                 ON CONFLICT (flag) DO UPDATE SET last_ms = max(last_ms, excluded.last_ms)",
+            )?;
+            for (flag, at) in evaluated {
+                put.execute(params![flag, at])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn flag_usage(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT flag, last_ms FROM flag_usage")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }
