@@ -44,6 +44,10 @@ enum Command {
     Dora(cli::ramp::DoraArgs),
     /// Who changed flags and ramps, and what: the control plane's audit trail.
     Audit(cli::ramp::AuditArgs),
+    /// Flags with owners and a lifecycle: create, list, show, stale, archive.
+    Flag(cli::platform::FlagArgs),
+    /// Deployments from the pipeline: record, list.
+    Deploy(cli::platform::DeployArgs),
     /// Sign a QA override token that forces variants (header `x-rampart-override`).
     Sign(cli::sign::SignArgs),
 }
@@ -74,6 +78,8 @@ fn main() -> ExitCode {
         Command::Ramp(args) => cli::ramp::ramp(&args),
         Command::Dora(args) => cli::ramp::dora(&args),
         Command::Audit(args) => cli::ramp::audit(&args),
+        Command::Flag(args) => cli::platform::flag(&args),
+        Command::Deploy(args) => cli::platform::deploy(&args),
         Command::Sign(args) => cli::sign::run(&args),
     };
     match result {

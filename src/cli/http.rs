@@ -79,6 +79,12 @@ pub(crate) async fn call_async(
     if let Some(token) = token() {
         req = req.header("authorization", format!("Bearer {}", token.trim()));
     }
+    // Who is at the keyboard, for the audit trail of an API without operator tokens (one with
+    // tokens records the token's name and ignores this).
+    if let Some(user) = std::env::var("RAMPART_ACTOR").ok().or_else(|| std::env::var("USER").ok()).filter(|u| !u.is_empty())
+    {
+        req = req.header("x-rampart-actor", user);
+    }
     let req = req.body(Full::new(payload)).with_context(|| format!("bad control-plane URL {url}"))?;
     let resp = tokio::time::timeout(std::time::Duration::from_secs(10), client.request(req))
         .await

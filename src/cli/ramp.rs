@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use http::Method;
 use serde_json::{Value, json};
 
@@ -48,9 +49,17 @@ enum RampCommand {
         /// The change being deployed (commit, PR), for DORA.
         #[arg(long)]
         change_id: Option<String>,
-        /// When the change was committed (RFC 3339), for lead time.
+        /// When the change was committed (RFC 3339), for lead time (default: from a deployment
+        /// the pipeline recorded for this flag).
         #[arg(long)]
         commit_time: Option<String>,
+        /// Block until the ramp completes (exit 0), is rolled back (exit 2) or aborted (exit 3):
+        /// a pipeline can gate on it.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait, give up after this long (exit 4), e.g. 2h; default: wait as long as it takes.
+        #[arg(long, requires = "wait")]
+        timeout: Option<String>,
     },
     /// Show a ramp (the latest per flag), or all ramps.
     Status {
@@ -137,6 +146,8 @@ pub(crate) fn ramp(args: &RampArgs) -> anyhow::Result<ExitCode> {
             error_budget,
             change_id,
             commit_time,
+            wait,
+            timeout,
         } => {
             let body = json!({
                 "flag": flag, "treatment": treatment, "steps": steps, "min_dwell": min_dwell, "alpha": alpha,
@@ -146,6 +157,13 @@ pub(crate) fn ramp(args: &RampArgs) -> anyhow::Result<ExitCode> {
             let body = strip_nulls(body);
             let status = expect_ok(call(Method::POST, base, "/api/v1/ramps", Some(&body))?)?;
             println!("started: {}", summary(&status));
+            if *wait {
+                let limit = timeout
+                    .as_deref()
+                    .map(|t| humantime::parse_duration(t).with_context(|| format!("--timeout {t}")))
+                    .transpose()?;
+                return wait_for(base, flag, status["id"].as_i64(), limit);
+            }
         }
         RampCommand::Status { flag: Some(flag), json } => {
             let status = expect_ok(call(Method::GET, base, &format!("/api/v1/ramps/{flag}"), None)?)?;
@@ -178,6 +196,57 @@ pub(crate) fn ramp(args: &RampArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `ramp start --wait`: follows ramp `id` of `flag` until it finishes; prints each change of step
+/// or state.
+fn wait_for(base: &str, flag: &str, id: Option<i64>, limit: Option<std::time::Duration>) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let mut last = String::new();
+    let mut failures = 0;
+    loop {
+        match call(Method::GET, base, &format!("/api/v1/ramps/{flag}"), None).and_then(expect_ok) {
+            Ok(status) => {
+                failures = 0;
+                if id.is_some() && status["id"].as_i64() != id {
+                    anyhow::bail!("another ramp of {flag} replaced the one started");
+                }
+                let now = summary(&status);
+                if now != last {
+                    println!("{now}");
+                    last = now;
+                }
+                let reason = || {
+                    let decisions = status["decisions"].as_array();
+                    decisions.and_then(|d| d.last()).and_then(|d| d["reason"].as_str()).unwrap_or("").to_owned()
+                };
+                match status["state"].as_str() {
+                    Some("completed") => return Ok(ExitCode::SUCCESS),
+                    Some("rolled_back") => {
+                        eprintln!("rolled back: {}", reason());
+                        return Ok(ExitCode::from(2));
+                    }
+                    Some("aborted") => {
+                        eprintln!("aborted by an operator");
+                        return Ok(ExitCode::from(3));
+                    }
+                    _ => {}
+                }
+            }
+            // The control plane may be restarting or failing over: keep asking for a while.
+            Err(e) => {
+                failures += 1;
+                if failures >= 30 {
+                    return Err(e.context("the control plane stopped answering"));
+                }
+            }
+        }
+        if limit.is_some_and(|l| started.elapsed() >= l) {
+            eprintln!("still {last} after {:?}", started.elapsed());
+            return Ok(ExitCode::from(4));
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
 pub(crate) fn dora(args: &DoraArgs) -> anyhow::Result<ExitCode> {
     let d = expect_ok(call(Method::GET, &args.control_plane, &format!("/api/v1/dora?window={}", args.window), None)?)?;
     if args.json {
@@ -198,6 +267,16 @@ pub(crate) fn dora(args: &DoraArgs) -> anyhow::Result<ExitCode> {
     println!("  recovery time             {}", secs(&d["recovery_time_s"]));
     println!("  time to detect            {}", secs(&d["time_to_detect_s"]));
     println!("  bad-variant requests      {}", d["bad_variant_requests"]);
+    let c = &d["confidence"];
+    let pct = |v: &Value| v.as_f64().map_or("–".to_owned(), |r| format!("{:.1}%", r * 100.0));
+    println!("developer confidence ({} ramps finished)", c["finished"]);
+    println!("  completion rate           {}", pct(&c["completion_rate"]));
+    println!("  abandon rate              {}", pct(&c["abandon_rate"]));
+    let per = c["interventions_per_ramp"].as_f64().map_or("–".to_owned(), |n| format!("{n:.2}"));
+    println!("  interventions per ramp    {per}");
+    println!("  rollbacks                 {} automatic, {} by people", c["automatic_rollbacks"], c["human_rollbacks"]);
+    println!("  time to 100% (median)     {}", secs(&c["median_time_to_100_s"]));
+    println!("  untouched deployments     {}", pct(&c["untouched_share"]));
     Ok(ExitCode::SUCCESS)
 }
 
