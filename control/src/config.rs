@@ -43,6 +43,13 @@ struct Raw {
     /// this long are deleted.
     #[serde(default = "default_retention", with = "humantime_serde")]
     retention: std::time::Duration,
+    /// Most stats reports queued for ingest or being applied; past it (or past
+    /// `ingest_queue_bytes`) a report is shed and its sidecar resends it later.
+    #[serde(default = "default_ingest_queue")]
+    ingest_queue: std::num::NonZeroUsize,
+    /// Most bytes of stats reports (encoded) queued for ingest or being applied.
+    #[serde(default = "default_ingest_queue_bytes")]
+    ingest_queue_bytes: std::num::NonZeroUsize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -80,6 +87,12 @@ fn default_http() -> SocketAddr {
 fn default_retention() -> std::time::Duration {
     std::time::Duration::from_secs(30 * 86_400)
 }
+fn default_ingest_queue() -> std::num::NonZeroUsize {
+    std::num::NonZeroUsize::new(4096).unwrap_or(std::num::NonZeroUsize::MIN)
+}
+fn default_ingest_queue_bytes() -> std::num::NonZeroUsize {
+    std::num::NonZeroUsize::new(64 << 20).unwrap_or(std::num::NonZeroUsize::MIN)
+}
 fn default_store() -> PathBuf {
     PathBuf::from("rampart-control.db")
 }
@@ -103,6 +116,10 @@ pub struct Config {
     pub operators: Option<crate::operators::Operators>,
     /// How long idle series of removed flags and sequences of gone sidecars are kept.
     pub retention: std::time::Duration,
+    /// Most stats reports queued for ingest or being applied before reports are shed.
+    pub ingest_queue: std::num::NonZeroUsize,
+    /// Most bytes of stats reports queued for ingest or being applied before reports are shed.
+    pub ingest_queue_bytes: std::num::NonZeroUsize,
 }
 
 impl Default for Config {
@@ -116,6 +133,8 @@ impl Default for Config {
             tokens: Vec::new(),
             operators: None,
             retention: default_retention(),
+            ingest_queue: default_ingest_queue(),
+            ingest_queue_bytes: default_ingest_queue_bytes(),
         }
     }
 }
@@ -225,6 +244,8 @@ impl Config {
             tokens,
             operators,
             retention: raw.retention,
+            ingest_queue: raw.ingest_queue,
+            ingest_queue_bytes: raw.ingest_queue_bytes,
         })
     }
 }

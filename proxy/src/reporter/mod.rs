@@ -71,6 +71,19 @@ enum StreamError {
     File(String, #[source] std::io::Error),
 }
 
+impl StreamError {
+    /// How long a saturated control plane asked us to stay away (`RESOURCE_EXHAUSTED` with
+    /// gRPC's `grpc-retry-pushback-ms`), at most [`BACKOFF_MAX`]; the reports it shed stay pending.
+    fn pushback(&self) -> Option<Duration> {
+        let StreamError::Status(status) = self else { return None };
+        if status.code() != tonic::Code::ResourceExhausted {
+            return None;
+        }
+        let ms: u64 = status.metadata().get("grpc-retry-pushback-ms")?.to_str().ok()?.parse().ok()?;
+        Some(Duration::from_millis(ms).min(BACKOFF_MAX))
+    }
+}
+
 impl Reporter {
     /// Runs until `shutdown`; then sends what it can of the last interval and stops.
     pub(crate) async fn run(self, shutdown: CancellationToken) {
@@ -81,18 +94,20 @@ impl Reporter {
         let mut backoff = BACKOFF_MIN;
         loop {
             let mut connected = false;
-            match self.stream(&mut pending, &mut tick, &mut window_start, &mut connected, &shutdown).await {
-                Ok(()) => return,
-                Err(e) => {
-                    self.set_connected(false);
-                    tracing::warn!(error = %e, pending = pending.len(), "control stream down; retrying");
-                }
-            }
+            let pushback =
+                match self.stream(&mut pending, &mut tick, &mut window_start, &mut connected, &shutdown).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        self.set_connected(false);
+                        tracing::warn!(error = %e, pending = pending.len(), "control stream down; retrying");
+                        e.pushback()
+                    }
+                };
             if connected {
                 backoff = BACKOFF_MIN;
             }
-            // Jittered backoff; stats keep being collected meanwhile.
-            let wait = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
+            // Jittered backoff, or the control plane's pushback; stats keep being collected meanwhile.
+            let wait = pushback.unwrap_or_else(|| backoff.mul_f64(0.5 + fastrand::f64() * 0.5));
             backoff = (backoff * 2).min(BACKOFF_MAX);
             let until = Instant::now() + wait;
             loop {
