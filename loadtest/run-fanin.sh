@@ -4,7 +4,7 @@
 # latency, the control plane's CPU time and peak RSS, and its ingest-delay and commit-batch histograms.
 #
 #   loadtest/run-fanin.sh [extra rampart-loadtest fanin flags…]
-#   STREAMS=1000 SERIES=20 DURATION=30s GRPC_PORT=18400 HTTP_PORT=18401 loadtest/run-fanin.sh
+#   STREAMS=1000 SERIES=20 DURATION=30s INTERVAL=1s GRPC_PORT=18400 HTTP_PORT=18401 loadtest/run-fanin.sh
 #   NO_BUILD=1 …   # use the binaries already in target/release
 #   RAMPART=/path/to/rampart …   # another control-plane binary (e.g. a patched build)
 #   STORE=postgres://… …   # the control plane's `store` (default: a fresh SQLite file in a temp dir)
@@ -16,6 +16,7 @@ cd "$(dirname "$0")/.."
 STREAMS=${STREAMS:-1000}
 SERIES=${SERIES:-20}
 DURATION=${DURATION:-30s}
+INTERVAL=${INTERVAL:-1s}
 GRPC_PORT=${GRPC_PORT:-18400}
 HTTP_PORT=${HTTP_PORT:-18401}
 CONTROL_CPU=${CONTROL_CPU:-1}
@@ -75,12 +76,12 @@ echo "control plane pid $control_pid on CPU $CONTROL_CPU; load tool on CPU $LOAD
 status=0
 taskset -c "$LOAD_CPU" "$LOADTEST" fanin \
     --control "http://127.0.0.1:$GRPC_PORT" --metrics "http://127.0.0.1:$HTTP_PORT/metrics" \
-    --control-pid "$control_pid" --streams "$STREAMS" --series "$SERIES" --interval 1s --duration "$DURATION" \
+    --control-pid "$control_pid" --streams "$STREAMS" --series "$SERIES" --interval "$INTERVAL" --duration "$DURATION" \
     "$@" || status=$?
 
 echo "--- control plane /metrics at the end"
 curl -fsS "http://127.0.0.1:$HTTP_PORT/metrics" |
-    grep -E '^rampart_control_(ingest_delay_seconds|commit_batch_reports|reports_|commit_failures|connected)' || true
+    grep -E '^rampart_control_(ingest_delay_seconds|commit_batch_reports|reports_|commit_failures|connected|sequence_jumps|ingest_)' || true
 echo "--- control plane: $(grep -E '^(VmHWM|VmRSS|Threads)' /proc/$control_pid/status | tr -s '\t ' ' ' | paste -sd ';')"
 if grep -qE 'WARN|ERROR' "$work/control.log"; then
     echo "--- control plane warnings/errors (first 10)"

@@ -214,6 +214,18 @@ pub(crate) async fn run(open: Open, schedule: Schedule, pool: Arc<Pool>, shutdow
                 Err(status) => Err(status.into()),
             },
         };
+        // The request side closes as soon as the control plane answers with a status: read it.
+        let ended = match ended {
+            Err(StreamError::Closed) => loop {
+                match tokio::time::timeout(Duration::from_secs(5), c.inbound.message()).await {
+                    Ok(Ok(Some(ControlMessage { msg: Some(control_message::Msg::Ack(ack)) }))) => s.ack(ack.seq),
+                    Ok(Ok(Some(_))) => {}
+                    Ok(Err(status)) => break Err(status.into()),
+                    Ok(Ok(None)) | Err(_) => break Err(StreamError::Closed),
+                }
+            },
+            other => other,
+        };
         match ended {
             Ok(()) => {}
             Err(StreamError::Status(status)) if status.code() == tonic::Code::ResourceExhausted => {
