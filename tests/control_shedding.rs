@@ -52,8 +52,7 @@ fn report(sidecar: u64, seq: u64) -> ProxyMessage {
 async fn sidecar(grpc: SocketAddr, index: u64) -> u64 {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
     let mut pending: VecDeque<u64> = (1..=REPORTS).collect();
-    let mut shed = 0;
-    for _ in 0..MAX_STREAMS {
+    for shed in 0..MAX_STREAMS as u64 {
         let (tx, rx) = mpsc::channel(REPORTS as usize + 1);
         let hello = Hello { proxy_id: format!("p{index}"), service: "shop".into(), flags_version: 0, epoch: 7 };
         tx.try_send(ProxyMessage { msg: Some(proxy_message::Msg::Hello(hello)) }).unwrap();
@@ -83,7 +82,6 @@ async fn sidecar(grpc: SocketAddr, index: u64) -> u64 {
         assert_eq!(ended.code(), tonic::Code::ResourceExhausted, "{ended:?}");
         let pushback = ended.metadata().get("grpc-retry-pushback-ms").expect("a pushback").to_str().unwrap();
         assert!(pushback.parse::<u64>().unwrap() > 0);
-        shed += 1;
         // A real sidecar waits the pushback; this one comes back at once, to shed again sooner.
     }
     panic!("sidecar {index} still has {} reports pending after {MAX_STREAMS} streams", pending.len());

@@ -282,7 +282,7 @@ proptest! {
         prop_assert_eq!(&SparseHistogram::from_pairs(merged.iter()).unwrap(), &merged);
         prop_assert!(merged.iter().all(|(_, c)| c > 0));
         // And the sorted (in-place) path.
-        let mut sorted: Vec<(u32, u64)> = pairs.clone();
+        let mut sorted: Vec<(u32, u64)> = pairs;
         sorted.sort_unstable_by_key(|p| p.0);
         sorted.dedup_by_key(|p| p.0);
         let (buckets, counts): (Vec<u32>, Vec<u64>) = sorted.iter().copied().unzip();
