@@ -46,6 +46,13 @@ struct Raw {
     /// this long are deleted.
     #[serde(default = "default_retention", with = "humantime_serde")]
     retention: std::time::Duration,
+    /// Most stats reports queued for ingest or being applied; past it (or past
+    /// `ingest_queue_bytes`) a report is shed and its sidecar resends it later.
+    #[serde(default = "default_ingest_queue")]
+    ingest_queue: std::num::NonZeroUsize,
+    /// Most bytes of stats reports (encoded) queued for ingest or being applied.
+    #[serde(default = "default_ingest_queue_bytes")]
+    ingest_queue_bytes: std::num::NonZeroUsize,
     #[serde(default)]
     lifecycle: RawLifecycle,
 }
@@ -108,6 +115,12 @@ fn default_http() -> SocketAddr {
 fn default_retention() -> std::time::Duration {
     std::time::Duration::from_secs(30 * 86_400)
 }
+fn default_ingest_queue() -> std::num::NonZeroUsize {
+    std::num::NonZeroUsize::new(4096).unwrap_or(std::num::NonZeroUsize::MIN)
+}
+fn default_ingest_queue_bytes() -> std::num::NonZeroUsize {
+    std::num::NonZeroUsize::new(64 << 20).unwrap_or(std::num::NonZeroUsize::MIN)
+}
 fn default_store() -> String {
     "rampart-control.db".to_owned()
 }
@@ -135,6 +148,10 @@ pub struct Config {
     pub retention: std::time::Duration,
     /// When flags count as launched or unused.
     pub lifecycle: crate::lifecycle::Policy,
+    /// Most stats reports queued for ingest or being applied before reports are shed.
+    pub ingest_queue: std::num::NonZeroUsize,
+    /// Most bytes of stats reports queued for ingest or being applied before reports are shed.
+    pub ingest_queue_bytes: std::num::NonZeroUsize,
 }
 
 impl Default for Config {
@@ -150,6 +167,8 @@ impl Default for Config {
             operators: None,
             retention: default_retention(),
             lifecycle: crate::lifecycle::Policy::default(),
+            ingest_queue: default_ingest_queue(),
+            ingest_queue_bytes: default_ingest_queue_bytes(),
         }
     }
 }
@@ -272,6 +291,8 @@ impl Config {
                 launched_after_ms: i64::try_from(raw.lifecycle.launched_after.as_millis()).unwrap_or(i64::MAX),
                 unused_after_ms: i64::try_from(raw.lifecycle.unused_after.as_millis()).unwrap_or(i64::MAX),
             },
+            ingest_queue: raw.ingest_queue,
+            ingest_queue_bytes: raw.ingest_queue_bytes,
         })
     }
 }

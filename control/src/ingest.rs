@@ -2,21 +2,30 @@
 //! in arrival order, drops each whose `(proxy_id, epoch, seq)` is already applied, refuses one
 //! that jumps past the next sequence number (no sidecar does: see `proxy/src/reporter/pending.rs`),
 //! and commits the new totals with the new sequences in one transaction per batch. Only after the
-//! commit does it answer, so a sidecar's report is acknowledged exactly when it is durable, and
-//! only then do the reports' randomised windows reach the ramp engine (once, like the totals).
-//! Only series of defined flags and variants are kept, at most [`MAX_SERIES_PER_REPORT`] per
-//! report and [`MAX_SERIES`] in all; the rest are dropped and counted.
+//! commit does it answer on the report's stream, so a sidecar's report is acknowledged exactly when
+//! it is durable, and only then do the reports' randomised windows reach the ramp engine (once,
+//! like the totals). Only series of defined flags and variants are kept, at most
+//! [`MAX_SERIES_PER_REPORT`] per report and [`MAX_SERIES`] in all; the rest are dropped and counted.
+//!
+//! What waits here is bounded (see [`Ingest`]): past it a stream sheds its report explicitly.
+//!
+//! With replicas (a shared PostgreSQL store) the store checks that each sidecar's sequence is
+//! still the one this replica read; when another replica applied some of its reports meanwhile,
+//! nothing is written, the replica rereads those sequences and decides the batch again. The
+//! randomised windows then go through the store to the leader's engine.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rampart_flags::MAX_NAME_BYTES;
 use rampart_proto::convert;
-use rampart_proto::rampart::v1::StatsReport;
-use rampart_stats::Delta;
-use tokio::sync::{mpsc, oneshot};
+use rampart_proto::rampart::v1::{ControlMessage, StatsAck, StatsReport, control_message};
+use rampart_stats::{Delta, SparseHistogram, Split};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
 
-use crate::state::{Shared, Windows, lock, now_ms};
+use crate::state::{Shared, lock, now_ms};
 use crate::store::{Batch, ProxyKey, SeqRow, StoreError, TotalRow, WindowRow};
 
 /// Most reports committed in one transaction.
@@ -26,6 +35,9 @@ const MAX_BATCH: usize = 1024;
 const MAX_SERIES_PER_REPORT: usize = 10_000;
 /// Most series kept in all; new ones past it are dropped and counted.
 pub(crate) const MAX_SERIES: usize = 100_000;
+
+/// What one stream may send back: a message, or the status that ends it.
+pub(crate) type Outbound = Result<ControlMessage, tonic::Status>;
 
 /// What became of a report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,28 +52,103 @@ pub(crate) enum Outcome {
     Jump {
         expected: u64,
     },
-    /// The store failed: not acknowledged, the sidecar resends it.
+    /// The store failed: not acknowledged, the stream ends, the sidecar resends.
     Failed,
 }
 
+/// The stream a report came on, shared by all its reports: where the answer goes.
 #[derive(Debug)]
-pub(crate) struct Submission {
+pub(crate) struct Origin {
     pub(crate) key: ProxyKey,
     /// The service the reporting sidecar serves (bound to its credential when tokens say so).
     pub(crate) service: String,
+    /// Identifies the stream in `Shared::proxies`.
+    pub(crate) stream: u64,
+    /// The stream's outbound messages; acknowledgements go in with `try_send` (a stream keeps at
+    /// most [`MAX_IN_FLIGHT_PER_STREAM`] reports unanswered and its channel has room for them).
+    pub(crate) out: mpsc::Sender<Outbound>,
+    /// Reports submitted and not yet answered.
+    pub(crate) in_flight: AtomicUsize,
+    /// Cancelled when ingest ends the stream (a refused jump, a failed commit).
+    pub(crate) ended: CancellationToken,
+}
+
+/// Most reports one stream may have unanswered (a sidecar keeps 16 in flight).
+pub(crate) const MAX_IN_FLIGHT_PER_STREAM: usize = 32;
+
+#[derive(Debug)]
+pub(crate) struct Submission {
+    pub(crate) origin: Arc<Origin>,
     pub(crate) report: StatsReport,
-    pub(crate) reply: oneshot::Sender<Outcome>,
+    /// The report's share of the ingest budget, given back once it is answered.
+    pub(crate) _budget: OwnedSemaphorePermit,
+}
+
+/// The way into ingest, bounded twice: in reports (the queue's length) and in bytes (the encoded
+/// size of the reports queued or being applied). A stream whose report does not fit sheds it.
+#[derive(Debug, Clone)]
+pub(crate) struct Ingest {
+    tx: mpsc::Sender<Submission>,
+    /// KiB of reports queued or being applied.
+    budget: Arc<Semaphore>,
+    /// The budget's size, in KiB.
+    budget_kib: u32,
+}
+
+/// Why a report was not taken.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The queue or the byte budget is full: shed.
+    Saturated,
+    /// Ingest has stopped.
+    Closed,
+}
+
+impl Ingest {
+    /// A queue of at most `reports` reports and `bytes` bytes (a larger report still fits alone
+    /// in an empty queue), and its receiving end for [`run`].
+    pub(crate) fn new(reports: usize, bytes: usize) -> (Ingest, mpsc::Receiver<Submission>) {
+        let (tx, rx) = mpsc::channel(reports.max(1));
+        let kib = u32::try_from((bytes / 1024).clamp(1, Semaphore::MAX_PERMITS)).unwrap_or(u32::MAX);
+        (Ingest { tx, budget: Arc::new(Semaphore::new(kib as usize)), budget_kib: kib }, rx)
+    }
+
+    /// Queues `report` (of `size` encoded bytes) without waiting.
+    pub(crate) fn submit(&self, origin: &Arc<Origin>, report: StatsReport, size: usize) -> Result<(), Refused> {
+        // A report larger than the whole budget may still go alone, taking all of it.
+        let want = u32::try_from(size / 1024 + 1).unwrap_or(u32::MAX).min(self.budget_kib);
+        let budget = match self.budget.clone().try_acquire_many_owned(want) {
+            Ok(p) => p,
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(Refused::Closed),
+            Err(tokio::sync::TryAcquireError::NoPermits) => return Err(Refused::Saturated),
+        };
+        origin.in_flight.fetch_add(1, Ordering::Relaxed);
+        match self.tx.try_send(Submission { origin: origin.clone(), report, _budget: budget }) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                origin.in_flight.fetch_sub(1, Ordering::Relaxed);
+                Err(match e {
+                    mpsc::error::TrySendError::Full(_) => Refused::Saturated,
+                    mpsc::error::TrySendError::Closed(_) => Refused::Closed,
+                })
+            }
+        }
+    }
 }
 
 /// Runs until every sender is gone.
 pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Submission>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        shared.metrics.ingest_queue.set(rx.len() as f64);
         apply(&shared, std::mem::take(&mut batch)).await;
         // The ingest histograms are recorded here, so their upkeep is done here too.
         shared.metrics.upkeep();
     }
 }
+
+/// Per (flag, variant) named by the batch's reports, borrowed from them.
+type Series<'a, T> = HashMap<(&'a str, &'a str), T>;
 
 async fn apply(shared: &Arc<Shared>, batch: Vec<Submission>) {
     let outcomes = match decide_and_commit(shared, &batch).await {
@@ -76,24 +163,7 @@ async fn apply(shared: &Arc<Shared>, batch: Vec<Submission>) {
             })
         }
     };
-    let now = now_ms();
-    shared.metrics.batch_size.record(batch.len() as f64);
-    for (s, outcome) in batch.into_iter().zip(outcomes) {
-        match outcome {
-            Outcome::Applied => {
-                shared.metrics.reports_applied.increment(1);
-                // The window end is the sidecar's word: saturating, so no value of it can overflow.
-                let delay = now.saturating_sub(s.report.window_end_ms).max(0) as f64 / 1000.0;
-                shared.metrics.ingest_delay.record(delay);
-            }
-            Outcome::Duplicate => shared.metrics.reports_duplicate.increment(1),
-            Outcome::Invalid => shared.metrics.reports_invalid.increment(1),
-            Outcome::Jump { .. } => shared.metrics.sequence_jumps.increment(1),
-            Outcome::Failed => {}
-        }
-        // A stream that went away no longer waits for its answer.
-        let _ = s.reply.send(outcome);
-    }
+    answer(shared, batch, outcomes);
 }
 
 /// The store said a sequence this replica read had moved on elsewhere.
@@ -102,7 +172,7 @@ struct Stale;
 
 /// Rereads the stored sequences of the batch's sidecars.
 async fn refresh_seqs(shared: &Arc<Shared>, batch: &[Submission]) {
-    let keys: std::collections::HashSet<ProxyKey> = batch.iter().map(|s| s.key.clone()).collect();
+    let keys: std::collections::HashSet<ProxyKey> = batch.iter().map(|s| s.origin.key.clone()).collect();
     let shared2 = shared.clone();
     let fresh = tokio::task::spawn_blocking(move || {
         keys.into_iter().map(|k| shared2.store.seq(&k).map(|seq| (k, seq))).collect::<Result<Vec<_>, _>>()
@@ -115,14 +185,16 @@ async fn refresh_seqs(shared: &Arc<Shared>, batch: &[Submission]) {
     }
 }
 
-/// Decides what becomes of each report and commits the applied ones; `Err(Stale)` when the
-/// store refused the batch for a stale sequence (nothing was written).
+/// Decides what becomes of each report and commits the applied ones; `Err(Stale)` when the store
+/// refused the batch for a stale sequence (nothing was written).
 async fn decide_and_commit(shared: &Arc<Shared>, batch: &[Submission]) -> Result<Vec<Outcome>, Stale> {
     let mut outcomes = Vec::with_capacity(batch.len());
-    let mut priors: HashMap<ProxyKey, u64> = HashMap::new();
-    let mut seqs: HashMap<ProxyKey, u64> = HashMap::new();
-    let mut totals: HashMap<(String, String), Delta> = HashMap::new();
-    let mut windows = Windows::new();
+    // Borrowed from the batch: no name is copied per report, only once per series per batch.
+    let mut seqs: HashMap<&ProxyKey, (u64, &Arc<Origin>)> = HashMap::new();
+    // The sequence applied before this batch, per sidecar (checked by a shared store).
+    let mut priors: HashMap<&ProxyKey, u64> = HashMap::new();
+    let mut totals: Series<'_, Delta> = HashMap::new();
+    let mut windows: Series<'_, (Split, SparseHistogram)> = HashMap::new();
     let current_flags = shared.flags.borrow().clone();
     let scopes = scopes(&current_flags.definition);
     let defined = defined_series(&current_flags.definition);
@@ -131,23 +203,23 @@ async fn decide_and_commit(shared: &Arc<Shared>, batch: &[Submission]) -> Result
         let current = lock(&shared.totals);
         let applied = lock(&shared.seqs);
         for s in batch {
-            let last = seqs.get(&s.key).or_else(|| applied.get(&s.key)).copied().unwrap_or(0);
+            let key = &s.origin.key;
+            let last = seqs.get(key).map(|&(seq, _)| seq).or_else(|| applied.get(key).copied()).unwrap_or(0);
             if s.report.seq <= last {
                 outcomes.push(Outcome::Duplicate);
                 continue;
             }
             if s.report.seq > last + 1 {
-                tracing::warn!(proxy = %s.key.0, seq = s.report.seq, expected = last + 1, "sequence jump refused");
+                tracing::warn!(proxy = %key.0, seq = s.report.seq, expected = last + 1, "sequence jump refused");
                 outcomes.push(Outcome::Jump { expected: last + 1 });
                 continue;
             }
-            let deltas: Result<Vec<_>, _> = s.report.stats.iter().map(|v| convert::delta(v).map(|d| (v, d))).collect();
-            let Ok(deltas) = deltas else {
-                tracing::warn!(proxy = %s.key.0, seq = s.report.seq, "invalid stats report dropped");
+            if s.report.stats.iter().any(|v| convert::check(v).is_err()) {
+                tracing::warn!(proxy = %key.0, seq = s.report.seq, "invalid stats report dropped");
                 outcomes.push(Outcome::Invalid);
                 continue;
-            };
-            for (i, (v, d)) in deltas.into_iter().enumerate() {
+            }
+            for (i, v) in s.report.stats.iter().enumerate() {
                 // Names no flag file can hold (see `rampart_flags::MAX_NAME_BYTES`), and series
                 // past a report's share: dropped, so a stream cannot grow the control plane's maps.
                 if i >= MAX_SERIES_PER_REPORT || v.flag.len() > MAX_NAME_BYTES || v.variant.len() > MAX_NAME_BYTES {
@@ -160,50 +232,63 @@ async fn decide_and_commit(shared: &Arc<Shared>, batch: &[Submission]) -> Result
                     continue;
                 }
                 // Evidence about a flag counts only from the services that serve it.
-                if scopes.get(v.flag.as_str()).is_some_and(|services| !services.contains(&s.service.as_str())) {
+                if scopes.get(v.flag.as_str()).is_some_and(|services| !services.contains(&s.origin.service.as_str())) {
                     shared.metrics.series_out_of_scope.increment(1);
                     continue;
                 }
-                let key = (v.flag.clone(), v.variant.clone());
-                if !totals.contains_key(&key) && !current.contains_key(&key) && current.len() + new_series >= MAX_SERIES
-                {
-                    shared.metrics.series_refused.increment(1);
-                    continue;
+                let series = (v.flag.as_str(), v.variant.as_str());
+                let entry = match totals.get_mut(&series) {
+                    Some(entry) => entry,
+                    None => {
+                        // First time in this batch: start from the totals so far.
+                        let owned = (v.flag.clone(), v.variant.clone());
+                        let base = match current.get(&owned) {
+                            Some(t) => t.clone(),
+                            None if current.len() + new_series >= MAX_SERIES => {
+                                shared.metrics.series_refused.increment(1);
+                                continue;
+                            }
+                            None => {
+                                new_series += 1;
+                                Delta::default()
+                            }
+                        };
+                        totals.entry(series).or_insert(base)
+                    }
+                };
+                // Checked above: cannot fail.
+                let _ = convert::merge_into(v, entry);
+                if let Some(split) = v.split.as_ref().map(Split::from).filter(|s| !s.is_empty()) {
+                    let (arm, latency) = windows.entry(series).or_default();
+                    arm.merge(&split);
+                    if let Some(h) = &v.latency_histogram {
+                        let _ = latency.merge_pairs(&h.buckets, &h.counts);
+                    }
                 }
-                if d.split != rampart_stats::Split::default() {
-                    let (arm, latency) = windows.entry(key.clone()).or_default();
-                    arm.merge(&d.split);
-                    latency.merge(&d.latency);
-                }
-                let entry = totals.entry(key).or_insert_with_key(|k| {
-                    current.get(k).cloned().unwrap_or_else(|| {
-                        new_series += 1;
-                        Delta::default()
-                    })
-                });
-                entry.merge(&d);
             }
-            priors.entry(s.key.clone()).or_insert(last);
-            seqs.insert(s.key.clone(), s.report.seq);
+            priors.entry(key).or_insert(last);
+            seqs.insert(key, (s.report.seq, &s.origin));
             outcomes.push(Outcome::Applied);
         }
     }
     if seqs.is_empty() {
         return Ok(outcomes);
     }
-    // With replicas, the windows go through the store to the leader's engine; one control plane
-    // keeps them in memory.
     let replicated = shared.replicas.is_some();
-    let shared2 = shared.clone();
+    let store = shared.store.clone();
+    let rows_totals: Vec<((String, String), Delta)> =
+        totals.into_iter().map(|((f, v), d)| ((f.to_owned(), v.to_owned()), d)).collect();
+    let rows_seqs: Vec<(Arc<Origin>, u64, u64)> =
+        seqs.iter().map(|(key, &(seq, o))| (o.clone(), priors.get(key).copied().unwrap_or(0), seq)).collect();
+    let rows_windows: Vec<((String, String), (Split, SparseHistogram))> =
+        windows.into_iter().map(|((f, v), w)| ((f.to_owned(), v.to_owned()), w)).collect();
     let committed = tokio::task::spawn_blocking(move || {
         let batch = Batch {
-            totals: totals.iter().map(|((flag, variant), totals)| TotalRow { flag, variant, totals }).collect(),
-            seqs: seqs
-                .iter()
-                .map(|(key, last)| SeqRow { key, prior: priors.get(key).copied().unwrap_or(0), last: *last })
-                .collect(),
+            totals: rows_totals.iter().map(|((flag, variant), totals)| TotalRow { flag, variant, totals }).collect(),
+            seqs: rows_seqs.iter().map(|(o, prior, last)| SeqRow { key: &o.key, prior: *prior, last: *last }).collect(),
+            // With replicas, the windows go through the store to the leader's engine.
             windows: if replicated {
-                windows
+                rows_windows
                     .iter()
                     .map(|((flag, variant), (arm, latency))| WindowRow { flag, variant, arm, latency })
                     .collect()
@@ -211,17 +296,26 @@ async fn decide_and_commit(shared: &Arc<Shared>, batch: &[Submission]) -> Result
                 Vec::new()
             },
         };
-        let result = shared2.store.commit_batch(&batch);
-        (result, totals, seqs, windows)
+        let result = store.commit_batch(&batch);
+        (result, rows_totals, rows_seqs, rows_windows)
     })
     .await;
     match committed {
-        Ok((Ok(()), new_totals, new_seqs, windows)) => {
+        Ok((Ok(()), new_totals, new_seqs, new_windows)) => {
             lock(&shared.totals).extend(new_totals);
-            lock(&shared.seqs).extend(new_seqs);
+            let mut applied = lock(&shared.seqs);
+            for (origin, _, seq) in new_seqs {
+                match applied.get_mut(&origin.key) {
+                    Some(last) => *last = seq,
+                    None => {
+                        applied.insert(origin.key.clone(), seq);
+                    }
+                }
+            }
+            drop(applied);
             if !replicated {
                 let mut pending = lock(&shared.windows);
-                for (key, (arm, latency)) in windows {
+                for (key, (arm, latency)) in new_windows {
                     let (a, l) = pending.entry(key).or_default();
                     a.merge(&arm);
                     l.merge(&latency);
@@ -242,6 +336,54 @@ async fn decide_and_commit(shared: &Arc<Shared>, batch: &[Submission]) -> Result
         }
     }
     Ok(outcomes)
+}
+
+/// Answers every report of the batch on its stream, in order: acknowledged (applied, duplicate or
+/// invalid) or the stream ends (a jump, a failed commit).
+fn answer(shared: &Shared, batch: Vec<Submission>, outcomes: Vec<Outcome>) {
+    let now = now_ms();
+    shared.metrics.batch_size.record(batch.len() as f64);
+    let mut proxies = lock(&shared.proxies);
+    for (s, outcome) in batch.into_iter().zip(outcomes) {
+        let (origin, seq) = (&s.origin, s.report.seq);
+        let reply = match outcome {
+            Outcome::Applied | Outcome::Duplicate | Outcome::Invalid => {
+                match outcome {
+                    Outcome::Applied => {
+                        shared.metrics.reports_applied.increment(1);
+                        // The window end is the sidecar's word: saturating, so no value of it can overflow.
+                        let delay = now.saturating_sub(s.report.window_end_ms).max(0) as f64 / 1000.0;
+                        shared.metrics.ingest_delay.record(delay);
+                    }
+                    Outcome::Duplicate => shared.metrics.reports_duplicate.increment(1),
+                    _ => shared.metrics.reports_invalid.increment(1),
+                }
+                if let Some(p) = proxies.get_mut(&origin.key.0).filter(|p| p.stream == origin.stream) {
+                    p.last_report_ms = Some(now);
+                    p.last_seq = p.last_seq.max(seq);
+                }
+                Ok(ControlMessage { msg: Some(control_message::Msg::Ack(StatsAck { seq })) })
+            }
+            Outcome::Jump { expected } => {
+                shared.metrics.sequence_jumps.increment(1);
+                origin.ended.cancel();
+                Err(tonic::Status::failed_precondition(format!(
+                    "report {seq} jumps past the next sequence number, {expected}"
+                )))
+            }
+            // Not durable: end the stream; the sidecar reconnects and resends.
+            Outcome::Failed => {
+                origin.ended.cancel();
+                Err(tonic::Status::unavailable("stats store unavailable; resend"))
+            }
+        };
+        // The stream keeps room for every report it has in flight; one that went away no longer
+        // waits for its answer (a report it does not hear of is resent and then a duplicate).
+        if !origin.ended.is_cancelled() || reply.is_err() {
+            let _ = origin.out.try_send(reply);
+        }
+        origin.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Per defined flag, its variants' names.

@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use rampart_flags::Format;
 use rampart_proto::rampart::v1::ramp_control_server::RampControlServer;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -179,6 +179,8 @@ pub struct Control {
     tokens: Vec<config::SidecarToken>,
     operators: Option<operators::Operators>,
     retention: std::time::Duration,
+    /// The ingest queue's bounds: reports, bytes.
+    ingest_queue: (usize, usize),
 }
 
 impl config::Tls {
@@ -282,6 +284,7 @@ impl Control {
             tokens: config.tokens.clone(),
             operators: config.operators.clone(),
             retention: config.retention,
+            ingest_queue: (config.ingest_queue.get(), config.ingest_queue_bytes.get()),
         })
     }
 
@@ -297,7 +300,7 @@ impl Control {
             r.set_addresses(at(&grpc), at(&http));
         }
         let tasks = TaskTracker::new();
-        let (ingest_tx, ingest_rx) = mpsc::channel(4096);
+        let (ingest_tx, ingest_rx) = ingest::Ingest::new(self.ingest_queue.0, self.ingest_queue.1);
         let ingest_task = tokio::spawn(ingest::run(self.shared.clone(), ingest_rx));
         let service = stream::Service {
             shared: self.shared.clone(),

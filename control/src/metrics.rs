@@ -1,6 +1,7 @@
 //! The control plane's Prometheus metrics, on a recorder of its own (no global registry).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
@@ -28,6 +29,14 @@ pub(crate) struct Metrics {
     pub(crate) sequence_jumps: Counter,
     /// Sidecars that did not confirm a rollback's flags version within the deadline.
     pub(crate) unresponsive_sidecars: Counter,
+    /// Reports shed because ingest was full (each ends its stream with a pushback).
+    reports_shed: Counter,
+    /// 1 while reports are being shed (one shed in the last second), else 0.
+    saturated: Gauge,
+    /// When the last report was shed, in ms since the epoch.
+    last_shed_ms: Arc<AtomicI64>,
+    /// Reports waiting for ingest when it took its last batch.
+    pub(crate) ingest_queue: Gauge,
     /// From a report's window end to its commit.
     pub(crate) ingest_delay: Histogram,
     pub(crate) batch_size: Histogram,
@@ -75,6 +84,10 @@ impl Metrics {
             series_unknown: counter("rampart_control_series_unknown_total"),
             streams_refused: counter("rampart_control_streams_refused_total"),
             sequence_jumps: counter("rampart_control_sequence_jumps_total"),
+            reports_shed: counter("rampart_control_reports_shed_total"),
+            saturated: recorder.register_gauge(&Key::from_name("rampart_control_ingest_saturated"), &META),
+            last_shed_ms: Arc::new(AtomicI64::new(i64::MIN)),
+            ingest_queue: recorder.register_gauge(&Key::from_name("rampart_control_ingest_queue_reports"), &META),
             ingest_delay: recorder.register_histogram(&Key::from_name(INGEST_DELAY), &META),
             batch_size: recorder.register_histogram(&Key::from_name(BATCH), &META),
             connected: recorder.register_gauge(&Key::from_name("rampart_control_connected_proxies"), &META),
@@ -131,7 +144,16 @@ impl Metrics {
         self.recorder.handle().run_upkeep();
     }
 
+    /// A report was shed: counted, and the control plane reads as saturated for a second.
+    pub(crate) fn shed(&self) {
+        self.reports_shed.increment(1);
+        self.last_shed_ms.store(crate::state::now_ms(), Ordering::Relaxed);
+        self.saturated.set(1.0);
+    }
+
     pub(crate) fn render(&self) -> String {
+        let recent = crate::state::now_ms().saturating_sub(self.last_shed_ms.load(Ordering::Relaxed)) < 1000;
+        self.saturated.set(if recent { 1.0 } else { 0.0 });
         self.recorder.handle().render()
     }
 }

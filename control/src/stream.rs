@@ -1,36 +1,52 @@
 //! `rampart.v1.RampControl/Connect`: one bidirectional stream per sidecar. Hello → Welcome (last
 //! applied sequence) and the current flags; then reports are applied (acknowledged once durable)
-//! and every new flags version is pushed as soon as it exists.
+//! and every new flags version is pushed as soon as it exists. Reports are read as they come and
+//! handed to ingest without waiting for the previous one's answer; when ingest is full the report
+//! is shed: the stream ends with `RESOURCE_EXHAUSTED` and a pushback, and the sidecar, which keeps
+//! and merges what is unacknowledged, sends it again when it comes back.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use rampart_flags::MAX_NAME_BYTES;
 use rampart_proto::rampart::v1::ramp_control_server::RampControl;
 use rampart_proto::rampart::v1::{
-    ControlMessage, FlagsSnapshot, ProxyMessage, StatsAck, Welcome, control_message, proxy_message,
+    ControlMessage, FlagsSnapshot, ProxyMessage, Welcome, control_message, proxy_message,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::Identity;
-use crate::ingest::{Outcome, Submission};
+use crate::ingest::{Ingest, MAX_IN_FLIGHT_PER_STREAM, Origin, Outbound, Refused};
 use crate::state::{Flags, Owner, ProxyInfo, Shared, lock, now_ms};
 
 #[derive(Debug)]
 pub(crate) struct Service {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) ingest: mpsc::Sender<Submission>,
+    pub(crate) ingest: Ingest,
     pub(crate) tasks: TaskTracker,
     pub(crate) shutdown: CancellationToken,
     pub(crate) next_stream: AtomicU64,
 }
 
-type Outbound = Result<ControlMessage, Status>;
+/// How long a shed sidecar is asked to stay away (gRPC's `grpc-retry-pushback-ms`), jittered
+/// over `PUSHBACK..2 * PUSHBACK` so shed sidecars do not all come back at once.
+const PUSHBACK: Duration = Duration::from_secs(1);
+
+/// The status that sheds a stream: not applied, send it again after the pushback.
+fn shed_status() -> Status {
+    let wait = PUSHBACK.mul_f64(1.0 + fastrand::f64());
+    let mut status = Status::resource_exhausted("the control plane is saturated; resend after the pushback");
+    if let Ok(v) = tonic::metadata::MetadataValue::try_from(wait.as_millis().to_string()) {
+        status.metadata_mut().insert("grpc-retry-pushback-ms", v);
+    }
+    status
+}
 
 fn flags_message(f: &Flags) -> ControlMessage {
     ControlMessage {
@@ -148,7 +164,8 @@ impl RampControl for Service {
         self.shared.metrics.connected.increment(1.0);
         tracing::info!(proxy = %hello.proxy_id, service = %hello.service, epoch = hello.epoch, last_applied, "sidecar connected");
 
-        let (tx, rx) = mpsc::channel::<Outbound>(64);
+        // Room for every report in flight's answer, and for flags pushes besides.
+        let (tx, rx) = mpsc::channel::<Outbound>(MAX_IN_FLIGHT_PER_STREAM + 8);
         let mut flags = self.shared.flags.subscribe();
         let current = flags.borrow_and_update().clone();
         let welcome =
@@ -158,11 +175,21 @@ impl RampControl for Service {
         let _ = tx.try_send(Ok(flags_message(&current)));
 
         let (shared, ingest, shutdown) = (self.shared.clone(), self.ingest.clone(), self.shutdown.clone());
-        let service = hello.service;
+        let origin = Arc::new(Origin {
+            key,
+            service: hello.service,
+            stream: stream_id,
+            out: tx.clone(),
+            in_flight: AtomicUsize::new(0),
+            ended: CancellationToken::new(),
+        });
         self.tasks.spawn(async move {
+            let key = &origin.key;
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => break,
+                    // Ingest refused a report and said why on the stream.
+                    () = origin.ended.cancelled() => break,
                     changed = flags.changed() => {
                         if changed.is_err() { break; }
                         let f = flags.borrow_and_update().clone();
@@ -170,28 +197,22 @@ impl RampControl for Service {
                     }
                     msg = inbound.message() => match msg {
                         Ok(Some(ProxyMessage { msg: Some(proxy_message::Msg::Report(report)) })) => {
-                            let seq = report.seq;
-                            let (reply, answer) = oneshot::channel();
-                            if ingest.send(Submission { key: key.clone(), service: service.clone(), report, reply }).await.is_err() { break; }
-                            match answer.await {
-                                Ok(Outcome::Applied | Outcome::Duplicate | Outcome::Invalid) => {
-                                    if let Some(p) = lock(&shared.proxies).get_mut(&key.0).filter(|p| p.stream == stream_id) {
-                                        p.last_report_ms = Some(now_ms());
-                                        p.last_seq = p.last_seq.max(seq);
-                                    }
-                                    let ack = ControlMessage { msg: Some(control_message::Msg::Ack(StatsAck { seq })) };
-                                    if tx.send(Ok(ack)).await.is_err() { break; }
-                                }
-                                Ok(Outcome::Jump { expected }) => {
-                                    let why = format!("report {seq} jumps past the next sequence number, {expected}");
-                                    let _ = tx.send(Err(Status::failed_precondition(why))).await;
+                            let refused = if origin.in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT_PER_STREAM {
+                                // More unanswered than any sidecar sends: shed like saturation.
+                                Err(Refused::Saturated)
+                            } else {
+                                let size = prost::Message::encoded_len(&report);
+                                ingest.submit(&origin, report, size)
+                            };
+                            match refused {
+                                Ok(()) => {}
+                                Err(Refused::Saturated) => {
+                                    shared.metrics.shed();
+                                    tracing::debug!(proxy = %key.0, "ingest saturated: report shed, stream ended");
+                                    let _ = tx.send(Err(shed_status())).await;
                                     break;
                                 }
-                                // Not durable: end the stream; the sidecar reconnects and resends.
-                                Ok(Outcome::Failed) | Err(_) => {
-                                    let _ = tx.send(Err(Status::unavailable("stats store unavailable; resend"))).await;
-                                    break;
-                                }
+                                Err(Refused::Closed) => break,
                             }
                         }
                         Ok(Some(ProxyMessage { msg: Some(proxy_message::Msg::FlagsApplied(applied)) })) => {

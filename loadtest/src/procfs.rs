@@ -27,10 +27,24 @@ pub(crate) struct Sample {
     pub(crate) cpu: Duration,
     /// Peak resident set size so far, in bytes.
     pub(crate) peak_rss: u64,
+    /// Time its live threads spent runnable but waiting for a CPU (`/proc/PID/task/*/schedstat`,
+    /// second field): on a shared machine, how much of the wall time others took.
+    pub(crate) run_delay: Duration,
 }
 
 pub(crate) fn sample(pid: u32) -> Result<Sample, ProcError> {
-    Ok(Sample { cpu: cpu_time(pid)?, peak_rss: peak_rss(pid)? })
+    Ok(Sample { cpu: cpu_time(pid)?, peak_rss: peak_rss(pid)?, run_delay: run_delay(pid) })
+}
+
+/// The sum over the process's threads of their run-queue wait; zero where schedstats are off.
+fn run_delay(pid: u32) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Duration::ZERO };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|text| text.split_ascii_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(ns)
 }
 
 fn read(path: PathBuf) -> Result<(PathBuf, String), ProcError> {

@@ -86,6 +86,43 @@ pub fn delta(v: &VariantStats) -> Result<Delta, InvalidStats> {
     Ok(Delta { requests: v.requests, errors: v.errors, timeouts: v.timeouts, latency, split })
 }
 
+/// Whether [`merge_into`] can take `v` whole: its histogram is well formed.
+///
+/// # Errors
+///
+/// The same as [`delta`].
+pub fn check(v: &VariantStats) -> Result<(), InvalidStats> {
+    if let Some(h) = &v.latency_histogram {
+        if h.buckets.len() != h.counts.len() {
+            return Err(InvalidStats::Lengths { buckets: h.buckets.len(), counts: h.counts.len() });
+        }
+        if let Some(&index) = h.buckets.iter().find(|&&i| i as usize >= rampart_stats::NUM_BUCKETS) {
+            return Err(BucketOutOfRange { index }.into());
+        }
+    }
+    Ok(())
+}
+
+/// Adds the delta carried by `v` into `into`, as `into.merge(&delta(v)?)` does, without building
+/// the delta (no histogram allocated per series): how the control plane applies reports.
+///
+/// # Errors
+///
+/// The same as [`delta`]; `into` is then unchanged.
+pub fn merge_into(v: &VariantStats, into: &mut Delta) -> Result<(), InvalidStats> {
+    check(v)?;
+    into.requests = into.requests.saturating_add(v.requests);
+    into.errors = into.errors.saturating_add(v.errors);
+    into.timeouts = into.timeouts.saturating_add(v.timeouts);
+    if let Some(h) = &v.latency_histogram {
+        into.latency.merge_pairs(&h.buckets, &h.counts)?;
+    }
+    if let Some(split) = &v.split {
+        into.split.merge(&Split::from(split));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,9 +136,19 @@ mod tests {
         let wire = variant_stats("f", "on", &d);
         assert_eq!(wire.split.as_ref().map(|s| (s.units, s.failing_units)), Some((5, 2)));
         assert_eq!(delta(&wire).unwrap(), d);
+        let mut into = d.clone();
+        merge_into(&wire, &mut into).unwrap();
+        let mut twice = d.clone();
+        twice.merge(&d);
+        assert_eq!(into, twice, "merging the wire form is merging its delta");
         let mut bad = wire;
         bad.latency_histogram.as_mut().unwrap().counts.pop();
         assert!(matches!(delta(&bad), Err(InvalidStats::Lengths { .. })));
+        assert!(matches!(merge_into(&bad, &mut into), Err(InvalidStats::Lengths { .. })));
+        assert_eq!(into, twice, "unchanged by what it refused");
+        bad.latency_histogram.as_mut().unwrap().counts.push(1);
+        bad.latency_histogram.as_mut().unwrap().buckets[0] = u32::MAX;
+        assert!(matches!(check(&bad), Err(InvalidStats::Bucket(_))));
     }
 
     #[test]

@@ -221,37 +221,30 @@ impl SparseHistogram {
 
     /// Adds `other`'s counts into `self`.
     pub fn merge(&mut self, other: &SparseHistogram) {
-        if other.buckets.is_empty() {
-            return;
+        merge_sorted(&mut self.buckets, other.buckets.len(), |j| other.buckets[j]);
+    }
+
+    /// Adds the wire form's `(buckets[i], counts[i])` pairs into `self` without building a
+    /// histogram of them first: the control plane merges every report this way. Indices in
+    /// increasing order (as every sidecar sends them) merge in place; any other order is sorted
+    /// first. Zero counts are skipped.
+    ///
+    /// # Errors
+    ///
+    /// [`BucketOutOfRange`] if an index is not below [`NUM_BUCKETS`]; `self` is then unchanged.
+    /// The slices must have the same length (the caller checks it; extra entries are ignored).
+    pub fn merge_pairs(&mut self, buckets: &[u32], counts: &[u64]) -> Result<(), BucketOutOfRange> {
+        let n = buckets.len().min(counts.len());
+        let (buckets, counts) = (&buckets[..n], &counts[..n]);
+        if let Some(&index) = buckets.iter().find(|&&i| i as usize >= NUM_BUCKETS) {
+            return Err(BucketOutOfRange { index });
         }
-        if self.buckets.is_empty() {
-            self.buckets.clone_from(&other.buckets);
-            return;
+        if buckets.is_sorted_by(|a, b| a < b) {
+            merge_sorted(&mut self.buckets, n, |j| (buckets[j], counts[j]));
+        } else {
+            self.merge(&SparseHistogram::from_pairs(buckets.iter().copied().zip(counts.iter().copied()))?);
         }
-        let (a, b) = (&self.buckets, &other.buckets);
-        let mut merged = Vec::with_capacity(a.len().max(b.len()));
-        let (mut i, mut j) = (0, 0);
-        while i < a.len() && j < b.len() {
-            let ((ia, ca), (ib, cb)) = (a[i], b[j]);
-            match ia.cmp(&ib) {
-                std::cmp::Ordering::Less => {
-                    merged.push((ia, ca));
-                    i += 1;
-                }
-                std::cmp::Ordering::Greater => {
-                    merged.push((ib, cb));
-                    j += 1;
-                }
-                std::cmp::Ordering::Equal => {
-                    merged.push((ia, ca.saturating_add(cb)));
-                    i += 1;
-                    j += 1;
-                }
-            }
-        }
-        merged.extend_from_slice(&a[i..]);
-        merged.extend_from_slice(&b[j..]);
-        self.buckets = merged;
+        Ok(())
     }
 
     /// The nearest-rank `q`-quantile in µs (the value of rank `⌈q·n⌉` of `n` samples), reported as
@@ -293,6 +286,57 @@ impl SparseHistogram {
         let first_above = bucket_index(threshold_micros) + 1;
         let start = self.buckets.partition_point(|&(index, _)| index < first_above);
         self.buckets[start..].iter().fold(0, |sum, &(_, count)| sum.saturating_add(count))
+    }
+}
+
+/// Adds the `len` pairs `other(0..len)` (indices strictly increasing) into `into` (sorted, unique,
+/// no zero counts), keeping those invariants, in place: no allocation unless `other` brings
+/// indices `into` lacks, and then one `resize` and a merge from the back.
+fn merge_sorted(into: &mut Vec<(u32, u64)>, len: usize, other: impl Fn(usize) -> (u32, u64)) {
+    // Indices `other` brings that `into` lacks (zero counts bring nothing).
+    let (mut fresh, mut i) = (0usize, 0usize);
+    for j in 0..len {
+        let (index, count) = other(j);
+        if count == 0 {
+            continue;
+        }
+        while i < into.len() && into[i].0 < index {
+            i += 1;
+        }
+        if i < into.len() && into[i].0 == index {
+            into[i].1 = into[i].1.saturating_add(count);
+        } else {
+            fresh += 1;
+        }
+    }
+    if fresh == 0 {
+        return;
+    }
+    // Existing indices are already added up; place the fresh ones, from the back.
+    let old = into.len();
+    into.resize(old + fresh, (0, 0));
+    let (mut i, mut j, mut k) = (old, len, old + fresh);
+    while j > 0 {
+        let (index, count) = other(j - 1);
+        if count == 0 {
+            j -= 1;
+            continue;
+        }
+        if i > 0 && into[i - 1].0 > index {
+            into[k - 1] = into[i - 1];
+            i -= 1;
+            k -= 1;
+        } else if i > 0 && into[i - 1].0 == index {
+            // Added up in the first pass.
+            into[k - 1] = into[i - 1];
+            i -= 1;
+            j -= 1;
+            k -= 1;
+        } else {
+            into[k - 1] = (index, count);
+            j -= 1;
+            k -= 1;
+        }
     }
 }
 

@@ -4,8 +4,12 @@
 //! `/metrics`, the control plane's CPU time, peak RSS and its own ingest-delay and batch histograms.
 //!
 //! Streams share HTTP/2 connections: one tonic `Channel` (one TCP connection) carries
-//! `--streams-per-connection` streams (default 50), so 1 000 streams need 20 sockets, not 1 000.
-//! Real sidecars have a connection each; `--streams-per-connection 1` reproduces that.
+//! `--streams-per-connection` streams (default 4, the most the control plane allows), so 1 000
+//! streams need 250 sockets. Real sidecars have a connection each; `--streams-per-connection 1`
+//! reproduces that.
+//!
+//! A stream the control plane sheds (`RESOURCE_EXHAUSTED`) waits its pushback and reconnects, as a
+//! sidecar does; every interval is counted until acknowledged, so "nothing lost" is checked.
 
 mod report;
 mod sidecar;
@@ -57,10 +61,10 @@ pub(crate) struct Args {
     /// How long to wait for the last acknowledgements after the sending stops.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     drain: Duration,
-    /// Streams multiplexed on one HTTP/2 connection.
-    #[arg(long, default_value_t = 50)]
+    /// Streams multiplexed on one HTTP/2 connection (the control plane allows 4).
+    #[arg(long, default_value_t = 4)]
     streams_per_connection: usize,
-    /// Reports a stream keeps unacknowledged before it skips an interval (the sidecar's limit).
+    /// Reports a stream keeps unacknowledged before it holds back new ones (the sidecar's limit).
     #[arg(long, default_value_t = 16)]
     max_in_flight: usize,
 }

@@ -35,7 +35,10 @@ pub(super) struct Summary {
     streams: usize,
     sent: u64,
     acked: u64,
-    skipped: u64,
+    intervals: u64,
+    intervals_acked: u64,
+    merged: u64,
+    shed: u64,
     unacked: u64,
     failed_streams: usize,
     first_error: Option<String>,
@@ -52,7 +55,10 @@ impl Summary {
             streams: inputs.tallies.len(),
             sent: 0,
             acked: 0,
-            skipped: 0,
+            intervals: 0,
+            intervals_acked: 0,
+            merged: 0,
+            shed: 0,
             unacked: 0,
             failed_streams: 0,
             first_error: None,
@@ -66,7 +72,10 @@ impl Summary {
         for t in &s.inputs.tallies {
             s.sent += t.sent;
             s.acked += t.acked;
-            s.skipped += t.skipped;
+            s.intervals += t.intervals;
+            s.intervals_acked += t.intervals_acked;
+            s.merged += t.merged;
+            s.shed += t.shed;
             s.unacked += t.unacked;
             s.flags_pushed += t.flags_pushed;
             s.bytes_sent += t.bytes_sent;
@@ -84,9 +93,9 @@ impl Summary {
         s
     }
 
-    /// Every report sent was acknowledged and no stream failed.
+    /// Every interval made was acknowledged and no stream failed.
     pub(super) fn healthy(&self) -> bool {
-        self.sent > 0 && self.acked == self.sent && self.failed_streams == 0
+        self.intervals > 0 && self.intervals_acked == self.intervals && self.unacked == 0 && self.failed_streams == 0
     }
 
     fn ack_ms(&self, q: f64) -> Option<f64> {
@@ -106,12 +115,15 @@ impl Summary {
             i.open_time.as_secs_f64()
         );
         println!(
-            "reports: sent {} acked {} unacked {} skipped(backpressure) {} failed streams {}{}; {:.0} reports/s, \
-             {:.1} KiB/report, {:.0} buckets/series",
+            "intervals: made {} acked {} unacked {} (merged into unsent reports {}); reports: sent {} acked {}; \
+             shed {} times; failed streams {}{}; {:.0} reports/s acked, {:.1} KiB/report, {:.0} buckets/series",
+            self.intervals,
+            self.intervals_acked,
+            self.unacked,
+            self.merged,
             self.sent,
             self.acked,
-            self.unacked,
-            self.skipped,
+            self.shed,
             self.failed_streams,
             self.first_error.as_deref().map(|e| format!(" (first: {e})")).unwrap_or_default(),
             self.acked as f64 / wall,
@@ -130,12 +142,14 @@ impl Summary {
         if let Some([start, before, after]) = i.control {
             let cpu = (after.cpu - before.cpu).as_secs_f64();
             println!(
-                "control plane: CPU {:.2} s over {:.1} s = {:.1}% of one core (opening the streams: {:.2} s); peak RSS {:.1} MiB",
+                "control plane: CPU {:.2} s over {:.1} s = {:.1}% of one core (opening the streams: {:.2} s); peak RSS {:.1} MiB; \
+                 waited {:.2} s for a CPU (run queue)",
                 cpu,
                 wall,
                 100.0 * cpu / wall,
                 (before.cpu - start.cpu).as_secs_f64(),
-                after.peak_rss as f64 / (1 << 20) as f64
+                after.peak_rss as f64 / (1 << 20) as f64,
+                after.run_delay.saturating_sub(before.run_delay).as_secs_f64()
             );
         }
         let [sb, sa] = i.load_tool;
@@ -180,6 +194,7 @@ impl Summary {
                 "cpu_percent_of_core": 100.0 * cpu / wall,
                 "open_cpu_seconds": (before.cpu - start.cpu).as_secs_f64(),
                 "peak_rss_bytes": after.peak_rss,
+                "run_queue_wait_seconds": after.run_delay.saturating_sub(before.run_delay).as_secs_f64(),
             })
         });
         let hist = |h: &Option<Histogram>, scale: f64| {
@@ -204,7 +219,8 @@ impl Summary {
             "wall_s": wall,
             "open_s": i.open_time.as_secs_f64(),
             "reports": {
-                "sent": self.sent, "acked": self.acked, "unacked": self.unacked, "skipped": self.skipped,
+                "intervals": self.intervals, "intervals_acked": self.intervals_acked, "unacked_intervals": self.unacked,
+                "merged_intervals": self.merged, "shed": self.shed, "sent": self.sent, "acked": self.acked,
                 "failed_streams": self.failed_streams, "bytes_per_report": self.bytes_sent / self.sent.max(1),
             },
             "ack_latency_ms": {

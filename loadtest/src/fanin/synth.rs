@@ -2,19 +2,28 @@
 //! errors, timeouts and a sparse latency histogram drawn from a log-normal distribution per series.
 //!
 //! Drawing thousands of latencies per report would make the load tool, not the control plane, the
-//! bottleneck; so a pool of variants per series is drawn once and each report picks one at random.
+//! bottleneck; so a pool of variants per series is drawn and encoded once, and each report picks
+//! one at random and is assembled from the encoded entries (a memcpy, no protobuf encoding).
 
+use bytes::{BufMut, Bytes, BytesMut};
+use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint};
 use rampart_proto::convert;
-use rampart_proto::rampart::v1::VariantStats;
+use rampart_proto::rampart::v1::{StatsReport, VariantStats};
 use rampart_stats::{Delta, SparseHistogram};
 
 /// Pre-drawn variants per series.
 const POOL: usize = 32;
+/// `ProxyMessage.report` and `StatsReport.stats` (see `proto/rampart/v1/control.proto`).
+const REPORT_FIELD: u32 = 2;
+const STATS_FIELD: u32 = 5;
 
 /// The pre-drawn series entries: `pool[series][i]`.
 #[derive(Debug)]
 pub(crate) struct Pool {
     pool: Vec<Vec<VariantStats>>,
+    /// `pool`, each entry encoded as a `StatsReport.stats` field (key, length, message).
+    encoded: Vec<Vec<Bytes>>,
 }
 
 impl Pool {
@@ -30,13 +39,45 @@ impl Pool {
                 let error_rate = 0.002 + 0.018 * rng.f64();
                 (0..POOL).map(|_| draw(&mut rng, &flag, variant, requests, median_us, error_rate)).collect()
             })
+            .collect::<Vec<Vec<VariantStats>>>();
+        let encoded = pool
+            .iter()
+            .map(|variants| {
+                variants
+                    .iter()
+                    .map(|v| {
+                        let mut b = BytesMut::new();
+                        encode_key(STATS_FIELD, WireType::LengthDelimited, &mut b);
+                        encode_varint(v.encoded_len() as u64, &mut b);
+                        v.encode_raw(&mut b);
+                        b.freeze()
+                    })
+                    .collect()
+            })
             .collect();
-        Pool { pool }
+        Pool { pool, encoded }
     }
 
-    /// One report's entries, a random draw per series.
-    pub(crate) fn report(&self, rng: &mut fastrand::Rng) -> Vec<VariantStats> {
-        self.pool.iter().map(|variants| variants[rng.usize(..variants.len())].clone()).collect()
+    /// One report, a random draw per series, encoded as a `ProxyMessage` (`report`).
+    pub(crate) fn report(&self, rng: &mut fastrand::Rng, seq: u64, start_ms: i64, end_ms: i64) -> Bytes {
+        let head = StatsReport {
+            seq,
+            first_seq: seq,
+            window_start_ms: start_ms,
+            window_end_ms: end_ms,
+            stats: Vec::new(),
+            overflow: 0,
+        };
+        let picks: Vec<&Bytes> = self.encoded.iter().map(|v| &v[rng.usize(..v.len())]).collect();
+        let len = head.encoded_len() + picks.iter().map(|b| b.len()).sum::<usize>();
+        let mut out = BytesMut::with_capacity(len + 16);
+        encode_key(REPORT_FIELD, WireType::LengthDelimited, &mut out);
+        encode_varint(len as u64, &mut out);
+        head.encode_raw(&mut out);
+        for b in picks {
+            out.put_slice(b);
+        }
+        out.freeze()
     }
 
     /// Mean number of non-empty histogram buckets per entry.
@@ -83,7 +124,11 @@ mod tests {
     #[test]
     fn entries_are_valid_and_sparse() {
         let pool = Pool::new(20, 100);
-        let report = pool.report(&mut fastrand::Rng::with_seed(1));
+        let bytes = pool.report(&mut fastrand::Rng::with_seed(1), 7, 1, 2);
+        let message = rampart_proto::rampart::v1::ProxyMessage::decode(bytes).unwrap();
+        let Some(rampart_proto::rampart::v1::proxy_message::Msg::Report(report)) = message.msg else { panic!() };
+        assert_eq!((report.seq, report.first_seq, report.window_start_ms, report.window_end_ms), (7, 7, 1, 2));
+        let report = report.stats;
         assert_eq!(report.len(), 20);
         let mut names: Vec<_> = report.iter().map(|v| (v.flag.as_str(), v.variant.as_str())).collect();
         names.dedup();

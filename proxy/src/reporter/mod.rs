@@ -93,6 +93,19 @@ enum StreamError {
     File(String, #[source] std::io::Error),
 }
 
+impl StreamError {
+    /// How long a saturated control plane asked us to stay away (`RESOURCE_EXHAUSTED` with
+    /// gRPC's `grpc-retry-pushback-ms`), at most [`BACKOFF_MAX`]; the reports it shed stay pending.
+    fn pushback(&self) -> Option<Duration> {
+        let StreamError::Status(status) = self else { return None };
+        if status.code() != tonic::Code::ResourceExhausted {
+            return None;
+        }
+        let ms: u64 = status.metadata().get("grpc-retry-pushback-ms")?.to_str().ok()?.parse().ok()?;
+        Some(Duration::from_millis(ms).min(BACKOFF_MAX))
+    }
+}
+
 impl Reporter {
     /// Runs until `shutdown`; then sends what it can of the last interval and stops.
     pub(crate) async fn run(self, shutdown: CancellationToken) {
@@ -107,13 +120,14 @@ impl Reporter {
         loop {
             let uri = &self.control.uris[next];
             let mut up = Up::default();
-            match self.stream(next, &mut pending, &mut tick, &mut window_start, &mut up, &shutdown).await {
+            let pushback = match self.stream(next, &mut pending, &mut tick, &mut window_start, &mut up, &shutdown).await {
                 Ok(()) => return,
                 Err(e) => {
                     self.set_connected(next, false);
                     tracing::warn!(control_plane = %uri, error = %e, pending = pending.len(), "control stream down");
+                    e.pushback()
                 }
-            }
+            };
             if up.connected {
                 backoff = BACKOFF_MIN;
             }
@@ -122,13 +136,14 @@ impl Reporter {
             }
             failed += 1;
             next = (next + 1) % replicas;
-            if failed < replicas {
+            if pushback.is_none() && failed < replicas {
                 // Fail over to the next replica at once.
                 continue;
             }
             failed = 0;
-            // A full round failed: jittered backoff; stats keep being collected meanwhile.
-            let wait = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
+            // A saturated replica's pushback, or after a full round that failed, jittered backoff;
+            // stats keep being collected meanwhile.
+            let wait = pushback.unwrap_or_else(|| backoff.mul_f64(0.5 + fastrand::f64() * 0.5));
             backoff = (backoff * 2).min(BACKOFF_MAX);
             tracing::info!(retry_in = ?wait, "no control plane replica reachable; retrying");
             let until = Instant::now() + wait;

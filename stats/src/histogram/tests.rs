@@ -268,6 +268,33 @@ proptest! {
     }
 
     #[test]
+    fn merging_wire_pairs_equals_merging_histograms(
+        a in values(),
+        pairs in prop::collection::vec((0u32..NUM_BUCKETS as u32, 0u64..5), 0..100),
+    ) {
+        let mut merged = histogram_of(&a);
+        let (buckets, counts): (Vec<u32>, Vec<u64>) = pairs.iter().copied().unzip();
+        merged.merge_pairs(&buckets, &counts).unwrap();
+        let mut expected = histogram_of(&a);
+        expected.merge(&SparseHistogram::from_pairs(pairs.iter().copied()).unwrap());
+        prop_assert_eq!(&merged, &expected);
+        // Sorted, unique, no zero counts: what `from_pairs` of its own pairs leaves unchanged.
+        prop_assert_eq!(&SparseHistogram::from_pairs(merged.iter()).unwrap(), &merged);
+        prop_assert!(merged.iter().all(|(_, c)| c > 0));
+        // And the sorted (in-place) path.
+        let mut sorted: Vec<(u32, u64)> = pairs;
+        sorted.sort_unstable_by_key(|p| p.0);
+        sorted.dedup_by_key(|p| p.0);
+        let (buckets, counts): (Vec<u32>, Vec<u64>) = sorted.iter().copied().unzip();
+        let mut in_place = histogram_of(&a);
+        in_place.merge_pairs(&buckets, &counts).unwrap();
+        let mut expected = histogram_of(&a);
+        expected.merge(&SparseHistogram::from_pairs(sorted.iter().copied()).unwrap());
+        prop_assert_eq!(&in_place, &expected);
+        prop_assert!(in_place.iter().all(|(_, c)| c > 0));
+    }
+
+    #[test]
     fn every_value_lies_in_its_bucket(v in any::<u64>()) {
         let index = bucket_index(v);
         let (lo, hi) = bucket_bounds(index);
