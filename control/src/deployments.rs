@@ -94,6 +94,9 @@ mod tests {
         assert!(e.unwrap_err().contains("not RFC 3339"));
         let e = parse(br#"{"service": "s", "commit": "a", "commit_time": "2099-01-01T00:00:00Z"}"#, "ci", now);
         assert!(e.unwrap_err().contains("in the future"));
-        assert!(parse(br#"{"service": "s", "commit": "a", "commit_time": "2026-11-30T09:00:00Z", "x": 1}"#, "ci", now).is_err());
+        assert!(
+            parse(br#"{"service": "s", "commit": "a", "commit_time": "2026-11-30T09:00:00Z", "x": 1}"#, "ci", now)
+                .is_err()
+        );
     }
 }

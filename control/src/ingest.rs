@@ -193,6 +193,8 @@ async fn decide_and_commit(shared: &Arc<Shared>, batch: &[Submission]) -> Result
     let mut seqs: HashMap<&ProxyKey, (u64, &Arc<Origin>)> = HashMap::new();
     // The sequence applied before this batch, per sidecar (checked by a shared store).
     let mut priors: HashMap<&ProxyKey, u64> = HashMap::new();
+    // When the batch's reports last saw each flag evaluated.
+    let mut evaluated: HashMap<&str, i64> = HashMap::new();
     let mut totals: Series<'_, Delta> = HashMap::new();
     let mut windows: Series<'_, (Split, SparseHistogram)> = HashMap::new();
     let current_flags = shared.flags.borrow().clone();
@@ -266,6 +268,14 @@ async fn decide_and_commit(shared: &Arc<Shared>, batch: &[Submission]) -> Result
                     }
                 }
             }
+            // When flags were last evaluated (defined flags only, at most a report's share).
+            let at = s.report.window_end_ms.min(now_ms());
+            for flag in s.report.evaluated_flags.iter().take(MAX_SERIES_PER_REPORT) {
+                if defined.contains_key(flag.as_str()) {
+                    let last = evaluated.entry(flag.as_str()).or_insert(at);
+                    *last = (*last).max(at);
+                }
+            }
             priors.entry(key).or_insert(last);
             seqs.insert(key, (s.report.seq, &s.origin));
             outcomes.push(Outcome::Applied);
@@ -274,6 +284,7 @@ async fn decide_and_commit(shared: &Arc<Shared>, batch: &[Submission]) -> Result
     if seqs.is_empty() {
         return Ok(outcomes);
     }
+    let usage = usage_to_write(shared, &evaluated);
     let replicated = shared.replicas.is_some();
     let store = shared.store.clone();
     let rows_totals: Vec<((String, String), Delta)> =
@@ -297,6 +308,13 @@ async fn decide_and_commit(shared: &Arc<Shared>, batch: &[Submission]) -> Result
             },
         };
         let result = store.commit_batch(&batch);
+        // When flags were last evaluated: for their lifecycle, not for counting (best effort).
+        if result.is_ok()
+            && !usage.is_empty()
+            && let Err(e) = store.touch_flags(&usage)
+        {
+            tracing::warn!(error = %e, "cannot record when flags were last evaluated");
+        }
         (result, rows_totals, rows_seqs, rows_windows)
     })
     .await;
@@ -336,6 +354,30 @@ async fn decide_and_commit(shared: &Arc<Shared>, batch: &[Submission]) -> Result
         }
     }
     Ok(outcomes)
+}
+
+/// How often a flag's last evaluation time is written to the store, at most.
+const USAGE_WRITE_MS: i64 = 60_000;
+
+/// The flags whose last evaluation time is worth writing (not written within [`USAGE_WRITE_MS`]),
+/// noted as written.
+fn usage_to_write(shared: &Shared, evaluated: &HashMap<&str, i64>) -> Vec<(String, i64)> {
+    if evaluated.is_empty() {
+        return Vec::new();
+    }
+    let mut written = lock(&shared.usage_written);
+    let mut out = Vec::new();
+    for (&flag, &at) in evaluated {
+        if written.get(flag).is_none_or(|w| at - w >= USAGE_WRITE_MS) {
+            written.insert(flag.to_owned(), at);
+            out.push((flag.to_owned(), at));
+        }
+    }
+    // Flags no longer defined do not stay in memory.
+    if written.len() > 2 * crate::ingest::MAX_SERIES {
+        written.clear();
+    }
+    out
 }
 
 /// Answers every report of the batch on its stream, in order: acknowledged (applied, duplicate or

@@ -262,6 +262,7 @@ impl Control {
             lifecycle: config.lifecycle,
             store,
             publishing: Mutex::new(()),
+            usage_written: Mutex::default(),
             replicas,
             totals: Mutex::new(totals),
             windows: Mutex::default(),

@@ -160,7 +160,8 @@ fn life(key: &str, def: &Value, ramp: Option<&Ramp>, last_evaluated: Option<i64>
         if now >= due {
             out.stage = Stage::Stale;
             out.since_ms = Some(due);
-            out.reason = format!("launched and past its expected lifetime of {} (due {})", days(life), format_time(due));
+            out.reason =
+                format!("launched and past its expected lifetime of {} (due {})", days(life), format_time(due));
             return out;
         }
     }
@@ -221,7 +222,8 @@ mod tests {
     }
 
     fn ramp(state: State, started: i64, finished: Option<i64>) -> BTreeMap<i64, Ramp> {
-        let mut r = Ramp::new(1, "f", "on", "off", vec![50.0, 100.0], RampPolicy::default(), started, &Default::default());
+        let mut r =
+            Ramp::new(1, "f", "on", "off", vec![50.0, 100.0], RampPolicy::default(), started, &Default::default());
         r.state = state;
         r.finished_ms = finished;
         BTreeMap::from([(1, r)])

@@ -122,7 +122,10 @@ impl Metrics {
     }
 
     /// `rampart_flags{stage, owner}`: how many flags are in each lifecycle stage, per owner.
-    pub(crate) fn set_flag_stages(&self, counts: &std::collections::BTreeMap<(crate::lifecycle::Stage, String), usize>) {
+    pub(crate) fn set_flag_stages(
+        &self,
+        counts: &std::collections::BTreeMap<(crate::lifecycle::Stage, String), usize>,
+    ) {
         let now: std::collections::BTreeSet<(String, String)> =
             counts.keys().map(|(stage, owner)| (stage.as_str().to_owned(), owner.clone())).collect();
         let mut last = crate::state::lock(&self.flag_stages);

@@ -63,6 +63,8 @@ pub(crate) struct Shared {
     pub(crate) lifecycle: crate::lifecycle::Policy,
     /// Held while a flags version is numbered and stored.
     pub(crate) publishing: Mutex<()>,
+    /// When each flag's last evaluation time was last written to the store (see `ingest`).
+    pub(crate) usage_written: Mutex<HashMap<String, i64>>,
     /// Set when replicas share a PostgreSQL store.
     pub(crate) replicas: Option<Arc<crate::replicas::Replicas>>,
     pub(crate) totals: Mutex<Totals>,

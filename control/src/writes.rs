@@ -31,9 +31,16 @@ pub(crate) enum Write {
         actor: String,
     },
     /// Add one flag (`rampart flag create`).
-    CreateFlag { key: String, spec: NewFlag, actor: String },
+    CreateFlag {
+        key: String,
+        spec: NewFlag,
+        actor: String,
+    },
     /// Mark a flag archived: served as its default until removed.
-    ArchiveFlag { key: String, actor: String },
+    ArchiveFlag {
+        key: String,
+        actor: String,
+    },
 }
 
 /// A flag to create: owner and description go to its metadata with its creation time and
@@ -169,7 +176,8 @@ fn create_flag(shared: &Shared, key: &str, spec: NewFlag, actor: &str) -> (u16, 
         return bad(format!("the default \"{default}\" is not one of the variants"));
     }
     let now = crate::state::now_ms();
-    let mut metadata = json!({"owner": spec.owner, "createdAt": crate::lifecycle::format_time(now), "createdBy": actor});
+    let mut metadata =
+        json!({"owner": spec.owner, "createdAt": crate::lifecycle::format_time(now), "createdBy": actor});
     if let Some(d) = spec.description.filter(|d| !d.is_empty()) {
         metadata["description"] = Value::String(d);
     }

@@ -79,16 +79,18 @@ fn variant_stats() -> impl Strategy<Value = VariantStats> {
 }
 
 fn report() -> impl Strategy<Value = StatsReport> {
-    (any::<u64>(), any::<u64>(), any::<i64>(), any::<i64>(), vec(variant_stats(), 0..6), any::<u64>()).prop_map(
-        |(seq, first_seq, window_start_ms, window_end_ms, stats, overflow)| StatsReport {
-            seq,
-            first_seq,
-            window_start_ms,
-            window_end_ms,
-            stats,
-            overflow,
-        },
+    (
+        any::<u64>(),
+        any::<u64>(),
+        any::<i64>(),
+        any::<i64>(),
+        vec(variant_stats(), 0..6),
+        any::<u64>(),
+        vec(".{0,8}", 0..4),
     )
+        .prop_map(|(seq, first_seq, window_start_ms, window_end_ms, stats, overflow, evaluated_flags)| {
+            StatsReport { seq, first_seq, window_start_ms, window_end_ms, stats, overflow, evaluated_flags }
+        })
 }
 
 proptest! {
@@ -148,6 +150,7 @@ fn attack_reports_decode_cleanly() {
         window_end_ms: i64::MAX,
         stats: vec![huge],
         overflow: u64::MAX,
+        evaluated_flags: vec![String::new(); 3],
     };
     let decoded = StatsReport::decode(report.encode_to_vec().as_slice()).unwrap();
     assert_eq!(decoded.seq, u64::MAX);

@@ -106,6 +106,11 @@ impl Metrics {
         self.per_flag.counter(name, flag, None)
     }
 
+    /// The flags evaluated (for requests or flag queries) since the last call.
+    pub(crate) fn evaluated_flags(&self) -> Vec<String> {
+        self.per_flag.evaluated()
+    }
+
     /// Drops the per-flag series of every flag not in `flags` (after a reload removed them).
     pub(crate) fn retain_flags<'a>(&self, flags: impl IntoIterator<Item = &'a str>) {
         self.per_flag.retain(&flags.into_iter().collect());
@@ -151,13 +156,35 @@ type SeriesKey = (&'static str, String, Option<String>);
 
 /// Counters labelled by flag (and variant).
 #[derive(Debug, Default)]
-struct PerFlag(Mutex<BTreeMap<SeriesKey, Arc<AtomicU64>>>);
+struct PerFlag(Mutex<BTreeMap<SeriesKey, Arc<AtomicU64>>>, Mutex<BTreeMap<String, u64>>);
+
+/// The per-flag counters that count a flag's evaluations (requests, flag queries).
+const EVALUATIONS: [&str; 2] = ["rampart_flag_evaluations_total", "rampart_flag_queries_total"];
 
 impl PerFlag {
     fn counter(&self, name: &'static str, flag: &str, variant: Option<&str>) -> Counter {
         let mut series = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let key = (name, flag.to_owned(), variant.map(str::to_owned));
         Counter::from_arc(series.entry(key).or_default().clone())
+    }
+
+    /// The flags evaluated since the last call (their evaluation counters moved).
+    fn evaluated(&self) -> Vec<String> {
+        let mut sums: BTreeMap<&str, u64> = BTreeMap::new();
+        let series = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for ((name, flag, _), count) in series.iter() {
+            if EVALUATIONS.contains(name) {
+                *sums.entry(flag.as_str()).or_default() += count.load(Ordering::Relaxed);
+            }
+        }
+        let mut last = self.1.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let moved = sums
+            .iter()
+            .filter(|(flag, n)| **n > last.get(**flag).copied().unwrap_or(0))
+            .map(|(f, _)| (*f).to_owned())
+            .collect();
+        *last = sums.into_iter().map(|(f, n)| (f.to_owned(), n)).collect();
+        moved
     }
 
     fn retain(&self, flags: &BTreeSet<&str>) {

@@ -57,6 +57,8 @@ pub struct Snapshot {
     pub loaded_at: SystemTime,
     /// Signed assignments across hops, prepared for these flags (`[propagation]`).
     pub(crate) propagation: Option<Prepared>,
+    /// Per flag, the flag queries (gRPC, OFREP) that evaluated it.
+    pub(crate) queried: std::collections::HashMap<Box<str>, Counter>,
 }
 
 /// Why a snapshot could not be built from valid flags.
@@ -127,14 +129,29 @@ impl Snapshot {
                 slow_us: flag.ramp().and_then(|r| r.slow_us()).unwrap_or(NO_SLOW_THRESHOLD),
             });
         }
+        let queried = flags
+            .flags()
+            .iter()
+            .map(|f| (Box::from(f.key()), out.metrics.per_flag("rampart_flag_queries_total", f.key())))
+            .collect();
         Ok(Snapshot {
             version,
+            queried,
             flags,
             injected,
             routes: Default::default(),
             loaded_at: SystemTime::now(),
             propagation: None,
         })
+    }
+}
+
+impl Snapshot {
+    /// Counts a flag query's evaluation of `key`.
+    pub(crate) fn count_query(&self, key: &str) {
+        if let Some(c) = self.queried.get(key) {
+            c.increment(1);
+        }
     }
 }
 

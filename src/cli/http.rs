@@ -81,7 +81,8 @@ pub(crate) async fn call_async(
     }
     // Who is at the keyboard, for the audit trail of an API without operator tokens (one with
     // tokens records the token's name and ignores this).
-    if let Some(user) = std::env::var("RAMPART_ACTOR").ok().or_else(|| std::env::var("USER").ok()).filter(|u| !u.is_empty())
+    if let Some(user) =
+        std::env::var("RAMPART_ACTOR").ok().or_else(|| std::env::var("USER").ok()).filter(|u| !u.is_empty())
     {
         req = req.header("x-rampart-actor", user);
     }

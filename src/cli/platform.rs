@@ -141,8 +141,14 @@ pub(crate) fn flag(args: &FlagArgs) -> anyhow::Result<ExitCode> {
         FlagCommand::Create { key, owner, description, variants: pairs, default, expires } => {
             let body = json!({"owner": owner, "description": description, "variants": variants(pairs)?,
                               "default": default, "expires": expires});
-            let body = Value::Object(body.as_object().into_iter().flatten().filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| (k.clone(), v.clone())).collect());
+            let body = Value::Object(
+                body.as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            );
             let path = format!("/api/v1/flags/{}", form_urlencoded::byte_serialize(key.as_bytes()).collect::<String>());
             let answer = expect_ok(call(Method::POST, base, &path, Some(&body))?)?;
             println!("created {key} (owner {owner}) in flags version {}", answer["version"]);
@@ -192,7 +198,9 @@ pub(crate) fn flag(args: &FlagArgs) -> anyhow::Result<ExitCode> {
                 .flatten()
                 .filter(|f| matches!(f["stage"].as_str(), Some("stale" | "archived")))
                 .collect();
-            removable.sort_by_key(|f| (f["owner"].as_str().unwrap_or("").to_owned(), f["flag"].as_str().unwrap_or("").to_owned()));
+            removable.sort_by_key(|f| {
+                (f["owner"].as_str().unwrap_or("").to_owned(), f["flag"].as_str().unwrap_or("").to_owned())
+            });
             if *json {
                 println!("{}", serde_json::to_string_pretty(&json!({"at_ms": now, "flags": removable}))?);
                 return Ok(ExitCode::SUCCESS);
@@ -217,8 +225,10 @@ pub(crate) fn flag(args: &FlagArgs) -> anyhow::Result<ExitCode> {
             }
         }
         FlagCommand::Archive { key } => {
-            let path =
-                format!("/api/v1/flags/{}/archive", form_urlencoded::byte_serialize(key.as_bytes()).collect::<String>());
+            let path = format!(
+                "/api/v1/flags/{}/archive",
+                form_urlencoded::byte_serialize(key.as_bytes()).collect::<String>()
+            );
             let answer = expect_ok(call(Method::POST, base, &path, None)?)?;
             println!("archived {key} in flags version {}", answer["version"]);
         }

@@ -67,6 +67,7 @@ impl Pool {
             window_end_ms: end_ms,
             stats: Vec::new(),
             overflow: 0,
+            evaluated_flags: Vec::new(),
         };
         let picks: Vec<&Bytes> = self.encoded.iter().map(|v| &v[rng.usize(..v.len())]).collect();
         let len = head.encoded_len() + picks.iter().map(|b| b.len()).sum::<usize>();

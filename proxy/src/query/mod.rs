@@ -195,6 +195,7 @@ pub(crate) fn resolve<'s>(
     query: &Query,
 ) -> Result<(&'s Flag, Resolution<'s>), QueryError> {
     let flag = snapshot.flags.get(key).filter(|f| query.sees(&snapshot.flags, f)).ok_or(QueryError::NotFound)?;
+    snapshot.count_query(key);
     let resolution = with_arena(|arena| {
         let ctx = Context::from_json(&query.ctx, arena).map_err(|_| QueryError::InvalidContext)?;
         Ok(flag.evaluate(&ctx, arena))
@@ -211,7 +212,15 @@ pub(crate) fn resolve_all<'s>(snapshot: &'s Snapshot, query: &Query) -> Result<V
     with_arena(|arena| {
         let ctx = Context::from_json(&query.ctx, arena).map_err(|_| QueryError::InvalidContext)?;
         let set = &snapshot.flags;
-        Ok(set.flags().iter().filter(|f| query.sees(set, f)).map(|f| (f, check(f.evaluate(&ctx, arena)))).collect())
+        Ok(set
+            .flags()
+            .iter()
+            .filter(|f| query.sees(set, f))
+            .map(|f| {
+                snapshot.count_query(f.key());
+                (f, check(f.evaluate(&ctx, arena)))
+            })
+            .collect())
     })
 }
 

@@ -120,7 +120,8 @@ impl Reporter {
         loop {
             let uri = &self.control.uris[next];
             let mut up = Up::default();
-            let pushback = match self.stream(next, &mut pending, &mut tick, &mut window_start, &mut up, &shutdown).await {
+            let pushback = match self.stream(next, &mut pending, &mut tick, &mut window_start, &mut up, &shutdown).await
+            {
                 Ok(()) => return,
                 Err(e) => {
                     self.set_connected(next, false);
@@ -283,7 +284,8 @@ impl Reporter {
     /// Takes this interval's deltas into a new pending report.
     fn collect(&self, pending: &mut Pending, window_start: &mut i64) {
         let end = unix_ms();
-        pending.push(self.stats.take_all(), self.stats.take_overflow(), *window_start, end);
+        let evaluated = self.metrics.evaluated_flags();
+        pending.push(self.stats.take_all(), self.stats.take_overflow(), evaluated, *window_start, end);
         *window_start = end;
         self.metrics.pending_reports.set(pending.len() as f64);
     }

@@ -9,7 +9,7 @@
 //! control plane refuses a report that jumps past the next number, so a stream that knows a
 //! sidecar's epoch cannot silence it with a huge sequence.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use rampart_proto::convert;
 use rampart_proto::rampart::v1::StatsReport;
@@ -22,6 +22,8 @@ struct Entry {
     window_end_ms: i64,
     series: BTreeMap<(String, String), Delta>,
     overflow: u64,
+    /// Flags evaluated in the window.
+    evaluated: BTreeSet<String>,
     /// Sent on some stream at some time: may have been applied, must never be merged.
     ever_sent: bool,
     /// Sent on the current stream, awaiting its ack.
@@ -49,9 +51,16 @@ impl Pending {
         }
     }
 
-    /// Adds one interval's deltas (nothing when they are empty).
-    pub(crate) fn push(&mut self, deltas: Vec<(String, String, Delta)>, overflow: u64, start_ms: i64, end_ms: i64) {
-        if deltas.is_empty() && overflow == 0 {
+    /// Adds one interval's deltas and the flags evaluated in it (nothing when both are empty).
+    pub(crate) fn push(
+        &mut self,
+        deltas: Vec<(String, String, Delta)>,
+        overflow: u64,
+        evaluated: Vec<String>,
+        start_ms: i64,
+        end_ms: i64,
+    ) {
+        if deltas.is_empty() && overflow == 0 && evaluated.is_empty() {
             return;
         }
         let unsent = self.entries.iter().filter(|e| !e.ever_sent).count();
@@ -62,6 +71,7 @@ impl Pending {
                 last.series.entry((flag, variant)).or_default().merge(&d);
             }
             last.overflow += overflow;
+            last.evaluated.extend(evaluated);
             last.window_end_ms = end_ms;
             return;
         }
@@ -74,6 +84,7 @@ impl Pending {
             window_end_ms: end_ms,
             series,
             overflow,
+            evaluated: evaluated.into_iter().collect(),
             ever_sent: false,
             in_flight: false,
         });
@@ -128,6 +139,7 @@ impl Pending {
                 window_end_ms: e.window_end_ms,
                 stats: e.series.iter().map(|((f, v), d)| convert::variant_stats(f, v, d)).collect(),
                 overflow: e.overflow,
+                evaluated_flags: e.evaluated.iter().cloned().collect(),
             });
         }
         out
@@ -155,12 +167,12 @@ mod tests {
     #[test]
     fn sequences_acks_and_resend() {
         let mut p = Pending::new(10, 2);
-        p.push(delta(1), 0, 0, 1);
+        p.push(delta(1), 0, Vec::new(), 0, 1);
         assert!(p.next_to_send().is_empty(), "nothing before the Welcome");
         p.welcome(0);
-        p.push(Vec::new(), 0, 1, 2); // empty: no report, no sequence used
-        p.push(delta(2), 0, 2, 3);
-        p.push(delta(3), 0, 3, 4);
+        p.push(Vec::new(), 0, Vec::new(), 1, 2); // empty: no report, no sequence used
+        p.push(delta(2), 0, Vec::new(), 2, 3);
+        p.push(delta(3), 0, Vec::new(), 3, 4);
         let sent = p.next_to_send();
         assert_eq!(sent.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2], "window of two in flight");
         assert!(p.next_to_send().is_empty());
@@ -176,7 +188,7 @@ mod tests {
     #[test]
     fn bounded_while_disconnected_without_losing_counts() {
         let mut p = Pending::new(3, 8);
-        p.push(delta(1), 0, 0, 1);
+        p.push(delta(1), 0, Vec::new(), 0, 1);
         p.welcome(0);
         let first = p.next_to_send(); // seq 1 went out, then the stream broke
         p.new_stream();
@@ -208,14 +220,14 @@ mod tests {
         assert_eq!(sent.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
         p.ack(3);
         p.new_stream();
-        p.push(delta(6), 0, 6, 7);
+        p.push(delta(6), 0, Vec::new(), 6, 7);
         assert!(p.next_to_send().is_empty());
         // A fresh store: nothing applied. What is pending follows on from there, counts intact.
         p.welcome(0);
         let resent = p.next_to_send();
         assert_eq!(resent.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3]);
         assert_eq!(total(&resent), 4 + 5 + 6);
-        p.push(delta(7), 0, 7, 8);
+        p.push(delta(7), 0, Vec::new(), 7, 8);
         assert_eq!(p.next_to_send().iter().map(|r| r.seq).collect::<Vec<_>>(), [4]);
     }
 }
