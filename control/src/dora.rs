@@ -1,7 +1,9 @@
 //! DORA metrics from the ramp history: every ramp is a deployment. Deployment frequency, lead time
 //! for changes (commit → 100%), change failure rate (rolled back ÷ finished), failed-deployment
 //! recovery time (first exposure of the bad variant → rollback acknowledged by the sidecars), time
-//! to detect (first exposure → rollback decision) and requests served by a bad variant.
+//! to detect (first exposure → rollback decision) and requests served by a bad variant; and the
+//! developer-confidence figures: completion and abandon rates, human interventions per ramp and the
+//! share of ramps no human touched after starting them. Also by week, and per rollback.
 
 use serde::Serialize;
 
@@ -28,6 +30,14 @@ pub(crate) struct Dora {
     pub(crate) time_to_detect_s: Option<f64>,
     /// Treatment requests served by rolled-back variants before their rollback took effect.
     pub(crate) bad_variant_requests: u64,
+    /// Completed ÷ finished (completed, rolled back or aborted).
+    pub(crate) completion_rate: Option<f64>,
+    /// Aborted by an operator ÷ finished.
+    pub(crate) abandon_rate: Option<f64>,
+    /// Operator pauses, resumes and aborts per finished ramp.
+    pub(crate) interventions_per_ramp: Option<f64>,
+    /// Finished ramps that no operator paused, resumed or aborted.
+    pub(crate) no_touch_share: Option<f64>,
 }
 
 fn median(mut xs: Vec<f64>) -> Option<f64> {
@@ -49,12 +59,17 @@ pub(crate) fn compute<'a>(ramps: impl IntoIterator<Item = &'a Ramp>, now_ms: i64
     let in_window = |t: Option<i64>| t.is_some_and(|t| t >= since && t <= now_ms);
     let (mut deployments, mut completed, mut rolled_back, mut aborted, mut bad) = (0, 0, 0, 0, 0);
     let (mut leads, mut recoveries, mut detections) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut touches, mut untouched) = (0u64, 0u64);
     for r in ramps {
         if in_window(Some(r.started_ms)) {
             deployments += 1;
         }
         if !in_window(r.finished_ms) {
             continue;
+        }
+        if !r.state.active() {
+            touches += u64::from(r.interventions);
+            untouched += u64::from(r.interventions == 0);
         }
         match r.state {
             State::Completed => {
@@ -80,6 +95,8 @@ pub(crate) fn compute<'a>(ramps: impl IntoIterator<Item = &'a Ramp>, now_ms: i64
     }
     let days = window_ms as f64 / 86_400_000.0;
     let finished = completed + rolled_back;
+    let ended = finished + aborted;
+    let share = |x: u64| (ended > 0).then(|| x as f64 / ended as f64);
     Dora {
         window_s: u64::try_from(window_ms / 1000).unwrap_or(0),
         deployments,
@@ -92,7 +109,74 @@ pub(crate) fn compute<'a>(ramps: impl IntoIterator<Item = &'a Ramp>, now_ms: i64
         recovery_time_s: median(recoveries),
         time_to_detect_s: median(detections),
         bad_variant_requests: bad,
+        completion_rate: share(completed),
+        abandon_rate: share(aborted),
+        interventions_per_ramp: share(touches),
+        no_touch_share: share(untouched),
     }
+}
+
+const WEEK_MS: i64 = 7 * 86_400_000;
+
+/// One week of the trend: the figures of the ramps that started or finished in it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct Week {
+    pub(crate) start_ms: i64,
+    pub(crate) end_ms: i64,
+    #[serde(flatten)]
+    pub(crate) dora: Dora,
+}
+
+/// The weeks ending at `now_ms` that cover `window_ms`, oldest first (a window shorter than a
+/// week is one week).
+pub(crate) fn weekly<'a>(ramps: impl IntoIterator<Item = &'a Ramp> + Clone, now_ms: i64, window_ms: i64) -> Vec<Week> {
+    let weeks = ((window_ms + WEEK_MS - 1) / WEEK_MS).clamp(1, 520);
+    (0..weeks)
+        .rev()
+        .map(|i| {
+            let end_ms = now_ms - i * WEEK_MS;
+            Week { start_ms: end_ms - WEEK_MS, end_ms, dora: compute(ramps.clone(), end_ms, WEEK_MS) }
+        })
+        .collect()
+}
+
+/// One rollback of the window, with what it cost.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct Rollback {
+    pub(crate) id: i64,
+    pub(crate) flag: String,
+    pub(crate) treatment: String,
+    pub(crate) change_id: Option<String>,
+    pub(crate) rollback_ms: Option<i64>,
+    /// First exposure → rollback decision.
+    pub(crate) time_to_detect_s: Option<f64>,
+    /// First exposure → rollback acknowledged by the sidecars.
+    pub(crate) recovery_time_s: Option<f64>,
+    pub(crate) bad_variant_requests: u64,
+}
+
+/// The ramps rolled back within `window_ms` before `now_ms`, newest first.
+pub(crate) fn rollbacks<'a>(ramps: impl IntoIterator<Item = &'a Ramp>, now_ms: i64, window_ms: i64) -> Vec<Rollback> {
+    let since = now_ms - window_ms;
+    let mut out: Vec<Rollback> = ramps
+        .into_iter()
+        .filter(|r| r.state == State::RolledBack && r.finished_ms.is_some_and(|t| t >= since && t <= now_ms))
+        .map(|r| {
+            let exposed = r.first_exposure_ms.unwrap_or(r.started_ms);
+            Rollback {
+                id: r.id,
+                flag: r.flag.clone(),
+                treatment: r.treatment.clone(),
+                change_id: r.change_id.clone(),
+                rollback_ms: r.rollback_ms,
+                time_to_detect_s: r.rollback_ms.map(|t| seconds(exposed, t)),
+                recovery_time_s: r.rollback_acked_ms.map(|t| seconds(exposed, t)),
+                bad_variant_requests: r.exposed_requests.unwrap_or(r.treatment_requests),
+            }
+        })
+        .collect();
+    out.reverse();
+    out
 }
 
 #[cfg(test)]
@@ -148,5 +232,36 @@ mod tests {
         assert_eq!(got.time_to_detect_s, Some(30.0));
         assert_eq!(got.bad_variant_requests, 500);
         assert_eq!(compute([&running], now, DAY).change_failure_rate, None);
+    }
+
+    #[test]
+    fn confidence_figures_weeks_and_rollbacks() {
+        let now = 30 * DAY;
+        let a = ramp(1, State::Completed, 2 * DAY, Some(2 * DAY + 1));
+        let mut b = ramp(2, State::Aborted, 20 * DAY, Some(20 * DAY + 1));
+        b.interventions = 2;
+        let mut c = ramp(3, State::RolledBack, 27 * DAY, Some(27 * DAY + 20_000));
+        c.first_exposure_ms = Some(27 * DAY);
+        c.rollback_ms = Some(27 * DAY + 20_000);
+        c.exposed_requests = Some(70);
+        let mut d = ramp(4, State::Completed, 28 * DAY, Some(28 * DAY + 1));
+        d.interventions = 1;
+        let got = compute([&a, &b, &c, &d], now, 30 * DAY);
+        assert_eq!(got.completion_rate, Some(0.5));
+        assert_eq!(got.abandon_rate, Some(0.25));
+        assert_eq!(got.interventions_per_ramp, Some(0.75));
+        assert_eq!(got.no_touch_share, Some(0.5));
+
+        let weeks = weekly([&a, &b, &c, &d], now, 30 * DAY);
+        assert_eq!(weeks.len(), 5, "30 days take five weeks");
+        assert_eq!(weeks.last().unwrap().end_ms, now);
+        assert_eq!(weeks.iter().map(|w| w.dora.completed).sum::<u64>(), 2);
+        assert_eq!(weeks.last().unwrap().dora.rolled_back, 1);
+        assert_eq!(weeks.last().unwrap().dora.change_failure_rate, Some(0.5));
+        assert_eq!(weekly([&a], now, DAY).len(), 1);
+
+        let rolled = rollbacks([&a, &b, &c, &d], now, 30 * DAY);
+        assert_eq!(rolled.len(), 1);
+        assert_eq!((rolled[0].id, rolled[0].time_to_detect_s, rolled[0].bad_variant_requests), (3, Some(20.0), 70));
     }
 }

@@ -10,6 +10,7 @@ mod api;
 mod audit;
 mod auth;
 pub mod config;
+mod console;
 mod dora;
 mod flags;
 mod https;
@@ -21,6 +22,7 @@ mod replicas;
 mod state;
 mod store;
 mod stream;
+mod views;
 mod writes;
 
 use std::collections::{BTreeMap, HashMap};

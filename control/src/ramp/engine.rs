@@ -154,6 +154,7 @@ pub(crate) fn start(shared: &Shared, req: StartRequest) -> Result<Ramp, RampErro
     let mut ramp = Ramp::new(id, &req.flag, &req.treatment, control, req.steps, req.policy, now, &t);
     ramp.change_id = req.change_id;
     ramp.commit_ms = req.commit_ms;
+    ramp.started_by = Some(req.actor.clone());
     let version = set_percent(shared, &ramp)?;
     persist(shared, &ramp)?;
     let detail = format!("{} → {}% of {} (flags version {version})", ramp.flag, ramp.percent(), ramp.treatment);
@@ -191,6 +192,7 @@ pub(crate) fn operate(shared: &Shared, flag: &str, op: &str, actor: &str) -> Res
         }
         _ => return Err(RampError::BadRequest(format!("unknown action \"{op}\" (pause, resume or abort)"))),
     }
+    ramp.interventions = ramp.interventions.saturating_add(1);
     persist(shared, ramp)?;
     let detail = format!("{op} by {actor} at {}%", ramp.percent());
     audit::record(shared, actor, &format!("ramp_{op}"), Some(&ramp.flag), version, detail.clone())?;
@@ -415,6 +417,8 @@ pub(crate) fn status(shared: &Shared, ramp: &Ramp, recent: u32) -> Result<Value,
         "rollback_ms": ramp.rollback_ms,
         "rollback_acked_ms": ramp.rollback_acked_ms,
         "exposed_requests": ramp.exposed_requests,
+        "started_by": ramp.started_by,
+        "interventions": ramp.interventions,
         "decisions": decisions,
         "events": events,
     }))

@@ -154,6 +154,13 @@ pub struct Ramp {
     pub rollback_acked_ms: Option<i64>,
     /// Treatment requests (all, randomised or not) served until the rollback was acknowledged.
     pub exposed_requests: Option<u64>,
+    /// Who started the ramp (an operator's name, or `anonymous`), as the audit trail has it.
+    #[serde(default)]
+    pub started_by: Option<String>,
+    /// Times an operator paused, resumed or aborted it (the engine's own pauses are not counted):
+    /// the human touches of the developer-confidence figures.
+    #[serde(default)]
+    pub interventions: u32,
 }
 
 impl Ramp {
@@ -199,6 +206,8 @@ impl Ramp {
             rollback_version: None,
             rollback_acked_ms: None,
             exposed_requests: None,
+            started_by: None,
+            interventions: 0,
         }
     }
 
