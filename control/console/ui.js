@@ -72,8 +72,19 @@ export function when(ms) {
     hour: '2-digit', minute: '2-digit', second: '2-digit' });
 }
 
+/** A <time>: the clock alone for today, else the date and clock; the full moment in its title. */
 export function time(ms) {
-  return h('time', { datetime: new Date(ms).toISOString() }, when(ms));
+  const d = new Date(ms);
+  const today = d.toDateString() === new Date().toDateString();
+  const short = today
+    ? d.toLocaleTimeString(undefined, { hour: '2-digit', minute: '2-digit', second: '2-digit' })
+    : d.toLocaleString(undefined, { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' });
+  return h('time', { datetime: d.toISOString(), title: when(ms) }, short);
+}
+
+/** A date without the time of day. */
+export function day(ms) {
+  return new Date(ms).toLocaleDateString(undefined, { year: 'numeric', month: 'short', day: 'numeric' });
 }
 
 /** A number with up to `digits` decimals, or "–". */

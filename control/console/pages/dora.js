@@ -5,7 +5,7 @@
 
 import { get, seg } from '/console/api.js';
 import { chart, colors } from '/console/charts.js';
-import { duration, fill, h, num, seconds, share, table, time, when } from '/console/ui.js';
+import { day, duration, fill, h, num, seconds, share, table, time } from '/console/ui.js';
 
 const SPANS = ['7d', '30d', '90d'];
 
@@ -63,7 +63,7 @@ export async function doraPage(main, params) {
   const charts = h('div', { class: 'trends' });
   const weeks = weekly.weeks;
   const weekRows = [...weeks].reverse().map((w) => [
-    when(w.end_ms), String(w.deployments), String(w.completed), String(w.rolled_back),
+    day(w.end_ms), String(w.deployments), String(w.completed), String(w.rolled_back),
     `${w.deployment_frequency_per_day.toFixed(2)}/day`, secs(w.lead_time_s), share(w.change_failure_rate),
     secs(w.recovery_time_s), secs(w.time_to_detect_s), String(w.bad_variant_requests)]);
   const rollbacks = weekly.rollbacks.map((r) => [
