@@ -106,8 +106,8 @@ fn an_open_ramp_page_shows_the_rollback_live_and_the_dora_page_matches_the_cli()
     browser.wait_ready("ramp");
     assert_eq!(browser.text("#ramp-state").as_deref(), Some("RUNNING"));
     // A mark that a reload would wipe.
-    browser.js("window.rampartProbe = 42;", json!([]));
-    let canvases = browser.js("return document.querySelectorAll('.chart canvas').length;", json!([]));
+    browser.js("window.rampartProbe = 42;", &json!([]));
+    let canvases = browser.js("return document.querySelectorAll('.chart canvas').length;", &json!([]));
     assert!(canvases.as_u64().unwrap() >= 6, "{canvases}");
 
     // Let it advance twice, then break the treatment.
@@ -118,14 +118,14 @@ fn an_open_ramp_page_shows_the_rollback_live_and_the_dora_page_matches_the_cli()
     let shown = browser.wait_for(
         Duration::from_secs(60),
         "return document.querySelector('#ramp-state').innerText === 'ROLLED BACK' ? Date.now() : null;",
-        json!([]),
+        &json!([]),
     );
     let seen_ms = shown.and_then(|v| v.as_i64()).unwrap_or_else(|| panic!("{:?}", browser.text("main")));
     let s = status(http, "new-checkout");
     let decided_ms = s["rollback_ms"].as_i64().unwrap();
     println!("rollback decided → shown on the open ramp page: {} ms", seen_ms - decided_ms);
     assert!(seen_ms - decided_ms <= 2000, "shown {} ms after the decision", seen_ms - decided_ms);
-    assert_eq!(browser.js("return window.rampartProbe;", json!([])), json!(42), "the page was reloaded");
+    assert_eq!(browser.js("return window.rampartProbe;", &json!([])), json!(42), "the page was reloaded");
     let reason = browser.text("#latest-reason").unwrap();
     let decided = s["decisions"].as_array().unwrap().iter().find(|d| d["action"] == "ROLLBACK").unwrap().clone();
     assert_eq!(reason, decided["reason"].as_str().unwrap());
@@ -143,7 +143,7 @@ fn an_open_ramp_page_shows_the_rollback_live_and_the_dora_page_matches_the_cli()
     let acked = browser.wait_for(
         Duration::from_secs(10),
         "return document.querySelector('#events').innerText.includes('rollback acknowledged');",
-        json!([]),
+        &json!([]),
     );
     assert!(acked.is_some(), "{:?}", browser.text("#events"));
     browser.fit_height(1280, 3200);
@@ -169,7 +169,7 @@ fn an_open_ramp_page_shows_the_rollback_live_and_the_dora_page_matches_the_cli()
         ("dora-no-touch", "no_touch_share"),
     ];
     for (id, key) in figures {
-        let raw = browser.js("return document.getElementById(arguments[0]).dataset.value;", json!([id]));
+        let raw = browser.js("return document.getElementById(arguments[0]).dataset.value;", &json!([id]));
         let shown: Value = serde_json::from_str(raw.as_str().unwrap()).unwrap();
         assert_eq!(shown.as_f64(), dora[key].as_f64(), "{id}: page {shown}, rampart dora {}", dora[key]);
     }
@@ -177,7 +177,10 @@ fn an_open_ramp_page_shows_the_rollback_live_and_the_dora_page_matches_the_cli()
     let text = |id: &str| browser.text(&format!("#{id}")).unwrap();
     let secs = |key: &str| format!("{:.1} s", dora[key].as_f64().unwrap());
     assert_eq!(text("dora-cfr"), format!("{:.1}%", dora["change_failure_rate"].as_f64().unwrap() * 100.0));
-    assert_eq!(text("dora-frequency"), format!("{:.2} per day", dora["deployment_frequency_per_day"].as_f64().unwrap()));
+    assert_eq!(
+        text("dora-frequency"),
+        format!("{:.2} per day", dora["deployment_frequency_per_day"].as_f64().unwrap())
+    );
     assert!(text("dora-lead").starts_with(&secs("lead_time_s")), "{}", text("dora-lead"));
     assert!(text("dora-recovery").starts_with(&secs("recovery_time_s")), "{}", text("dora-recovery"));
     assert!(text("dora-detect").starts_with(&secs("time_to_detect_s")), "{}", text("dora-detect"));
@@ -214,7 +217,7 @@ fn pause_from_the_page_with_its_confirmation_pauses_the_ramp() {
     let browser = Browser::start(1280, 1000);
     browser.goto(&format!("http://{http}/#/ramps/new-checkout"));
     // The API has operators: the page asks for a token before it shows anything.
-    let asked = browser.wait_for(Duration::from_secs(10), "return !!document.getElementById('token');", json!([]));
+    let asked = browser.wait_for(Duration::from_secs(10), "return !!document.getElementById('token');", &json!([]));
     assert!(asked.is_some(), "{:?}", browser.text("main"));
     // A viewer sees the ramp but no buttons.
     browser.type_into("#token", VIEWER);
@@ -223,7 +226,7 @@ fn pause_from_the_page_with_its_confirmation_pauses_the_ramp() {
     assert!(browser.text("#ramp-ops").unwrap().contains("need the operator role"));
     assert!(browser.text("#who").unwrap().contains("vic (viewer)"));
     browser.click("#who button");
-    let asked = browser.wait_for(Duration::from_secs(10), "return !!document.getElementById('token');", json!([]));
+    let asked = browser.wait_for(Duration::from_secs(10), "return !!document.getElementById('token');", &json!([]));
     assert!(asked.is_some());
     browser.type_into("#token", OPERATOR);
     browser.click(".signin button[type=submit]");
@@ -232,7 +235,7 @@ fn pause_from_the_page_with_its_confirmation_pauses_the_ramp() {
 
     // Cancel leaves it running.
     browser.click("#op-pause");
-    let open = browser.js("return document.getElementById('confirm').open;", json!([]));
+    let open = browser.js("return document.getElementById('confirm').open;", &json!([]));
     assert_eq!(open, json!(true));
     assert!(browser.text("#confirm-text").unwrap().contains("stops deciding"));
     browser.click("#confirm-cancel");
@@ -245,7 +248,7 @@ fn pause_from_the_page_with_its_confirmation_pauses_the_ramp() {
     let shown = browser.wait_for(
         Duration::from_secs(5),
         "return document.querySelector('#ramp-state').innerText === 'PAUSED';",
-        json!([]),
+        &json!([]),
     );
     assert!(shown.is_some(), "{:?}", browser.text("#ramp-state"));
     let audit = http_json(http, "GET", "/api/v1/audit?flag=new-checkout", Some(VIEWER), None).1;
@@ -254,7 +257,7 @@ fn pause_from_the_page_with_its_confirmation_pauses_the_ramp() {
     // Resume is offered now, pause is not.
     let disabled = browser.js(
         "return [document.getElementById('op-pause').disabled, document.getElementById('op-resume').disabled];",
-        json!([]),
+        &json!([]),
     );
     assert_eq!(disabled, json!([true, false]));
 }
@@ -279,13 +282,13 @@ fn the_ramps_page_with_200_finished_ramps_renders_in_under_a_second() {
     browser.goto("about:blank");
     browser.goto(&format!("http://{http}/#/ramps"));
     browser.wait_ready("ramps");
-    let rows = browser.js("return document.querySelectorAll('#ramp-history tbody tr').length;", json!([]));
+    let rows = browser.js("return document.querySelectorAll('#ramp-history tbody tr').length;", &json!([]));
     assert_eq!(rows, json!(200));
     let active = browser.text("#active-ramps").unwrap();
     assert!(active.contains("search") && active.contains("1 of 6 · 1%"), "{active}");
     // From the start of the navigation to both tables rendered, as the browser measured it.
     let rendered = browser
-        .js("return performance.getEntriesByName('rampart:ramps-rendered')[0].startTime;", json!([]))
+        .js("return performance.getEntriesByName('rampart:ramps-rendered')[0].startTime;", &json!([]))
         .as_f64()
         .unwrap();
     println!("Ramps page with 200 finished ramps: rendered {rendered:.0} ms after the navigation started");

@@ -89,9 +89,12 @@ mod tests {
         }
         // Every `./x.js` or `/console/x` a module or the page names is served.
         let mut texts = vec![index];
-        texts.extend(ASSETS.iter().filter(|(p, _, _)| p.ends_with(".js") && !p.starts_with("vendor")).map(
-            |(_, _, b)| std::str::from_utf8(b).unwrap(),
-        ));
+        texts.extend(
+            ASSETS
+                .iter()
+                .filter(|(p, _, _)| p.ends_with(".js") && !p.starts_with("vendor"))
+                .map(|(_, _, b)| std::str::from_utf8(b).unwrap()),
+        );
         for text in texts {
             for part in text.split(['"', '\'']).filter(|s| s.starts_with("/console/")) {
                 let path = part.trim_start_matches("/console/");

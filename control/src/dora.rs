@@ -129,13 +129,13 @@ pub(crate) struct Week {
 
 /// The weeks ending at `now_ms` that cover `window_ms`, oldest first (a window shorter than a
 /// week is one week).
-pub(crate) fn weekly<'a>(ramps: impl IntoIterator<Item = &'a Ramp> + Clone, now_ms: i64, window_ms: i64) -> Vec<Week> {
+pub(crate) fn weekly(ramps: &[Ramp], now_ms: i64, window_ms: i64) -> Vec<Week> {
     let weeks = ((window_ms + WEEK_MS - 1) / WEEK_MS).clamp(1, 520);
     (0..weeks)
         .rev()
         .map(|i| {
             let end_ms = now_ms - i * WEEK_MS;
-            Week { start_ms: end_ms - WEEK_MS, end_ms, dora: compute(ramps.clone(), end_ms, WEEK_MS) }
+            Week { start_ms: end_ms - WEEK_MS, end_ms, dora: compute(ramps, end_ms, WEEK_MS) }
         })
         .collect()
 }
@@ -252,13 +252,14 @@ mod tests {
         assert_eq!(got.interventions_per_ramp, Some(0.75));
         assert_eq!(got.no_touch_share, Some(0.5));
 
-        let weeks = weekly([&a, &b, &c, &d], now, 30 * DAY);
+        let all = [a.clone(), b.clone(), c.clone(), d.clone()];
+        let weeks = weekly(&all, now, 30 * DAY);
         assert_eq!(weeks.len(), 5, "30 days take five weeks");
         assert_eq!(weeks.last().unwrap().end_ms, now);
         assert_eq!(weeks.iter().map(|w| w.dora.completed).sum::<u64>(), 2);
         assert_eq!(weeks.last().unwrap().dora.rolled_back, 1);
         assert_eq!(weeks.last().unwrap().dora.change_failure_rate, Some(0.5));
-        assert_eq!(weekly([&a], now, DAY).len(), 1);
+        assert_eq!(weekly(&all[..1], now, DAY).len(), 1);
 
         let rolled = rollbacks([&a, &b, &c, &d], now, 30 * DAY);
         assert_eq!(rolled.len(), 1);

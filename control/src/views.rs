@@ -197,8 +197,10 @@ pub(crate) async fn flag(
     let ramps: Vec<Value> = lock(&shared.ramps)
         .values()
         .filter(|r| r.flag == flag)
-        .map(|r| json!({"id": r.id, "state": r.state.as_str(), "treatment": r.treatment, "percent": r.percent(),
-                        "started_ms": r.started_ms, "finished_ms": r.finished_ms}))
+        .map(|r| {
+            json!({"id": r.id, "state": r.state.as_str(), "treatment": r.treatment, "percent": r.percent(),
+                        "started_ms": r.started_ms, "finished_ms": r.finished_ms})
+        })
         .collect();
     let sidecars = crate::api::sidecar_list(&shared, actor.as_ref()).await;
     blocking(move || {
@@ -263,7 +265,7 @@ pub(crate) async fn dora_weekly(State(shared): State<Arc<Shared>>, Query(q): Que
     let now = now_ms();
     let ramps: Vec<Ramp> = lock(&shared.ramps).values().cloned().collect();
     blocking(move || {
-        let weeks = crate::dora::weekly(ramps.iter(), now, window_ms);
+        let weeks = crate::dora::weekly(&ramps, now, window_ms);
         let rollbacks = crate::dora::rollbacks(ramps.iter(), now, window_ms);
         let ids: Vec<i64> = rollbacks.iter().map(|r| r.id).collect();
         let reasons: HashMap<i64, String> =

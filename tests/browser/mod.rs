@@ -15,9 +15,8 @@ use serde_json::{Value, json};
 
 /// `program` on PATH or at Debian's place for it.
 fn find(program: &str, debian: &str) -> PathBuf {
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|p| p.join(program)).find(|p| p.is_file())
-    });
+    let on_path = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(program)).find(|p| p.is_file()));
     on_path.or_else(|| Some(PathBuf::from(debian)).filter(|p| p.is_file())).unwrap_or_else(|| {
         panic!(
             "{program} not found (on PATH or at {debian}): the console's browser tests need Debian's chromium and \
@@ -27,7 +26,13 @@ fn find(program: &str, debian: &str) -> PathBuf {
 }
 
 /// One HTTP/1.1 exchange with a JSON body; the status and the JSON answer (`null` if none).
-pub fn http_json(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> (u16, Value) {
+pub fn http_json(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
     let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     let body = body.map(Value::to_string).unwrap_or_default();
@@ -154,13 +159,13 @@ impl Browser {
     }
 
     /// Runs `script` (a function body; `arguments` are `args`) in the page and returns its value.
-    pub fn js(&self, script: &str, args: Value) -> Value {
+    pub fn js(&self, script: &str, args: &Value) -> Value {
         self.cmd("POST", "/execute/sync", json!({"script": script, "args": args}))
     }
 
     /// The text of the first element matching `css`, or `None`.
     pub fn text(&self, css: &str) -> Option<String> {
-        self.js("const e = document.querySelector(arguments[0]); return e ? e.innerText : null;", json!([css]))
+        self.js("const e = document.querySelector(arguments[0]); return e ? e.innerText : null;", &json!([css]))
             .as_str()
             .map(str::to_owned)
     }
@@ -180,10 +185,10 @@ impl Browser {
     }
 
     /// Waits up to `within` for `script` to return a truthy value; the value, or `None`.
-    pub fn wait_for(&self, within: Duration, script: &str, args: Value) -> Option<Value> {
+    pub fn wait_for(&self, within: Duration, script: &str, args: &Value) -> Option<Value> {
         let deadline = Instant::now() + within;
         loop {
-            let v = self.js(script, args.clone());
+            let v = self.js(script, args);
             let truthy = match &v {
                 Value::Null => false,
                 Value::Bool(b) => *b,
@@ -205,7 +210,7 @@ impl Browser {
         let ready = self.wait_for(
             Duration::from_secs(20),
             "return document.querySelector('main').dataset.ready === arguments[0];",
-            json!([page]),
+            &json!([page]),
         );
         let text = self.text("main").unwrap_or_default();
         assert!(ready.is_some(), "the {page} page did not render: {text}");
@@ -224,7 +229,7 @@ impl Browser {
 
     /// Resizes the window so the whole page fits (for a full-page screenshot), at most `max` high.
     pub fn fit_height(&self, width: u32, max: u32) {
-        let h = self.js("return document.documentElement.scrollHeight;", json!([])).as_u64().unwrap_or(1000);
+        let h = self.js("return document.documentElement.scrollHeight;", &json!([])).as_u64().unwrap_or(1000);
         self.cmd("POST", "/window/rect", json!({"width": width, "height": (h as u32 + 140).min(max)}));
     }
 }

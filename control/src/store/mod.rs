@@ -146,8 +146,13 @@ pub(crate) trait Store: Send + Sync + std::fmt::Debug {
     fn load_owners(&self) -> Result<Vec<(String, String, bool)>, StoreError>;
     /// Records `service` as the owner of `proxy_id` unless it has one already (another replica
     /// may have recorded it); the owner now stored: (service, pinned).
-    fn claim_owner(&self, proxy_id: &str, service: &str, pinned: bool, at_ms: i64)
-    -> Result<(String, bool), StoreError>;
+    fn claim_owner(
+        &self,
+        proxy_id: &str,
+        service: &str,
+        pinned: bool,
+        at_ms: i64,
+    ) -> Result<(String, bool), StoreError>;
     /// Pins `proxy_id` (its service unchanged) to a credential of its own.
     fn pin_owner(&self, proxy_id: &str) -> Result<(), StoreError>;
 

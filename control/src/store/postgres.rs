@@ -335,7 +335,9 @@ impl Postgres {
     pub(crate) fn command_result(&self, id: i64) -> Result<Option<(u16, String)>, StoreError> {
         self.run(Conn::General, move |c| {
             Box::pin(async move {
-                let row = c.query_opt("SELECT status, result FROM commands WHERE id = $1 AND done_ms IS NOT NULL", &[&id]).await?;
+                let row = c
+                    .query_opt("SELECT status, result FROM commands WHERE id = $1 AND done_ms IS NOT NULL", &[&id])
+                    .await?;
                 let sql = format!("DELETE FROM commands WHERE done_ms < {DB_NOW} - 86400000");
                 c.execute(&sql, &[]).await?;
                 Ok(row.map(|r| (u16::try_from(r.get::<_, i32>(0)).unwrap_or(500), r.get(1))))
@@ -407,8 +409,10 @@ async fn migrate(c: &mut Client) -> Result<(), tokio_postgres::Error> {
 
 async fn connect_listener(
     url: &str,
-) -> Result<(Client, tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>), tokio_postgres::Error>
-{
+) -> Result<
+    (Client, tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>),
+    tokio_postgres::Error,
+> {
     let mut config: tokio_postgres::Config = url.parse()?;
     config.connect_timeout(std::time::Duration::from_secs(5)).keepalives_idle(std::time::Duration::from_secs(10));
     config.connect(NoTls).await
@@ -479,8 +483,9 @@ impl Store for Postgres {
     fn latest_flags(&self) -> Result<Option<(u64, String)>, StoreError> {
         self.run(Conn::General, |c| {
             Box::pin(async move {
-                let row =
-                    c.query_opt("SELECT version, definition FROM flag_versions ORDER BY version DESC LIMIT 1", &[]).await?;
+                let row = c
+                    .query_opt("SELECT version, definition FROM flag_versions ORDER BY version DESC LIMIT 1", &[])
+                    .await?;
                 Ok(row.map(|r| (r.get::<_, i64>(0) as u64, r.get(1))))
             })
         })
@@ -511,9 +516,15 @@ impl Store for Postgres {
             return Ok(());
         }
         let exists = self.run(Conn::General, move |c| {
-            Box::pin(async move { Ok(c.query_opt("SELECT 1 FROM flag_versions WHERE version = $1", &[&v]).await?.is_some()) })
+            Box::pin(async move {
+                Ok(c.query_opt("SELECT 1 FROM flag_versions WHERE version = $1", &[&v]).await?.is_some())
+            })
         })?;
-        if exists { Err(StoreError::Conflict(format!("flags version {version} exists already"))) } else { Err(StoreError::NotLeader) }
+        if exists {
+            Err(StoreError::Conflict(format!("flags version {version} exists already")))
+        } else {
+            Err(StoreError::NotLeader)
+        }
     }
 
     fn load_seqs(&self) -> Result<Vec<(ProxyKey, u64)>, StoreError> {
@@ -529,8 +540,9 @@ impl Store for Postgres {
         let (id, epoch) = (key.0.clone(), key.1 as i64);
         self.run(Conn::General, move |c| {
             Box::pin(async move {
-                let row =
-                    c.query_opt("SELECT last_seq FROM proxy_seq WHERE proxy_id = $1 AND epoch = $2", &[&id, &epoch]).await?;
+                let row = c
+                    .query_opt("SELECT last_seq FROM proxy_seq WHERE proxy_id = $1 AND epoch = $2", &[&id, &epoch])
+                    .await?;
                 Ok(row.map_or(0, |r| r.get::<_, i64>(0) as u64))
             })
         })
@@ -561,7 +573,8 @@ impl Store for Postgres {
                     &[&proxy_id, &service, &pinned, &at_ms],
                 )
                 .await?;
-                let row = c.query_one("SELECT service, pinned FROM proxy_owner WHERE proxy_id = $1", &[&proxy_id]).await?;
+                let row =
+                    c.query_one("SELECT service, pinned FROM proxy_owner WHERE proxy_id = $1", &[&proxy_id]).await?;
                 Ok((row.get(0), row.get(1)))
             })
         })
@@ -685,7 +698,9 @@ impl Store for Postgres {
 
     fn take_windows(&self) -> Result<Vec<(String, String, Arm, SparseHistogram)>, StoreError> {
         let rows = self.run(Conn::General, |c| {
-            Box::pin(async move { c.query("DELETE FROM ramp_windows RETURNING flag, variant, arm, latency", &[]).await })
+            Box::pin(
+                async move { c.query("DELETE FROM ramp_windows RETURNING flag, variant, arm, latency", &[]).await },
+            )
         })?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
@@ -719,8 +734,9 @@ impl Store for Postgres {
                     &[&flags, &variants, &cutoff_ms],
                 )
                 .await?;
-                let rows =
-                    tx.query("DELETE FROM proxy_seq WHERE updated_ms < $1 RETURNING proxy_id, epoch", &[&cutoff_ms]).await?;
+                let rows = tx
+                    .query("DELETE FROM proxy_seq WHERE updated_ms < $1 RETURNING proxy_id, epoch", &[&cutoff_ms])
+                    .await?;
                 tx.commit().await?;
                 Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64)).collect::<Vec<_>>())
             })
@@ -873,7 +889,10 @@ impl Store for Postgres {
         self.run(Conn::General, move |c| {
             Box::pin(async move {
                 let rows = c
-                    .query("SELECT at_ms, kind, detail FROM ramp_events WHERE ramp_id = $1 ORDER BY at_ms, id", &[&ramp])
+                    .query(
+                        "SELECT at_ms, kind, detail FROM ramp_events WHERE ramp_id = $1 ORDER BY at_ms, id",
+                        &[&ramp],
+                    )
                     .await?;
                 Ok(rows.iter().map(|r| EventRow { at_ms: r.get(0), kind: r.get(1), detail: r.get(2) }).collect())
             })

@@ -293,8 +293,8 @@ impl Store for Sqlite {
 
     fn events(&self, ramp: i64) -> Result<Vec<EventRow>, StoreError> {
         let conn = self.conn();
-        let mut stmt =
-            conn.prepare_cached("SELECT at_ms, kind, detail FROM ramp_events WHERE ramp_id = ?1 ORDER BY at_ms, rowid")?;
+        let mut stmt = conn
+            .prepare_cached("SELECT at_ms, kind, detail FROM ramp_events WHERE ramp_id = ?1 ORDER BY at_ms, rowid")?;
         let rows =
             stmt.query_map(params![ramp], |r| Ok(EventRow { at_ms: r.get(0)?, kind: r.get(1)?, detail: r.get(2)? }))?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -304,9 +304,8 @@ impl Store for Sqlite {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(&super::series_sql("rowid", ["?1", "?2", "?3"]))?;
         let mut total = 0;
-        let rows = stmt.query_map(params![ramp, after_ms, max.max(1)], |r| {
-            Ok((decision_row(r)?, r.get::<_, i64>(6)?))
-        })?;
+        let rows =
+            stmt.query_map(params![ramp, after_ms, max.max(1)], |r| Ok((decision_row(r)?, r.get::<_, i64>(6)?)))?;
         let mut out = Vec::new();
         for row in rows {
             let (d, n) = row?;
@@ -382,7 +381,8 @@ impl Sqlite {
     /// Totals rows matching `filter` (with one text parameter `?1` when it has one).
     fn totals_where(&self, filter: &str, arg: &str) -> Result<Vec<(String, String, Delta)>, StoreError> {
         let conn = self.conn();
-        let sql = format!("SELECT flag, variant, requests, errors, timeouts, histogram FROM variant_totals WHERE {filter}");
+        let sql =
+            format!("SELECT flag, variant, requests, errors, timeouts, histogram FROM variant_totals WHERE {filter}");
         let mut stmt = conn.prepare_cached(&sql)?;
         let map = |r: &rusqlite::Row<'_>| {
             Ok((

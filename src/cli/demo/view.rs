@@ -46,7 +46,8 @@ impl Screen {
         }
         for (ramp, stats) in ramps {
             let flag = ramp["flag"].as_str().unwrap_or("?");
-            let (treatment, control) = (ramp["treatment"].as_str().unwrap_or("?"), ramp["control"].as_str().unwrap_or("?"));
+            let (treatment, control) =
+                (ramp["treatment"].as_str().unwrap_or("?"), ramp["control"].as_str().unwrap_or("?"));
             let state = ramp["state"].as_str().unwrap_or("?");
             let percent = ramp["percent"].as_f64().unwrap_or(0.0);
             let steps = ramp["steps"].as_array().map_or(0, Vec::len);
