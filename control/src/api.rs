@@ -1,6 +1,7 @@
 //! The HTTP JSON API (the operator contract): `/api/v1/proxies`, `/api/v1/flags` (GET, PUT),
-//! `/api/v1/stats/{flag}`, ramps, DORA, plus `/metrics` and `/healthz`, behind the operators'
-//! roles (`operators.rs`). Errors are JSON `{"error": ...}`.
+//! `/api/v1/stats/{flag}`, ramps, DORA, the console's reads (`views.rs`), plus `/metrics`,
+//! `/healthz` and the console's static shell (`console.rs`), behind the operators' roles
+//! (`operators.rs`). Errors are JSON `{"error": ...}`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use crate::operators::{Actor, Role};
 use crate::ramp::decide::Policy;
 use crate::ramp::engine::{self, StartRequest};
 use crate::state::{Shared, lock, now_ms};
+use crate::views;
 use crate::writes::Write;
 
 /// Largest flags PUT body: the size cap of a flags file.
@@ -38,16 +40,21 @@ pub(crate) fn router(shared: Arc<Shared>, operators: Option<crate::operators::Op
             "/api/v1/flags",
             get(get_flags).put(put_flags).layer(axum::extract::DefaultBodyLimit::max(FLAGS_BODY_LIMIT)),
         )
+        .route("/api/v1/flags/{flag}", get(views::flag).post(create_flag))
         .route("/api/v1/stats/{flag}", get(stats))
-        .route("/api/v1/ramps", get(list_ramps).post(start_ramp))
+        .route("/api/v1/ramps", get(views::list_ramps).post(start_ramp))
         .route("/api/v1/ramps/{flag}", get(ramp_status))
+        .route("/api/v1/ramps/{flag}/series", get(views::series))
         .route("/api/v1/ramps/{flag}/{action}", post(operate_ramp))
         .route("/api/v1/dora", get(dora))
+        .route("/api/v1/dora/weekly", get(views::dora_weekly))
+        .route("/api/v1/whoami", get(views::whoami))
+        .route("/", get(crate::console::index))
+        .route("/console/{*path}", get(crate::console::asset))
         .route("/api/v1/audit", get(audit_trail))
         .route("/api/v1/replicas", get(replicas))
         .route("/api/v1/flags/lifecycle", get(lifecycle))
-        .route("/api/v1/flags/{key}", post(create_flag))
-        .route("/api/v1/flags/{key}/archive", post(archive_flag))
+        .route("/api/v1/flags/{flag}/archive", post(archive_flag))
         .route("/api/v1/deployments", get(list_deployments).post(record_deployment))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(shared)
@@ -82,6 +89,11 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 /// The sidecars. A viewer does not see their epochs: with a proxy id, an epoch is what a stream
 /// needs to report as that sidecar.
 async fn proxies(State(shared): State<Arc<Shared>>, actor: Option<Extension<Actor>>) -> Response {
+    axum::Json(json!({ "proxies": sidecar_list(&shared, actor.as_ref()).await })).into_response()
+}
+
+/// The sidecars as `/api/v1/proxies` lists them for `actor`.
+pub(crate) async fn sidecar_list(shared: &Arc<Shared>, actor: Option<&Extension<Actor>>) -> Vec<Value> {
     let hide_epochs = actor.is_some_and(|Extension(a)| a.role == Role::Viewer);
     let mut proxies: Vec<Value> = lock(&shared.proxies)
         .values()
@@ -100,12 +112,18 @@ async fn proxies(State(shared): State<Arc<Shared>>, actor: Option<Extension<Acto
             proxies.extend(remote);
         }
     }
-    axum::Json(json!({ "proxies": proxies })).into_response()
+    proxies
 }
 
+/// The definitions, their version, and per flag the newest version that changed it.
 async fn get_flags(State(shared): State<Arc<Shared>>) -> Response {
     let f = shared.flags.borrow().clone();
-    axum::Json(json!({"version": f.version, "flags": f.definition})).into_response()
+    let changed = match tokio::task::spawn_blocking(move || views::changed_versions(&shared)).await {
+        Ok(Ok(changed)) => changed,
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    axum::Json(json!({"version": f.version, "flags": f.definition, "changed_versions": changed})).into_response()
 }
 
 /// Replaces the definitions: JSON, or YAML when the content type says so. Invalid → 400 with every
@@ -257,21 +275,20 @@ async fn start_ramp(
     answer(crate::writes::submit(&shared, Write::StartRamp { request: req }).await)
 }
 
-async fn list_ramps(State(shared): State<Arc<Shared>>) -> Response {
-    let ramps: Vec<_> = lock(&shared.ramps).values().cloned().collect();
-    let list: Vec<Value> = ramps
-        .iter()
-        .map(|r| {
-            json!({"id": r.id, "flag": r.flag, "treatment": r.treatment, "state": r.state.as_str(),
-                   "step": r.step + 1, "percent": r.percent(), "started_ms": r.started_ms, "finished_ms": r.finished_ms})
-        })
-        .collect();
-    axum::Json(json!({ "ramps": list })).into_response()
+#[derive(Debug, serde::Deserialize)]
+struct RampQuery {
+    /// A given ramp of the flag (default: its latest).
+    id: Option<i64>,
 }
 
-async fn ramp_status(State(shared): State<Arc<Shared>>, Path(flag): Path<String>) -> Response {
-    let latest = lock(&shared.ramps).values().rev().find(|r| r.flag == flag).cloned();
-    let Some(ramp) = latest else { return error(StatusCode::NOT_FOUND, &format!("no ramp for flag \"{flag}\"")) };
+async fn ramp_status(
+    State(shared): State<Arc<Shared>>,
+    Path(flag): Path<String>,
+    Query(q): Query<RampQuery>,
+) -> Response {
+    let Some(ramp) = views::find_ramp(&shared, &flag, q.id) else {
+        return error(StatusCode::NOT_FOUND, &format!("no ramp for flag \"{flag}\""));
+    };
     let shared2 = shared.clone();
     match tokio::task::spawn_blocking(move || engine::status(&shared2, &ramp, 50)).await {
         Ok(Ok(status)) => axum::Json(status).into_response(),

@@ -1,7 +1,8 @@
 //! DORA metrics from the ramp history: every ramp is a deployment. Deployment frequency, lead time
 //! for changes (commit → 100%), change failure rate (rolled back ÷ finished), failed-deployment
 //! recovery time (first exposure of the bad variant → rollback acknowledged by the sidecars), time
-//! to detect (first exposure → rollback decision) and requests served by a bad variant.
+//! to detect (first exposure → rollback decision) and requests served by a bad variant. Also by
+//! week, and per rollback. The developer-confidence figures beside them are `confidence.rs`'s.
 
 use serde::Serialize;
 
@@ -95,6 +96,69 @@ pub(crate) fn compute<'a>(ramps: impl IntoIterator<Item = &'a Ramp>, now_ms: i64
     }
 }
 
+const WEEK_MS: i64 = 7 * 86_400_000;
+
+/// One week of the trend: the figures of the ramps that started or finished in it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct Week {
+    pub(crate) start_ms: i64,
+    pub(crate) end_ms: i64,
+    #[serde(flatten)]
+    pub(crate) dora: Dora,
+}
+
+/// The weeks ending at `now_ms` that cover `window_ms`, oldest first (a window shorter than a
+/// week is one week).
+pub(crate) fn weekly(ramps: &[Ramp], now_ms: i64, window_ms: i64) -> Vec<Week> {
+    let weeks = ((window_ms + WEEK_MS - 1) / WEEK_MS).clamp(1, 520);
+    (0..weeks)
+        .rev()
+        .map(|i| {
+            let end_ms = now_ms - i * WEEK_MS;
+            Week { start_ms: end_ms - WEEK_MS, end_ms, dora: compute(ramps, end_ms, WEEK_MS) }
+        })
+        .collect()
+}
+
+/// One rollback of the window, with what it cost.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct Rollback {
+    pub(crate) id: i64,
+    pub(crate) flag: String,
+    pub(crate) treatment: String,
+    pub(crate) change_id: Option<String>,
+    pub(crate) rollback_ms: Option<i64>,
+    /// First exposure → rollback decision.
+    pub(crate) time_to_detect_s: Option<f64>,
+    /// First exposure → rollback acknowledged by the sidecars.
+    pub(crate) recovery_time_s: Option<f64>,
+    pub(crate) bad_variant_requests: u64,
+}
+
+/// The ramps rolled back within `window_ms` before `now_ms`, newest first.
+pub(crate) fn rollbacks<'a>(ramps: impl IntoIterator<Item = &'a Ramp>, now_ms: i64, window_ms: i64) -> Vec<Rollback> {
+    let since = now_ms - window_ms;
+    let mut out: Vec<Rollback> = ramps
+        .into_iter()
+        .filter(|r| r.state == State::RolledBack && r.finished_ms.is_some_and(|t| t >= since && t <= now_ms))
+        .map(|r| {
+            let exposed = r.first_exposure_ms.unwrap_or(r.started_ms);
+            Rollback {
+                id: r.id,
+                flag: r.flag.clone(),
+                treatment: r.treatment.clone(),
+                change_id: r.change_id.clone(),
+                rollback_ms: r.rollback_ms,
+                time_to_detect_s: r.rollback_ms.map(|t| seconds(exposed, t)),
+                recovery_time_s: r.rollback_acked_ms.map(|t| seconds(exposed, t)),
+                bad_variant_requests: r.exposed_requests.unwrap_or(r.treatment_requests),
+            }
+        })
+        .collect();
+    out.reverse();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,5 +212,37 @@ mod tests {
         assert_eq!(got.time_to_detect_s, Some(30.0));
         assert_eq!(got.bad_variant_requests, 500);
         assert_eq!(compute([&running], now, DAY).change_failure_rate, None);
+    }
+
+    #[test]
+    fn confidence_figures_weeks_and_rollbacks() {
+        let now = 30 * DAY;
+        let a = ramp(1, State::Completed, 2 * DAY, Some(2 * DAY + 1));
+        let mut b = ramp(2, State::Aborted, 20 * DAY, Some(20 * DAY + 1));
+        b.interventions = 2;
+        let mut c = ramp(3, State::RolledBack, 27 * DAY, Some(27 * DAY + 20_000));
+        c.first_exposure_ms = Some(27 * DAY);
+        c.rollback_ms = Some(27 * DAY + 20_000);
+        c.exposed_requests = Some(70);
+        let mut d = ramp(4, State::Completed, 28 * DAY, Some(28 * DAY + 1));
+        d.interventions = 1;
+        let got = crate::confidence::compute([&a, &b, &c, &d], now, 30 * DAY);
+        assert_eq!(got.completion_rate, Some(0.5));
+        assert_eq!(got.abandon_rate, Some(0.25));
+        assert_eq!(got.interventions_per_ramp, Some(0.75));
+        assert_eq!(got.untouched_share, Some(0.5));
+
+        let all = [a.clone(), b.clone(), c.clone(), d.clone()];
+        let weeks = weekly(&all, now, 30 * DAY);
+        assert_eq!(weeks.len(), 5, "30 days take five weeks");
+        assert_eq!(weeks.last().unwrap().end_ms, now);
+        assert_eq!(weeks.iter().map(|w| w.dora.completed).sum::<u64>(), 2);
+        assert_eq!(weeks.last().unwrap().dora.rolled_back, 1);
+        assert_eq!(weeks.last().unwrap().dora.change_failure_rate, Some(0.5));
+        assert_eq!(weekly(&all[..1], now, DAY).len(), 1);
+
+        let rolled = rollbacks([&a, &b, &c, &d], now, 30 * DAY);
+        assert_eq!(rolled.len(), 1);
+        assert_eq!((rolled[0].id, rolled[0].time_to_detect_s, rolled[0].bad_variant_requests), (3, Some(20.0), 70));
     }
 }

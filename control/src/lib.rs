@@ -11,6 +11,7 @@ mod audit;
 mod auth;
 mod confidence;
 pub mod config;
+mod console;
 mod deployments;
 mod dora;
 mod flags;
@@ -24,6 +25,7 @@ mod replicas;
 mod state;
 mod store;
 mod stream;
+mod views;
 mod writes;
 
 use std::collections::{BTreeMap, HashMap};

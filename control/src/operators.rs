@@ -110,9 +110,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The role a request needs: reading is for viewers, operating ramps for operators, anything
-/// else that changes state (flags) for admins. `/healthz` is open.
+/// else that changes state (flags) for admins. `/healthz` is open, and so is the console's static
+/// shell (`/`, `/console/…`): it holds no data, which it reads from the API with the operator's token.
 fn required(method: &Method, path: &str) -> Option<Role> {
-    if path == "/healthz" {
+    if path == "/healthz" || (matches!(*method, Method::GET | Method::HEAD) && crate::console::is_shell(path)) {
         return None;
     }
     if matches!(*method, Method::GET | Method::HEAD) {
@@ -193,6 +194,9 @@ mod tests {
     #[test]
     fn roles_needed() {
         assert_eq!(required(&Method::GET, "/healthz"), None);
+        assert_eq!(required(&Method::GET, "/"), None);
+        assert_eq!(required(&Method::GET, "/console/app.js"), None);
+        assert_eq!(required(&Method::POST, "/"), Some(Role::Admin));
         assert_eq!(required(&Method::GET, "/api/v1/flags"), Some(Role::Viewer));
         assert_eq!(required(&Method::POST, "/api/v1/ramps/f/abort"), Some(Role::Operator));
         assert_eq!(required(&Method::POST, "/api/v1/ramps"), Some(Role::Operator));

@@ -103,6 +103,19 @@ pub(crate) struct EventRow {
     pub(crate) detail: String,
 }
 
+/// A stored flags version.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct FlagVersionRow {
+    pub(crate) version: u64,
+    pub(crate) created_ms: i64,
+    /// `file`, `api` or `ramp`.
+    pub(crate) source: String,
+    pub(crate) definition: String,
+}
+
+/// A ramp's decisions as a series: the rows kept, and how many there were in all.
+pub(crate) type Series = (Vec<DecisionRow>, u64);
+
 /// One change in the audit trail.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub(crate) struct AuditRow {
@@ -193,6 +206,31 @@ pub(crate) trait Store: Send + Sync + std::fmt::Debug {
     fn touch_flags(&self, evaluated: &[(String, i64)]) -> Result<(), StoreError>;
     /// When each flag was last evaluated.
     fn flag_usage(&self) -> Result<Vec<(String, i64)>, StoreError>;
+    /// A ramp's decisions after `after_ms`, in time order, about `max` of them at most: beyond
+    /// that, every n-th HOLD (n chosen so that about `max` remain), every decision that changed
+    /// something and the last one. With how many there were after `after_ms` in all.
+    fn decision_series(&self, ramp: i64, after_ms: i64, max: u32) -> Result<Series, StoreError>;
+    /// The latest decision of each of `ramps` that has one.
+    fn latest_decisions(&self, ramps: &[i64]) -> Result<Vec<(i64, DecisionRow)>, StoreError>;
+    /// The stored flags versions among `versions`, in version order.
+    fn flag_versions(&self, versions: &[u64]) -> Result<Vec<FlagVersionRow>, StoreError>;
+    /// Per flag, the newest flags version that the audit trail says changed it.
+    fn flag_changes(&self) -> Result<Vec<(String, u64)>, StoreError>;
+}
+
+/// The SQL shared by both stores' `decision_series` (`{rid}`: the row id column, `$1` ramp,
+/// `$2` after_ms, `$3` max): numbers each row, keeps all when there are at most `max`, else every
+/// `ceil(n / max)`-th HOLD with every other decision and the last.
+pub(crate) fn series_sql(rid: &str, p: [&str; 3]) -> String {
+    let [ramp, after, max] = p;
+    format!(
+        "WITH s AS (SELECT at_ms, step, percent, action, reason, numbers,
+                ROW_NUMBER() OVER (ORDER BY at_ms, {rid}) AS rn, COUNT(*) OVER () AS n
+              FROM ramp_decisions WHERE ramp_id = {ramp} AND at_ms > {after})
+         SELECT at_ms, step, percent, action, reason, numbers, n FROM s
+          WHERE n <= {max} OR action != 'HOLD' OR rn = n OR (rn - 1) % ((n + {max} - 1) / {max}) = 0
+          ORDER BY rn"
+    )
 }
 
 /// Histogram blob: little-endian (u32 bucket, u64 count) pairs.

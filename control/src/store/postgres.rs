@@ -20,7 +20,9 @@ use rampart_stats::{Delta, SparseHistogram};
 use tokio::sync::{Mutex, broadcast};
 use tokio_postgres::{Client, NoTls};
 
-use super::{AuditRow, Batch, DecisionRow, DeploymentRow, EventRow, Expired, ProxyKey, Store, StoreError};
+use super::{
+    AuditRow, Batch, DecisionRow, DeploymentRow, EventRow, Expired, FlagVersionRow, ProxyKey, Series, Store, StoreError,
+};
 use super::{decode_histogram, encode_histogram};
 use crate::ramp::window::Arm;
 
@@ -902,6 +904,73 @@ impl Store for Postgres {
         })
     }
 
+    fn decision_series(&self, ramp: i64, after_ms: i64, max: u32) -> Result<Series, StoreError> {
+        let max = i64::from(max.max(1));
+        self.run(Conn::General, move |c| {
+            Box::pin(async move {
+                let sql = super::series_sql("id", ["$1", "$2", "$3"]);
+                let rows = c.query(sql.as_str(), &[&ramp, &after_ms, &max]).await?;
+                let total = rows.first().map_or(0, |r| r.get::<_, i64>(6) as u64);
+                Ok((rows.iter().map(decision_row).collect(), total))
+            })
+        })
+    }
+
+    fn latest_decisions(&self, ramps: &[i64]) -> Result<Vec<(i64, DecisionRow)>, StoreError> {
+        let ramps = ramps.to_vec();
+        self.run(Conn::General, move |c| {
+            Box::pin(async move {
+                let rows = c
+                    .query(
+                        "SELECT DISTINCT ON (ramp_id) at_ms, step, percent, action, reason, numbers, ramp_id
+                           FROM ramp_decisions WHERE ramp_id = ANY($1) ORDER BY ramp_id, at_ms DESC, id DESC",
+                        &[&ramps],
+                    )
+                    .await?;
+                Ok(rows.iter().map(|r| (r.get::<_, i64>(6), decision_row(r))).collect())
+            })
+        })
+    }
+
+    fn flag_versions(&self, versions: &[u64]) -> Result<Vec<FlagVersionRow>, StoreError> {
+        let versions: Vec<i64> = versions.iter().map(|&v| v as i64).collect();
+        self.run(Conn::General, move |c| {
+            Box::pin(async move {
+                let rows = c
+                    .query(
+                        "SELECT version, created_ms, source, definition FROM flag_versions WHERE version = ANY($1)
+                          ORDER BY version",
+                        &[&versions],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| FlagVersionRow {
+                        version: r.get::<_, i64>(0) as u64,
+                        created_ms: r.get(1),
+                        source: r.get(2),
+                        definition: r.get(3),
+                    })
+                    .collect())
+            })
+        })
+    }
+
+    fn flag_changes(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.run(Conn::General, |c| {
+            Box::pin(async move {
+                let rows = c
+                    .query(
+                        "SELECT flag, MAX(version) FROM audit WHERE flag IS NOT NULL AND version IS NOT NULL
+                          GROUP BY flag",
+                        &[],
+                    )
+                    .await?;
+                Ok(rows.iter().map(|r| (r.get(0), r.get::<_, i64>(1) as u64)).collect())
+            })
+        })
+    }
+
     fn add_deployment(&self, d: &DeploymentRow) -> Result<i64, StoreError> {
         let d = d.clone();
         let flags = serde_json::to_string(&d.flags).unwrap_or_default();
@@ -969,5 +1038,17 @@ impl Store for Postgres {
                 Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
             })
         })
+    }
+}
+
+/// A decision from the columns `at_ms, step, percent, action, reason, numbers`.
+fn decision_row(r: &tokio_postgres::Row) -> DecisionRow {
+    DecisionRow {
+        at_ms: r.get(0),
+        step: u32::try_from(r.get::<_, i32>(1)).unwrap_or(0),
+        percent: r.get(2),
+        action: r.get(3),
+        reason: r.get(4),
+        numbers: serde_json::from_str(r.get::<_, &str>(5)).unwrap_or(serde_json::Value::Null),
     }
 }

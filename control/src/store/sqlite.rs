@@ -9,7 +9,9 @@ use std::sync::{Mutex, MutexGuard};
 use rampart_stats::{Delta, SparseHistogram};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{AuditRow, Batch, DecisionRow, DeploymentRow, EventRow, Expired, ProxyKey, Store, StoreError};
+use super::{
+    AuditRow, Batch, DecisionRow, DeploymentRow, EventRow, Expired, FlagVersionRow, ProxyKey, Series, Store, StoreError,
+};
 use super::{decode_histogram, encode_histogram};
 use crate::ramp::window::Arm;
 
@@ -301,6 +303,69 @@ impl Store for Sqlite {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn decision_series(&self, ramp: i64, after_ms: i64, max: u32) -> Result<Series, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&super::series_sql("rowid", ["?1", "?2", "?3"]))?;
+        let mut total = 0;
+        let rows =
+            stmt.query_map(params![ramp, after_ms, max.max(1)], |r| Ok((decision_row(r)?, r.get::<_, i64>(6)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (d, n) = row?;
+            total = n as u64;
+            out.push(d);
+        }
+        Ok((out, total))
+    }
+
+    fn latest_decisions(&self, ramps: &[i64]) -> Result<Vec<(i64, DecisionRow)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT at_ms, step, percent, action, reason, numbers FROM ramp_decisions WHERE ramp_id = ?1
+             ORDER BY at_ms DESC, rowid DESC LIMIT 1",
+        )?;
+        let mut out = Vec::new();
+        for &id in ramps {
+            if let Some(d) = stmt.query_row([id], decision_row).optional()? {
+                out.push((id, d));
+            }
+        }
+        Ok(out)
+    }
+
+    fn flag_versions(&self, versions: &[u64]) -> Result<Vec<FlagVersionRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT version, created_ms, source, definition FROM flag_versions WHERE version = ?1")?;
+        let mut sorted = versions.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut out = Vec::new();
+        for v in sorted {
+            let row = stmt
+                .query_row([v as i64], |r| {
+                    Ok(FlagVersionRow {
+                        version: r.get::<_, i64>(0)? as u64,
+                        created_ms: r.get(1)?,
+                        source: r.get(2)?,
+                        definition: r.get(3)?,
+                    })
+                })
+                .optional()?;
+            out.extend(row);
+        }
+        Ok(out)
+    }
+
+    fn flag_changes(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT flag, MAX(version) FROM audit WHERE flag IS NOT NULL AND version IS NOT NULL GROUP BY flag",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     fn add_deployment(&self, d: &DeploymentRow) -> Result<i64, StoreError> {
         let conn = self.conn();
         conn.execute(
@@ -363,6 +428,19 @@ impl Store for Sqlite {
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+}
+
+/// A decision from the columns `at_ms, step, percent, action, reason, numbers`.
+fn decision_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DecisionRow> {
+    let numbers: String = r.get(5)?;
+    Ok(DecisionRow {
+        at_ms: r.get(0)?,
+        step: r.get(1)?,
+        percent: r.get(2)?,
+        action: r.get(3)?,
+        reason: r.get(4)?,
+        numbers: serde_json::from_str(&numbers).unwrap_or(serde_json::Value::Null),
+    })
 }
 
 impl Sqlite {

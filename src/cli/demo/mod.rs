@@ -1,7 +1,9 @@
 //! `rampart demo`: the whole loop on one machine with no setup. A service whose new checkout hides
-//! a regression, the control plane (SQLite in a temporary directory), a sidecar and a traffic
-//! generator start in this process; a ramp starts; a live view follows it until the automatic
-//! rollback, then the ramp's decisions and the DORA summary are printed. Ctrl-C stops everything.
+//! a regression and whose new search backend is healthy, the control plane (SQLite in a temporary
+//! directory, its web console served on loopback), a sidecar and a traffic generator start in this
+//! process; two ramps start side by side; a live view follows them until the healthy one reaches
+//! 100% and the regression is rolled back, then their decisions and the DORA summary are printed.
+//! On a terminal the console stays up afterwards until Ctrl-C. Ctrl-C stops everything.
 
 mod upstream;
 mod view;
@@ -34,7 +36,14 @@ pub(crate) struct DemoArgs {
     /// Requests per second from the traffic generator.
     #[arg(long, default_value_t = 400)]
     rps: u32,
+    /// Where the control plane serves its API and web console (a free port when taken).
+    #[arg(long, default_value = "127.0.0.1:8401")]
+    console: SocketAddr,
 }
+
+/// The hidden regression, and the healthy change ramped with a time-compressed policy.
+const BAD: (&str, &str) = ("new-checkout", "on");
+const GOOD: (&str, &str) = ("search-backend", "v2");
 
 const FLAGS: &str = r#"
 flags:
@@ -42,11 +51,12 @@ flags:
     state: ENABLED
     variants: { "on": true, "off": false }
     defaultVariant: "off"
-    metadata: { owner: payments }
+    metadata: { owner: payments, description: "The one-page checkout (hides a regression)" }
   search-backend:
     state: ENABLED
     variants: { v1: "elastic", v2: "tantivy" }
     defaultVariant: v1
+    metadata: { owner: search, description: "Search served by the new tantivy backend" }
 "#;
 
 pub(crate) fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
@@ -54,7 +64,7 @@ pub(crate) fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         humantime::parse_duration(&args.duration).with_context(|| format!("--duration {}", args.duration))?;
     let plain = args.plain || !std::io::IsTerminal::is_terminal(&std::io::stdout());
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    runtime.block_on(demo(duration, plain, args.rps.max(1)))
+    runtime.block_on(demo(duration, plain, args.rps.max(1), args.console))
 }
 
 async fn bind() -> anyhow::Result<(TcpListener, SocketAddr)> {
@@ -63,7 +73,18 @@ async fn bind() -> anyhow::Result<(TcpListener, SocketAddr)> {
     Ok((l, addr))
 }
 
-async fn demo(duration: Duration, plain: bool, rps: u32) -> anyhow::Result<ExitCode> {
+/// `preferred`, or any free loopback port when it is taken.
+async fn bind_console(preferred: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    match TcpListener::bind(preferred).await {
+        Ok(l) => {
+            let addr = l.local_addr()?;
+            Ok((l, addr))
+        }
+        Err(_) => bind().await,
+    }
+}
+
+async fn demo(duration: Duration, plain: bool, rps: u32, console: SocketAddr) -> anyhow::Result<ExitCode> {
     let dir = tempfile::tempdir().context("temporary directory")?;
     std::fs::write(dir.path().join("flags.yaml"), FLAGS)?;
     let stop = CancellationToken::new();
@@ -78,7 +99,7 @@ async fn demo(duration: Duration, plain: bool, rps: u32) -> anyhow::Result<ExitC
         ..rampart_control::Config::default()
     };
     let control = rampart_control::Control::open(&control_config)?;
-    let ((grpc_l, grpc), (api_l, api)) = (bind().await?, bind().await?);
+    let ((grpc_l, grpc), (api_l, api)) = (bind().await?, bind_console(console).await?);
     let control_stop = CancellationToken::new();
     let control_task = tokio::spawn(control.run(grpc_l, api_l, control_stop.clone()));
 
@@ -88,6 +109,7 @@ async fn demo(duration: Duration, plain: bool, rps: u32) -> anyhow::Result<ExitC
     let proxy_task = tokio::spawn(proxy.run(listen_l, admin_l, proxy_stop.clone()));
 
     let api = format!("http://{api}");
+    println!("Rampart demo: the web console is at {api}/ (open it in a browser; it follows both ramps live)\n");
     let http = client();
     let outcome = tokio::select! {
         r = drive(&http, &api, listen, duration, plain, rps, &tasks, &stop) => r,
@@ -103,8 +125,14 @@ async fn demo(duration: Duration, plain: bool, rps: u32) -> anyhow::Result<ExitC
     tasks.wait().await;
     proxy_stop.cancel();
     proxy_task.await.context("sidecar task")?;
-    if let Some(final_status) = outcome? {
-        view::summary(&final_status, &dora(&http, &api).await?);
+    let finished = outcome?;
+    if let Some(final_status) = &finished {
+        view::summary(final_status, &dora(&http, &api).await?);
+    }
+    // On a terminal the console stays up to look around, until Ctrl-C.
+    if finished.is_some() && !plain {
+        println!("\nThe console stays up at {api}/ — Ctrl-C stops it.");
+        let _ = tokio::signal::ctrl_c().await;
     }
     control_stop.cancel();
     control_task.await.context("control plane task")??;
@@ -121,8 +149,8 @@ fn sidecar(dir: &Path, upstream: SocketAddr, grpc: SocketAddr) -> anyhow::Result
     Ok(rampart_proxy::Proxy::new(rampart_proxy::Config::parse(&path, &text)?)?)
 }
 
-/// Waits for the sidecar's flags, starts traffic and the ramp, and shows the ramp until it ends or
-/// `duration` passes. Returns the ramp's final status.
+/// Waits for the sidecar's flags, starts traffic and both ramps, and shows them until both end or
+/// `duration` passes. Returns the ramps' final status.
 #[allow(clippy::too_many_arguments)]
 async fn drive(
     http: &JsonClient,
@@ -152,27 +180,46 @@ async fn drive(
     }
     tasks.spawn(traffic(sidecar, rps, stop.clone()));
     let commit = time::OffsetDateTime::now_utc() - time::Duration::hours(2);
-    let body = json!({
-        "flag": "new-checkout", "treatment": "on", "steps": [5, 25, 50, 100], "min_dwell": "15s",
-        "change_id": "demo-change-1",
-        "commit_time": commit.format(&time::format_description::well_known::Rfc3339)?,
+    let commit = commit.format(&time::format_description::well_known::Rfc3339)?;
+    let bad = json!({
+        "flag": BAD.0, "treatment": BAD.1, "steps": [5, 25, 50, 100], "min_dwell": "15s",
+        "change_id": "demo-change-1", "commit_time": commit,
     });
-    let (status, answer) = call_async(http, Method::POST, api, "/api/v1/ramps", Some(&body)).await?;
-    anyhow::ensure!(status.is_success(), "starting the ramp failed: {answer}");
+    // Time-compressed so that a healthy change reaches 100% within a minute of demo traffic: a
+    // production ramp dwells minutes per step and shows non-inferiority on far more users.
+    let good = json!({
+        "flag": GOOD.0, "treatment": GOOD.1, "steps": [1, 5, 25, 50, 95, 100], "min_dwell": "5s",
+        "min_samples": 40, "error_budget": 30000, "change_id": "demo-change-2", "commit_time": commit,
+    });
+    println!("Two changes ramp side by side:");
+    println!("  {} → {}: hides a regression (more errors, twice the latency)", BAD.0, BAD.1);
+    println!(
+        "  {} → {}: healthy, ramped through every step to 100% with a TIME-COMPRESSED policy (5 s dwell, 40 users \
+         per step, an error budget of 30 000 excess failing users/h) so that the demo takes about a minute\n",
+        GOOD.0, GOOD.1
+    );
+    for body in [&bad, &good] {
+        let (status, answer) = call_async(http, Method::POST, api, "/api/v1/ramps", Some(body)).await?;
+        anyhow::ensure!(status.is_success(), "starting the ramp failed: {answer}");
+    }
     let mut screen = view::Screen::new(plain);
     let deadline = started + duration;
     loop {
         tokio::time::sleep(Duration::from_millis(if plain { 1000 } else { 250 })).await;
-        let (_, ramp) = call_async(http, Method::GET, api, "/api/v1/ramps/new-checkout", None).await?;
-        let (_, stats) = call_async(http, Method::GET, api, "/api/v1/stats/new-checkout", None).await?;
-        screen.draw(started.elapsed(), &ramp, &stats);
-        let finished = match ramp["state"].as_str() {
+        let mut shown = Vec::with_capacity(2);
+        for flag in [BAD.0, GOOD.0] {
+            let (_, ramp) = call_async(http, Method::GET, api, &format!("/api/v1/ramps/{flag}"), None).await?;
+            let (_, stats) = call_async(http, Method::GET, api, &format!("/api/v1/stats/{flag}"), None).await?;
+            shown.push((ramp, stats));
+        }
+        screen.draw(started.elapsed(), &shown);
+        let finished = shown.iter().all(|(ramp, _)| match ramp["state"].as_str() {
             Some("rolled_back") => ramp["rollback_acked_ms"].is_i64(),
             Some("completed" | "aborted") => true,
             _ => false,
-        };
+        });
         if finished || Instant::now() >= deadline {
-            return Ok(Some(ramp));
+            return Ok(Some(Value::Array(shown.into_iter().map(|(ramp, _)| ramp).collect())));
         }
     }
 }
