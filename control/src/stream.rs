@@ -135,14 +135,15 @@ impl RampControl for Service {
         let key = (hello.proxy_id.clone(), hello.epoch);
         let stream_id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         // With replicas, the sidecar may have reported to another one since: the store knows.
-        if self.shared.replicas.is_some() {
-            let (shared, k) = (self.shared.clone(), key.clone());
-            let stored = tokio::task::spawn_blocking(move || shared.store.seq(&k)).await;
-            match stored {
-                Ok(Ok(seq)) => {
+        if let Some(r) = &self.shared.replicas {
+            match r.pg.seq_async(&key).await {
+                Ok(seq) => {
                     lock(&self.shared.seqs).insert(key.clone(), seq);
                 }
-                _ => return Err(Status::unavailable("the control plane cannot read its store now; retry")),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read a sidecar's sequence");
+                    return Err(Status::unavailable("the control plane cannot read its store now; retry"));
+                }
             }
         }
         let last_applied = lock(&self.shared.seqs).get(&key).copied().unwrap_or(0);

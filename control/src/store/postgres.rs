@@ -215,6 +215,35 @@ impl Postgres {
         rx.recv().map_err(|_| StoreError::Postgres("the store's runtime stopped".to_owned()))?
     }
 
+    /// [`Store::seq`] without blocking a thread: for the Hello of every stream, which would
+    /// otherwise take a blocking-pool thread each while they wait their turn on the connection.
+    pub(crate) async fn seq_async(&self, key: &ProxyKey) -> Result<u64, StoreError> {
+        let (id, epoch) = (key.0.clone(), key.1 as i64);
+        let inner = self.inner.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.handle.spawn(async move {
+            let result = async {
+                let mut guard = inner.general.lock().await;
+                if guard.as_ref().is_none_or(Client::is_closed) {
+                    *guard = Some(connect(&inner.url).await.map_err(|e| pg(&e))?);
+                }
+                let Some(c) = guard.as_mut() else { return Err(StoreError::Postgres("no connection".to_owned())) };
+                let sql = "SELECT last_seq FROM proxy_seq WHERE proxy_id = $1 AND epoch = $2";
+                match tokio::time::timeout(CALL_TIMEOUT, c.query_opt(sql, &[&id, &epoch])).await {
+                    Ok(Ok(row)) => Ok(row.map_or(0, |r| r.get::<_, i64>(0) as u64)),
+                    Ok(Err(e)) => Err(pg(&e)),
+                    Err(_) => {
+                        *guard = None;
+                        Err(StoreError::Postgres(format!("no answer within {} s", CALL_TIMEOUT.as_secs())))
+                    }
+                }
+            }
+            .await;
+            let _ = tx.send(result);
+        });
+        rx.await.map_err(|_| StoreError::Postgres("the store's runtime stopped".to_owned()))?
+    }
+
     /// Takes or renews the leader lease for `ttl_ms`; the term while leading, else `None`.
     pub(crate) fn try_lead(&self, ttl_ms: i64) -> Result<Option<i64>, StoreError> {
         let me = self.inner.replica.clone();
