@@ -74,6 +74,19 @@ fn traffic(sidecar: SocketAddr, stop: Arc<AtomicBool>) -> tokio::task::JoinHandl
     })
 }
 
+/// `rampart ramp start ARGS --wait` while traffic flows through `sidecar`: exit code, stdout, stderr.
+async fn ramp_and_wait(http: SocketAddr, sidecar: SocketAddr, args: &'static [&'static str]) -> (i32, String, String) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = traffic(sidecar, stop.clone());
+    let mut all = vec!["ramp", "start"];
+    all.extend_from_slice(args);
+    all.push("--wait");
+    let answer = tokio::task::spawn_blocking(move || run(http, &all)).await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    answer
+}
+
 fn life(http: SocketAddr, flag: &str, at: Option<&str>) -> Value {
     let mut args = vec!["flag", "list", "--json"];
     if let Some(at) = at {
@@ -142,34 +155,21 @@ async fn a_created_flag_ramps_to_100_is_launched_then_stale_after_its_lifetime()
     );
     assert!(recorded.contains("recorded deployment"), "{recorded}");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = traffic(sidecar.addr("listen"), stop.clone());
     // The service never fails: the error budget lets the healthy treatment advance.
-    let (code, out, err) = tokio::task::spawn_blocking(move || {
-        run(
-            http,
-            &[
-                "ramp",
-                "start",
-                "new-search",
-                "--treatment",
-                "on",
-                "--steps",
-                "50,100",
-                "--min-dwell",
-                "1s",
-                "--error-budget",
-                "1000000",
-                "--wait",
-                "--timeout",
-                "150s",
-            ],
-        )
-    })
-    .await
-    .unwrap();
-    stop.store(true, Ordering::Relaxed);
-    load.await.unwrap();
+    let args = &[
+        "new-search",
+        "--treatment",
+        "on",
+        "--steps",
+        "50,100",
+        "--min-dwell",
+        "1s",
+        "--error-budget",
+        "1000000",
+        "--timeout",
+        "150s",
+    ];
+    let (code, out, err) = ramp_and_wait(http, sidecar.addr("listen"), args).await;
     assert_eq!(code, 0, "ramp start --wait: {out}\n{err}");
     assert!(out.contains("completed"), "{out}");
 
@@ -242,31 +242,8 @@ async fn ramp_start_wait_exits_non_zero_on_a_rollback() {
         eventually(Duration::from_secs(10), || async { get(&format!("http://{admin}/readyz"), &[]).await.0 == 200 })
             .await
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = traffic(sidecar.addr("listen"), stop.clone());
-    let (code, out, err) = tokio::task::spawn_blocking(move || {
-        run(
-            http,
-            &[
-                "ramp",
-                "start",
-                "new-checkout",
-                "--treatment",
-                "on",
-                "--steps",
-                "20,50,100",
-                "--min-dwell",
-                "5s",
-                "--wait",
-                "--timeout",
-                "120s",
-            ],
-        )
-    })
-    .await
-    .unwrap();
-    stop.store(true, Ordering::Relaxed);
-    load.await.unwrap();
+    let args = &["new-checkout", "--treatment", "on", "--steps", "20,50,100", "--min-dwell", "5s", "--timeout", "120s"];
+    let (code, out, err) = ramp_and_wait(http, sidecar.addr("listen"), args).await;
     assert_eq!(code, 2, "{out}\n{err}");
     assert!(err.contains("rolled back:"), "{err}");
     let dora = json(http, &["dora", "--json"]);

@@ -113,7 +113,7 @@ fn ramp_engine(shared: Arc<Shared>) -> impl Fn() + Send + Sync + 'static {
     let ticks = AtomicU64::new(0);
     move || {
         // Every 10 s: the flags' lifecycle gauges.
-        if ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10 == 0 {
+        if ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed).is_multiple_of(10) {
             match lifecycle::current(&shared, state::now_ms()) {
                 Ok(lives) => shared.metrics.set_flag_stages(&lifecycle::counts(&lives)),
                 Err(e) => tracing::warn!(error = %e, "cannot assess the flags' lifecycle"),

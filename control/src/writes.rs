@@ -158,7 +158,7 @@ fn answer_publish(published: Result<u64, flags::PublishError>) -> (u16, Value) {
     }
 }
 
-fn bad(message: String) -> (u16, Value) {
+fn bad(message: &str) -> (u16, Value) {
     (400, json!({"error": message}))
 }
 
@@ -166,14 +166,14 @@ fn bad(message: String) -> (u16, Value) {
 /// exists.
 fn create_flag(shared: &Shared, key: &str, spec: NewFlag, actor: &str) -> (u16, Value) {
     if spec.owner.trim().is_empty() || spec.owner.len() > rampart_flags::MAX_NAME_BYTES {
-        return bad(format!("owner must be 1 to {} bytes", rampart_flags::MAX_NAME_BYTES));
+        return bad(&format!("owner must be 1 to {} bytes", rampart_flags::MAX_NAME_BYTES));
     }
     let variants = spec.variants.unwrap_or_else(|| {
         serde_json::Map::from_iter([("on".to_owned(), Value::Bool(true)), ("off".to_owned(), Value::Bool(false))])
     });
     let default = spec.default.unwrap_or_else(|| "off".to_owned());
     if !variants.contains_key(&default) {
-        return bad(format!("the default \"{default}\" is not one of the variants"));
+        return bad(&format!("the default \"{default}\" is not one of the variants"));
     }
     let now = crate::state::now_ms();
     let mut metadata =
@@ -183,7 +183,7 @@ fn create_flag(shared: &Shared, key: &str, spec: NewFlag, actor: &str) -> (u16, 
     }
     if let Some(e) = spec.expires {
         if humantime::parse_duration(&e).is_err() {
-            return bad(format!("expires \"{e}\" is not a duration like 90d"));
+            return bad(&format!("expires \"{e}\" is not a duration like 90d"));
         }
         metadata["expectedLifetime"] = Value::String(e);
     }

@@ -194,7 +194,7 @@ mod tests {
         p.new_stream();
         assert_eq!(first.len(), 1);
         for i in 2..=100 {
-            p.push(delta(i), 1, i as i64, i as i64 + 1);
+            p.push(delta(i), 1, Vec::new(), i as i64, i as i64 + 1);
         }
         assert!(p.len() <= 4, "bounded: {}", p.len());
         p.welcome(0); // seq 1 was not applied
@@ -214,7 +214,7 @@ mod tests {
         let mut p = Pending::new(10, 8);
         p.welcome(0);
         for i in 1..=5 {
-            p.push(delta(i), 0, i as i64, i as i64 + 1);
+            p.push(delta(i), 0, Vec::new(), i as i64, i as i64 + 1);
         }
         let sent = p.next_to_send();
         assert_eq!(sent.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
