@@ -12,6 +12,8 @@
 # LOAD_CPU (default 0): on a 2-core machine everything shares the two cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=loadtest/fanin-flags.sh
+source loadtest/fanin-flags.sh
 
 STREAMS=${STREAMS:-1000}
 SERIES=${SERIES:-20}
@@ -59,14 +61,7 @@ CONF
 "${as_pg[@]}" "$bin/createdb" -h 127.0.0.1 -p "$PG_PORT" -U rampart rampart
 store="postgres://rampart@127.0.0.1:$PG_PORT/rampart"
 
-{
-    printf '{"flags": {'
-    for ((f = 0; f < (SERIES + 1) / 2; f++)); do
-        ((f == 0)) || printf ','
-        printf '"loadtest-flag-%02d": {"state": "ENABLED", "defaultVariant": "off", "variants": {"off": false, "on": true}}' "$f"
-    done
-    printf '}}\n'
-} >"$work/flags.json"
+fanin_flags "$SERIES" >"$work/flags.json"
 
 control_pids=()
 for i in 1 2; do

@@ -12,6 +12,8 @@
 #   NO_FLAGS=1 …   # no flags file: every series is of an unknown flag and dropped (not aggregated)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=loadtest/fanin-flags.sh
+source loadtest/fanin-flags.sh
 
 STREAMS=${STREAMS:-1000}
 SERIES=${SERIES:-20}
@@ -43,14 +45,7 @@ trap cleanup EXIT INT TERM
 # series are aggregated as a real sidecar's are.
 flags_line=
 if [[ -z ${NO_FLAGS:-} ]]; then
-    {
-        printf '{"flags": {'
-        for ((f = 0; f < (SERIES + 1) / 2; f++)); do
-            ((f == 0)) || printf ','
-            printf '"loadtest-flag-%02d": {"state": "ENABLED", "defaultVariant": "off", "variants": {"off": false, "on": true}}' "$f"
-        done
-        printf '}}\n'
-    } >"$work/flags.json"
+    fanin_flags "$SERIES" >"$work/flags.json"
     flags_line="flags = \"$work/flags.json\""
 fi
 cat >"$work/control.toml" <<TOML

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use process::checkout::checkout_upstream;
-use process::{cli, start_control, start_sidecar};
+use process::{Running, cli, start_control, start_sidecar};
 use serde_json::Value;
 use support::*;
 
@@ -72,6 +72,20 @@ fn traffic(sidecar: SocketAddr, stop: Arc<AtomicBool>) -> tokio::task::JoinHandl
         }
         n
     })
+}
+
+/// A control plane with `CHECKOUT`'s flags in `dir` and a ready sidecar in front of an upstream
+/// failing by `fails`: both processes, and the control plane's API.
+async fn control_and_sidecar(dir: &std::path::Path, fails: process::checkout::Rule) -> (Running, Running, SocketAddr) {
+    let up = checkout_upstream(fails).await;
+    std::fs::write(dir.join("flags.yaml"), CHECKOUT).unwrap();
+    let control = start_control(dir, "127.0.0.1:0", "127.0.0.1:0");
+    let (grpc, http) = (control.addr("grpc"), control.addr("http"));
+    let sidecar = start_sidecar(dir, "a", up, grpc);
+    let admin = sidecar.addr("admin");
+    let ready = || async { get(&format!("http://{admin}/readyz"), &[]).await.0 == 200 };
+    assert!(eventually(Duration::from_secs(10), ready).await);
+    (control, sidecar, http)
 }
 
 /// `rampart ramp start ARGS --wait` while traffic flows through `sidecar`: exit code, stdout, stderr.
@@ -231,17 +245,8 @@ async fn a_created_flag_ramps_to_100_is_launched_then_stale_after_its_lifetime()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ramp_start_wait_exits_non_zero_on_a_rollback() {
-    let up = checkout_upstream(Arc::new(|variant| variant == Some("on"))).await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("flags.yaml"), CHECKOUT).unwrap();
-    let control = start_control(dir.path(), "127.0.0.1:0", "127.0.0.1:0");
-    let (grpc, http) = (control.addr("grpc"), control.addr("http"));
-    let sidecar = start_sidecar(dir.path(), "a", up, grpc);
-    let admin = sidecar.addr("admin");
-    assert!(
-        eventually(Duration::from_secs(10), || async { get(&format!("http://{admin}/readyz"), &[]).await.0 == 200 })
-            .await
-    );
+    let (_control, sidecar, http) = control_and_sidecar(dir.path(), Arc::new(|variant| variant == Some("on"))).await;
     let args = &["new-checkout", "--treatment", "on", "--steps", "20,50,100", "--min-dwell", "5s", "--timeout", "120s"];
     let (code, out, err) = ramp_and_wait(http, sidecar.addr("listen"), args).await;
     assert_eq!(code, 2, "{out}\n{err}");
@@ -252,17 +257,8 @@ async fn ramp_start_wait_exits_non_zero_on_a_rollback() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_ci_workflow_records_the_deployment_and_gates_on_the_ramp() {
-    let up = checkout_upstream(Arc::new(|_| false)).await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("flags.yaml"), CHECKOUT).unwrap();
-    let control = start_control(dir.path(), "127.0.0.1:0", "127.0.0.1:0");
-    let (grpc, http) = (control.addr("grpc"), control.addr("http"));
-    let sidecar = start_sidecar(dir.path(), "a", up, grpc);
-    let admin = sidecar.addr("admin");
-    assert!(
-        eventually(Duration::from_secs(10), || async { get(&format!("http://{admin}/readyz"), &[]).await.0 == 200 })
-            .await
-    );
+    let (_control, sidecar, http) = control_and_sidecar(dir.path(), Arc::new(|_| false)).await;
 
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/ci/github-actions.yml")).unwrap();
     let workflow: serde_norway::Value = serde_norway::from_str(&text).unwrap();

@@ -78,8 +78,25 @@ fn actor_name(actor: Option<&Extension<Actor>>, headers: &HeaderMap) -> String {
     }
 }
 
-fn error(status: StatusCode, message: &str) -> Response {
+pub(crate) fn error(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(json!({"error": message}))).into_response()
+}
+
+/// Runs `work` (store access) on the blocking pool; its error, or a failed task, answers 500.
+pub(crate) async fn off_runtime<T, E>(work: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T, Response>
+where
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let failed = |e: &dyn std::fmt::Display| {
+        tracing::error!(error = %e, "a store call for the API failed");
+        error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+    };
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(failed(&e)),
+        Err(e) => Err(failed(&e)),
+    }
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
@@ -175,10 +192,9 @@ fn invalid(e: &rampart_flags::LoadError) -> Response {
 async fn stats(State(shared): State<Arc<Shared>>, Path(flag): Path<String>) -> Response {
     let shared2 = shared.clone();
     let flag2 = flag.clone();
-    let totals = match tokio::task::spawn_blocking(move || shared2.flag_totals(&flag2)).await {
-        Ok(Ok(totals)) => totals,
-        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    let totals = match off_runtime(move || shared2.flag_totals(&flag2)).await {
+        Ok(totals) => totals,
+        Err(answer) => return answer,
     };
     let mut variants = BTreeMap::new();
     for (variant, d) in totals {
@@ -290,10 +306,9 @@ async fn ramp_status(
         return error(StatusCode::NOT_FOUND, &format!("no ramp for flag \"{flag}\""));
     };
     let shared2 = shared.clone();
-    match tokio::task::spawn_blocking(move || engine::status(&shared2, &ramp, 50)).await {
-        Ok(Ok(status)) => axum::Json(status).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    match off_runtime(move || engine::status(&shared2, &ramp, 50)).await {
+        Ok(status) => axum::Json(status).into_response(),
+        Err(answer) => answer,
     }
 }
 
@@ -331,11 +346,9 @@ struct AuditQuery {
 async fn audit_trail(State(shared): State<Arc<Shared>>, Query(q): Query<AuditQuery>) -> Response {
     let limit = q.limit.unwrap_or(100).min(10_000);
     let shared2 = shared.clone();
-    let rows = tokio::task::spawn_blocking(move || shared2.store.audit(q.flag.as_deref(), limit)).await;
-    match rows {
-        Ok(Ok(rows)) => axum::Json(json!({ "audit": rows })).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    match off_runtime(move || shared2.store.audit(q.flag.as_deref(), limit)).await {
+        Ok(rows) => axum::Json(json!({ "audit": rows })).into_response(),
+        Err(answer) => answer,
     }
 }
 
@@ -375,16 +388,14 @@ async fn lifecycle(State(shared): State<Arc<Shared>>, Query(q): Query<LifecycleQ
         },
     };
     let shared2 = shared.clone();
-    let lives = tokio::task::spawn_blocking(move || crate::lifecycle::current(&shared2, now)).await;
-    match lives {
-        Ok(Ok(mut lives)) => {
+    match off_runtime(move || crate::lifecycle::current(&shared2, now)).await {
+        Ok(mut lives) => {
             if let Some(stage) = &q.stage {
                 lives.retain(|l| l.stage.as_str() == stage);
             }
             axum::Json(json!({"at_ms": now, "flags": lives})).into_response()
         }
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(answer) => answer,
     }
 }
 
@@ -425,21 +436,20 @@ async fn record_deployment(
         Ok(row) => row,
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
-    let shared2 = shared.clone();
     let to_store = row.clone();
-    match tokio::task::spawn_blocking(move || shared2.store.add_deployment(&to_store)).await {
-        Ok(Ok(id)) => {
+    let recorded = off_runtime(move || {
+        let id = shared.store.add_deployment(&to_store)?;
+        let detail = format!("{} at {} ({} flags)", to_store.service, to_store.commit, to_store.flags.len());
+        crate::audit::record(&shared, &actor, "deployment", None, None, detail)?;
+        Ok::<_, crate::store::StoreError>(id)
+    })
+    .await;
+    match recorded {
+        Ok(id) => {
             row.id = id;
-            let detail = format!("{} at {} ({} flags)", row.service, row.commit, row.flags.len());
-            let shared3 = shared.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                crate::audit::record(&shared3, &actor, "deployment", None, None, detail)
-            })
-            .await;
-            (StatusCode::CREATED, axum::Json(crate::deployments::to_json(&row))).into_response()
+            (StatusCode::CREATED, axum::Json(row)).into_response()
         }
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(answer) => answer,
     }
 }
 
@@ -457,13 +467,8 @@ async fn list_deployments(State(shared): State<Arc<Shared>>, Query(q): Query<Dep
     };
     let since = now_ms().saturating_sub(i64::try_from(span.as_millis()).unwrap_or(i64::MAX));
     let limit = q.limit.unwrap_or(100).min(10_000);
-    let shared2 = shared.clone();
-    match tokio::task::spawn_blocking(move || shared2.store.deployments(since, limit)).await {
-        Ok(Ok(rows)) => {
-            let list: Vec<Value> = rows.iter().map(crate::deployments::to_json).collect();
-            axum::Json(json!({ "deployments": list })).into_response()
-        }
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    match off_runtime(move || shared.store.deployments(since, limit)).await {
+        Ok(rows) => axum::Json(json!({ "deployments": rows })).into_response(),
+        Err(answer) => answer,
     }
 }

@@ -3,8 +3,6 @@
 //! for one of those flags within [`LINK_WINDOW_MS`] takes the commit, so lead time (commit → 100%)
 //! is measured without anyone typing it.
 
-use serde_json::Value;
-
 use crate::state::Shared;
 use crate::store::{DeploymentRow, StoreError};
 
@@ -70,11 +68,6 @@ pub(crate) fn parse(body: &[u8], actor: &str, now_ms: i64) -> Result<DeploymentR
 pub(crate) fn latest_for_flag(shared: &Shared, flag: &str, now_ms: i64) -> Result<Option<DeploymentRow>, StoreError> {
     let recent = shared.store.deployments(now_ms - LINK_WINDOW_MS, 1000)?;
     Ok(recent.into_iter().find(|d| d.flags.iter().any(|f| f == flag)))
-}
-
-/// A deployment as the API shows it.
-pub(crate) fn to_json(d: &DeploymentRow) -> Value {
-    serde_json::to_value(d).unwrap_or(Value::Null)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
+use crate::api::error;
 use crate::operators::Actor;
 use crate::ramp::model::Ramp;
 use crate::state::{Shared, lock, now_ms};
@@ -20,20 +21,12 @@ use crate::store::{DecisionRow, StoreError};
 /// a chart as wide as a screen, small enough to load at once.
 pub(crate) const SERIES_POINTS: u32 = 3000;
 
-fn error(status: StatusCode, message: &str) -> Response {
-    (status, axum::Json(json!({"error": message}))).into_response()
-}
-
 /// Runs `work` (store reads) on the blocking pool and answers its JSON (`null`: 404).
 async fn blocking(work: impl FnOnce() -> Result<Value, StoreError> + Send + 'static) -> Response {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(Ok(Value::Null)) => error(StatusCode::NOT_FOUND, "not found"),
-        Ok(Ok(v)) => axum::Json(v).into_response(),
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "console read failed");
-            error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
-        }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    match crate::api::off_runtime(work).await {
+        Ok(Value::Null) => error(StatusCode::NOT_FOUND, "not found"),
+        Ok(v) => axum::Json(v).into_response(),
+        Err(answer) => answer,
     }
 }
 
