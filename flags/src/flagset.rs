@@ -91,6 +91,11 @@ impl FlagSet {
         self.index.get(key).map(|&i| &self.flags[i])
     }
 
+    /// The position of flag `key` in [`FlagSet::flags`].
+    pub fn position(&self, key: &str) -> Option<usize> {
+        self.index.get(key).copied()
+    }
+
     /// All flags, in definition order.
     pub fn flags(&self) -> &[Flag] {
         &self.flags

@@ -229,3 +229,22 @@ impl std::fmt::Display for Escaped<'_> {
 fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
     Key::from_parts(name, labels.iter().map(|&(k, v)| Label::new(k, v.to_owned())).collect::<Vec<_>>())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_count_as_evaluated_when_a_request_or_a_query_evaluated_them_since_the_last_report() {
+        let m = Metrics::new();
+        let (request, query) = (m.evaluations("a", "on"), m.per_flag("rampart_flag_queries_total", "b"));
+        let _untouched = m.evaluations("c", "on");
+        assert!(m.evaluated_flags().is_empty());
+        request.increment(2);
+        query.increment(1);
+        assert_eq!(m.evaluated_flags(), ["a", "b"]);
+        assert!(m.evaluated_flags().is_empty(), "nothing since the last report");
+        query.increment(1);
+        assert_eq!(m.evaluated_flags(), ["b"]);
+    }
+}

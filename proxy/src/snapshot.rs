@@ -57,8 +57,8 @@ pub struct Snapshot {
     pub loaded_at: SystemTime,
     /// Signed assignments across hops, prepared for these flags (`[propagation]`).
     pub(crate) propagation: Option<Prepared>,
-    /// Per flag, the flag queries (gRPC, OFREP) that evaluated it.
-    pub(crate) queried: std::collections::HashMap<Box<str>, Counter>,
+    /// Per flag (by position in `flags`), the flag queries (gRPC, OFREP) that evaluated it.
+    pub(crate) queried: Vec<Counter>,
 }
 
 /// Why a snapshot could not be built from valid flags.
@@ -129,11 +129,8 @@ impl Snapshot {
                 slow_us: flag.ramp().and_then(|r| r.slow_us()).unwrap_or(NO_SLOW_THRESHOLD),
             });
         }
-        let queried = flags
-            .flags()
-            .iter()
-            .map(|f| (Box::from(f.key()), out.metrics.per_flag("rampart_flag_queries_total", f.key())))
-            .collect();
+        let queried =
+            flags.flags().iter().map(|f| out.metrics.per_flag("rampart_flag_queries_total", f.key())).collect();
         Ok(Snapshot {
             version,
             queried,
@@ -147,9 +144,9 @@ impl Snapshot {
 }
 
 impl Snapshot {
-    /// Counts a flag query's evaluation of `key`.
-    pub(crate) fn count_query(&self, key: &str) {
-        if let Some(c) = self.queried.get(key) {
+    /// Counts a flag query's evaluation of the flag at `position` in `flags`.
+    pub(crate) fn count_query(&self, position: usize) {
+        if let Some(c) = self.queried.get(position) {
             c.increment(1);
         }
     }

@@ -194,8 +194,12 @@ pub(crate) fn resolve<'s>(
     key: &str,
     query: &Query,
 ) -> Result<(&'s Flag, Resolution<'s>), QueryError> {
-    let flag = snapshot.flags.get(key).filter(|f| query.sees(&snapshot.flags, f)).ok_or(QueryError::NotFound)?;
-    snapshot.count_query(key);
+    let position = snapshot.flags.position(key).ok_or(QueryError::NotFound)?;
+    let flag = &snapshot.flags.flags()[position];
+    if !query.sees(&snapshot.flags, flag) {
+        return Err(QueryError::NotFound);
+    }
+    snapshot.count_query(position);
     let resolution = with_arena(|arena| {
         let ctx = Context::from_json(&query.ctx, arena).map_err(|_| QueryError::InvalidContext)?;
         Ok(flag.evaluate(&ctx, arena))
@@ -215,9 +219,10 @@ pub(crate) fn resolve_all<'s>(snapshot: &'s Snapshot, query: &Query) -> Result<V
         Ok(set
             .flags()
             .iter()
-            .filter(|f| query.sees(set, f))
-            .map(|f| {
-                snapshot.count_query(f.key());
+            .enumerate()
+            .filter(|(_, f)| query.sees(set, f))
+            .map(|(position, f)| {
+                snapshot.count_query(position);
                 (f, check(f.evaluate(&ctx, arena)))
             })
             .collect())
