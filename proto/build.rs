@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(protos, ["."])?;
     // The RPC is named `Connect`, which would clash with the generated `connect` constructor;
     // clients are built with `RampControlClient::new(channel)` instead.
-    tonic_prost_build::configure().build_transport(false).compile_fds(fds)?;
+    // A histogram's packed varints are read in place from the received buffer (`Bytes`, no copy).
+    tonic_prost_build::configure().build_transport(false).bytes(".rampart.v1.Histogram").compile_fds(fds)?;
     Ok(())
 }

@@ -7,7 +7,8 @@
 //! like the totals). Only series of defined flags and variants are kept, at most
 //! [`MAX_SERIES_PER_REPORT`] per report and [`MAX_SERIES`] in all; the rest are dropped and counted.
 //!
-//! What waits here is bounded (see [`Ingest`]): past it a stream sheds its report explicitly.
+//! What waits here is bounded (see [`Ingest`]): past it a stream waits for room, reading nothing
+//! more, so the sidecars hold and merge their next reports themselves.
 //!
 //! With replicas (a shared PostgreSQL store) the store checks that each sidecar's sequence is
 //! still the one this replica read; when another replica applied some of its reports meanwhile,
@@ -22,9 +23,10 @@ use rampart_flags::MAX_NAME_BYTES;
 use rampart_proto::convert;
 use rampart_proto::rampart::v1::{ControlMessage, StatsAck, StatsReport, control_message};
 use rampart_stats::{Delta, SparseHistogram, Split};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
 use crate::state::{Shared, lock, now_ms};
 use crate::store::{Batch, ProxyKey, SeqRow, StoreError, TotalRow, WindowRow};
 
@@ -85,7 +87,11 @@ pub(crate) struct Submission {
 }
 
 /// The way into ingest, bounded twice: in reports (the queue's length) and in bytes (the encoded
-/// size of the reports queued or being applied). A stream whose report does not fit sheds it.
+/// size of the reports queued or being applied). A report that does not fit waits for room, and
+/// its stream reads nothing more meanwhile: HTTP/2 flow control then holds the sidecar's next
+/// reports on its side, where unsent intervals merge (`proxy/src/reporter/pending.rs`). What the
+/// control plane holds stays bounded — the queue, one decoded report per waiting stream, and the
+/// streams' flow-control windows — and no report is decoded only to be dropped.
 #[derive(Debug, Clone)]
 pub(crate) struct Ingest {
     tx: mpsc::Sender<Submission>,
@@ -98,7 +104,7 @@ pub(crate) struct Ingest {
 /// Why a report was not taken.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Refused {
-    /// The queue or the byte budget is full: shed.
+    /// The stream has more reports unanswered than any sidecar sends: shed.
     Saturated,
     /// Ingest has stopped.
     Closed,
@@ -113,26 +119,43 @@ impl Ingest {
         (Ingest { tx, budget: Arc::new(Semaphore::new(kib as usize)), budget_kib: kib }, rx)
     }
 
-    /// Queues `report` (of `size` encoded bytes) without waiting.
-    pub(crate) fn submit(&self, origin: &Arc<Origin>, report: StatsReport, size: usize) -> Result<(), Refused> {
+    /// Queues `report` (of `size` encoded bytes), waiting for room when ingest is full (first
+    /// come, first served). Cancel-safe: dropped while waiting, it leaves nothing behind.
+    pub(crate) async fn submit(
+        &self,
+        origin: &Arc<Origin>,
+        report: StatsReport,
+        size: usize,
+        metrics: &Metrics,
+    ) -> Result<(), Refused> {
+        if origin.in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT_PER_STREAM {
+            return Err(Refused::Saturated);
+        }
         // A report larger than the whole budget may still go alone, taking all of it.
         let want = u32::try_from(size / 1024 + 1).unwrap_or(u32::MAX).min(self.budget_kib);
+        let mut waiting = None;
         let budget = match self.budget.clone().try_acquire_many_owned(want) {
             Ok(p) => p,
-            Err(tokio::sync::TryAcquireError::Closed) => return Err(Refused::Closed),
-            Err(tokio::sync::TryAcquireError::NoPermits) => return Err(Refused::Saturated),
-        };
-        origin.in_flight.fetch_add(1, Ordering::Relaxed);
-        match self.tx.try_send(Submission { origin: origin.clone(), report, _budget: budget }) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                origin.in_flight.fetch_sub(1, Ordering::Relaxed);
-                Err(match e {
-                    mpsc::error::TrySendError::Full(_) => Refused::Saturated,
-                    mpsc::error::TrySendError::Closed(_) => Refused::Closed,
-                })
+            Err(TryAcquireError::Closed) => return Err(Refused::Closed),
+            Err(TryAcquireError::NoPermits) => {
+                waiting = Some(metrics.wait_for_room());
+                self.budget.clone().acquire_many_owned(want).await.map_err(|_| Refused::Closed)?
             }
-        }
+        };
+        let slot = match self.tx.try_reserve() {
+            Ok(slot) => slot,
+            Err(mpsc::error::TrySendError::Closed(())) => return Err(Refused::Closed),
+            Err(mpsc::error::TrySendError::Full(())) => {
+                if waiting.is_none() {
+                    waiting = Some(metrics.wait_for_room());
+                }
+                self.tx.reserve().await.map_err(|_| Refused::Closed)?
+            }
+        };
+        drop(waiting);
+        origin.in_flight.fetch_add(1, Ordering::Relaxed);
+        slot.send(Submission { origin: origin.clone(), report, _budget: budget });
+        Ok(())
     }
 }
 
@@ -197,6 +220,8 @@ async fn decide_and_commit(shared: &Arc<Shared>, batch: &[Submission]) -> Result
     let mut evaluated: HashMap<&str, i64> = HashMap::new();
     let mut totals: Series<'_, Delta> = HashMap::new();
     let mut windows: Series<'_, (Split, SparseHistogram)> = HashMap::new();
+    // One histogram's pairs at a time, read off the wire.
+    let mut scratch = Vec::new();
     let current_flags = shared.flags.borrow().clone();
     let scopes = scopes(&current_flags.definition);
     let defined = defined_series(&current_flags.definition);
@@ -258,13 +283,13 @@ async fn decide_and_commit(shared: &Arc<Shared>, batch: &[Submission]) -> Result
                         totals.entry(series).or_insert(base)
                     }
                 };
-                // Checked above: cannot fail.
-                let _ = convert::merge_into(v, entry);
+                // Checked above: cannot fail. The histogram's pairs stay in `scratch` for its window.
+                let _ = convert::merge_into(v, entry, &mut scratch);
                 if let Some(split) = v.split.as_ref().map(Split::from).filter(|s| !s.is_empty()) {
                     let (arm, latency) = windows.entry(series).or_default();
                     arm.merge(&split);
-                    if let Some(h) = &v.latency_histogram {
-                        let _ = latency.merge_pairs(&h.buckets, &h.counts);
+                    if v.latency_histogram.is_some() {
+                        let _ = latency.merge_pairs(&scratch);
                     }
                 }
             }

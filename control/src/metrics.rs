@@ -29,9 +29,16 @@ pub(crate) struct Metrics {
     pub(crate) sequence_jumps: Counter,
     /// Sidecars that did not confirm a rollback's flags version within the deadline.
     pub(crate) unresponsive_sidecars: Counter,
-    /// Reports shed because ingest was full (each ends its stream with a pushback).
+    /// Reports shed: their stream had more unanswered than any sidecar sends (each ends its stream
+    /// with a pushback).
     reports_shed: Counter,
-    /// 1 while reports are being shed (one shed in the last second), else 0.
+    /// Reports that found ingest full and waited for room (their stream reading nothing meanwhile).
+    reports_waited: Counter,
+    /// Streams waiting for room in ingest now, and its gauge (set when rendered).
+    streams_waiting: Arc<AtomicI64>,
+    waiting: Gauge,
+    /// 1 while ingest is saturated (a stream waits for room, or one was shed in the last second),
+    /// else 0.
     saturated: Gauge,
     /// When the last report was shed, in ms since the epoch.
     last_shed_ms: Arc<AtomicI64>,
@@ -85,6 +92,9 @@ impl Metrics {
             streams_refused: counter("rampart_control_streams_refused_total"),
             sequence_jumps: counter("rampart_control_sequence_jumps_total"),
             reports_shed: counter("rampart_control_reports_shed_total"),
+            reports_waited: counter("rampart_control_reports_waited_total"),
+            streams_waiting: Arc::new(AtomicI64::new(0)),
+            waiting: recorder.register_gauge(&Key::from_name("rampart_control_streams_waiting_for_ingest"), &META),
             saturated: recorder.register_gauge(&Key::from_name("rampart_control_ingest_saturated"), &META),
             last_shed_ms: Arc::new(AtomicI64::new(i64::MIN)),
             ingest_queue: recorder.register_gauge(&Key::from_name("rampart_control_ingest_queue_reports"), &META),
@@ -154,9 +164,30 @@ impl Metrics {
         self.saturated.set(1.0);
     }
 
+    /// A report found ingest full: counted, and the control plane reads as saturated until the
+    /// returned guard is dropped (the report is queued, or its stream ended).
+    pub(crate) fn wait_for_room(&self) -> Waiting {
+        self.reports_waited.increment(1);
+        self.streams_waiting.fetch_add(1, Ordering::Relaxed);
+        self.saturated.set(1.0);
+        Waiting(self.streams_waiting.clone())
+    }
+
     pub(crate) fn render(&self) -> String {
         let recent = crate::state::now_ms().saturating_sub(self.last_shed_ms.load(Ordering::Relaxed)) < 1000;
-        self.saturated.set(if recent { 1.0 } else { 0.0 });
+        let waiting = self.streams_waiting.load(Ordering::Relaxed);
+        self.saturated.set(if recent || waiting > 0 { 1.0 } else { 0.0 });
+        self.waiting.set(waiting as f64);
         self.recorder.handle().render()
+    }
+}
+
+/// A stream waiting for room in ingest; see [`Metrics::wait_for_room`].
+#[derive(Debug)]
+pub(crate) struct Waiting(Arc<AtomicI64>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -1,10 +1,13 @@
 //! `rampart.v1.RampControl/Connect`: one bidirectional stream per sidecar. Hello → Welcome (last
 //! applied sequence) and the current flags; then reports are applied (acknowledged once durable)
 //! and every new flags version is pushed as soon as it exists. Reports are read as they come and
-//! handed to ingest without waiting for the previous one's answer; when ingest is full the report
-//! is shed: the stream ends with `RESOURCE_EXHAUSTED` and a pushback, and the sidecar, which keeps
-//! and merges what is unacknowledged, sends it again when it comes back.
+//! handed to ingest without waiting for the previous one's answer; when ingest is full the stream
+//! waits for room and reads nothing more meanwhile (flags are still pushed), so HTTP/2 flow control
+//! keeps the sidecar's next reports on its side, where they merge. A stream with more reports
+//! unanswered than any sidecar sends is shed: it ends with `RESOURCE_EXHAUSTED` and a pushback,
+//! and the sidecar, which keeps what is unacknowledged, sends it again when it comes back.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -186,6 +189,8 @@ impl RampControl for Service {
         });
         self.tasks.spawn(async move {
             let key = &origin.key;
+            // The report being handed to ingest; while it waits for room nothing more is read.
+            let mut submitting: Option<Pin<Box<dyn Future<Output = Result<(), Refused>> + Send>>> = None;
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => break,
@@ -196,25 +201,26 @@ impl RampControl for Service {
                         let f = flags.borrow_and_update().clone();
                         if tx.send(Ok(flags_message(&f))).await.is_err() { break; }
                     }
-                    msg = inbound.message() => match msg {
-                        Ok(Some(ProxyMessage { msg: Some(proxy_message::Msg::Report(report)) })) => {
-                            let refused = if origin.in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT_PER_STREAM {
-                                // More unanswered than any sidecar sends: shed like saturation.
-                                Err(Refused::Saturated)
-                            } else {
-                                let size = prost::Message::encoded_len(&report);
-                                ingest.submit(&origin, report, size)
-                            };
-                            match refused {
-                                Ok(()) => {}
-                                Err(Refused::Saturated) => {
-                                    shared.metrics.shed();
-                                    tracing::debug!(proxy = %key.0, "ingest saturated: report shed, stream ended");
-                                    let _ = tx.send(Err(shed_status())).await;
-                                    break;
-                                }
-                                Err(Refused::Closed) => break,
+                    submitted = async { submitting.as_mut().expect("guarded").await }, if submitting.is_some() => {
+                        submitting = None;
+                        match submitted {
+                            Ok(()) => {}
+                            Err(Refused::Saturated) => {
+                                shared.metrics.shed();
+                                tracing::debug!(proxy = %key.0, "more reports unanswered than a sidecar sends: shed, stream ended");
+                                let _ = tx.send(Err(shed_status())).await;
+                                break;
                             }
+                            Err(Refused::Closed) => break,
+                        }
+                    }
+                    msg = inbound.message(), if submitting.is_none() => match msg {
+                        Ok(Some(ProxyMessage { msg: Some(proxy_message::Msg::Report(report)) })) => {
+                            let size = prost::Message::encoded_len(&report);
+                            let (ingest, origin, shared) = (ingest.clone(), origin.clone(), shared.clone());
+                            submitting = Some(Box::pin(async move {
+                                ingest.submit(&origin, report, size, &shared.metrics).await
+                            }));
                         }
                         Ok(Some(ProxyMessage { msg: Some(proxy_message::Msg::FlagsApplied(applied)) })) => {
                             if let Some(p) = lock(&shared.proxies).get_mut(&key.0).filter(|p| p.stream == stream_id) {

@@ -1,6 +1,6 @@
 //! Conversions between the wire messages and `rampart-stats` values.
 
-use rampart_stats::{BucketOutOfRange, Delta, SparseHistogram, Split};
+use rampart_stats::{BucketOutOfRange, Delta, NUM_BUCKETS, SparseHistogram, Split};
 
 use crate::rampart::v1::{Histogram, SplitStats, VariantStats};
 
@@ -12,6 +12,8 @@ pub enum InvalidStats {
     Lengths { buckets: usize, counts: usize },
     #[error(transparent)]
     Bucket(#[from] BucketOutOfRange),
+    #[error("histogram {field} is not a run of varints")]
+    Encoding { field: &'static str },
 }
 
 impl From<&Split> for SplitStats {
@@ -44,19 +46,89 @@ impl From<&SplitStats> for Split {
 
 impl From<&SparseHistogram> for Histogram {
     fn from(h: &SparseHistogram) -> Self {
-        let (buckets, counts) = h.iter().unzip();
-        Histogram { buckets, counts }
+        // Indices below 1 984 take two bytes at most; most counts one or two.
+        let n = h.iter().len();
+        let (mut buckets, mut counts) = (Vec::with_capacity(2 * n), Vec::with_capacity(2 * n));
+        for (index, count) in h.iter() {
+            prost::encoding::encode_varint(u64::from(index), &mut buckets);
+            prost::encoding::encode_varint(count, &mut counts);
+        }
+        Histogram { buckets: buckets.into(), counts: counts.into() }
     }
+}
+
+/// The wire form of raw index and count lists, valid or not (the lists' lengths may differ): for
+/// tests, and for peers that hold their histograms that way.
+pub fn histogram_of_lists(buckets: &[u32], counts: &[u64]) -> Histogram {
+    let mut b = Vec::with_capacity(2 * buckets.len());
+    let mut c = Vec::with_capacity(2 * counts.len());
+    buckets.iter().for_each(|&i| prost::encoding::encode_varint(u64::from(i), &mut b));
+    counts.iter().for_each(|&n| prost::encoding::encode_varint(n, &mut c));
+    Histogram { buckets: b.into(), counts: c.into() }
 }
 
 impl TryFrom<&Histogram> for SparseHistogram {
     type Error = InvalidStats;
 
     fn try_from(h: &Histogram) -> Result<Self, InvalidStats> {
-        if h.buckets.len() != h.counts.len() {
-            return Err(InvalidStats::Lengths { buckets: h.buckets.len(), counts: h.counts.len() });
+        check_histogram(h)?;
+        Ok(SparseHistogram::from_pairs(pairs(h))?)
+    }
+}
+
+/// Checks a wire histogram: both fields runs of whole varints, as many counts as indices, every
+/// index inside the layout. Returns the number of pairs.
+///
+/// # Errors
+///
+/// What is wrong, first found first.
+pub fn check_histogram(h: &Histogram) -> Result<usize, InvalidStats> {
+    let mut buckets = &h.buckets[..];
+    let mut n = 0usize;
+    while !buckets.is_empty() {
+        let index =
+            prost::encoding::decode_varint(&mut buckets).map_err(|_| InvalidStats::Encoding { field: "buckets" })?;
+        if index >= NUM_BUCKETS as u64 {
+            return Err(BucketOutOfRange { index: u32::try_from(index).unwrap_or(u32::MAX) }.into());
         }
-        Ok(SparseHistogram::from_pairs(h.buckets.iter().copied().zip(h.counts.iter().copied()))?)
+        n += 1;
+    }
+    let mut counts = &h.counts[..];
+    let mut m = 0usize;
+    while !counts.is_empty() {
+        prost::encoding::decode_varint(&mut counts).map_err(|_| InvalidStats::Encoding { field: "counts" })?;
+        m += 1;
+    }
+    if n != m {
+        return Err(InvalidStats::Lengths { buckets: n, counts: m });
+    }
+    Ok(n)
+}
+
+/// The `(bucket index, count)` pairs of a wire histogram, read in place (no allocation). Meant for
+/// a histogram [`check_histogram`] accepted: on a malformed one it stops at the first fault.
+pub fn pairs(h: &Histogram) -> Pairs<'_> {
+    Pairs { buckets: &h.buckets, counts: &h.counts }
+}
+
+/// See [`pairs`].
+#[derive(Debug, Clone)]
+pub struct Pairs<'a> {
+    buckets: &'a [u8],
+    counts: &'a [u8],
+}
+
+impl Iterator for Pairs<'_> {
+    type Item = (u32, u64);
+
+    #[inline]
+    fn next(&mut self) -> Option<(u32, u64)> {
+        if self.buckets.is_empty() || self.counts.is_empty() {
+            return None;
+        }
+        let index = prost::encoding::decode_varint(&mut self.buckets).ok()?;
+        let count = prost::encoding::decode_varint(&mut self.counts).ok()?;
+        Some((u32::try_from(index).ok()?, count))
     }
 }
 
@@ -92,30 +164,28 @@ pub fn delta(v: &VariantStats) -> Result<Delta, InvalidStats> {
 ///
 /// The same as [`delta`].
 pub fn check(v: &VariantStats) -> Result<(), InvalidStats> {
-    if let Some(h) = &v.latency_histogram {
-        if h.buckets.len() != h.counts.len() {
-            return Err(InvalidStats::Lengths { buckets: h.buckets.len(), counts: h.counts.len() });
-        }
-        if let Some(&index) = h.buckets.iter().find(|&&i| i as usize >= rampart_stats::NUM_BUCKETS) {
-            return Err(BucketOutOfRange { index }.into());
-        }
+    match &v.latency_histogram {
+        Some(h) => check_histogram(h).map(drop),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Adds the delta carried by `v` into `into`, as `into.merge(&delta(v)?)` does, without building
-/// the delta (no histogram allocated per series): how the control plane applies reports.
+/// the delta: how the control plane applies reports. `scratch` holds the histogram's pairs while
+/// they are merged (cleared first; reused across calls, so nothing is allocated per series).
 ///
 /// # Errors
 ///
 /// The same as [`delta`]; `into` is then unchanged.
-pub fn merge_into(v: &VariantStats, into: &mut Delta) -> Result<(), InvalidStats> {
+pub fn merge_into(v: &VariantStats, into: &mut Delta, scratch: &mut Vec<(u32, u64)>) -> Result<(), InvalidStats> {
     check(v)?;
     into.requests = into.requests.saturating_add(v.requests);
     into.errors = into.errors.saturating_add(v.errors);
     into.timeouts = into.timeouts.saturating_add(v.timeouts);
     if let Some(h) = &v.latency_histogram {
-        into.latency.merge_pairs(&h.buckets, &h.counts)?;
+        scratch.clear();
+        scratch.extend(pairs(h));
+        into.latency.merge_pairs(scratch)?;
     }
     if let Some(split) = &v.split {
         into.split.merge(&Split::from(split));
@@ -137,18 +207,43 @@ mod tests {
         assert_eq!(wire.split.as_ref().map(|s| (s.units, s.failing_units)), Some((5, 2)));
         assert_eq!(delta(&wire).unwrap(), d);
         let mut into = d.clone();
-        merge_into(&wire, &mut into).unwrap();
+        let mut scratch = Vec::new();
+        merge_into(&wire, &mut into, &mut scratch).unwrap();
         let mut twice = d.clone();
         twice.merge(&d);
         assert_eq!(into, twice, "merging the wire form is merging its delta");
+        let pairs: Vec<(u32, u64)> = d.latency.iter().collect();
+        let (buckets, counts): (Vec<u32>, Vec<u64>) = pairs.iter().copied().unzip();
         let mut bad = wire;
-        bad.latency_histogram.as_mut().unwrap().counts.pop();
-        assert!(matches!(delta(&bad), Err(InvalidStats::Lengths { .. })));
-        assert!(matches!(merge_into(&bad, &mut into), Err(InvalidStats::Lengths { .. })));
+        bad.latency_histogram = Some(histogram_of_lists(&buckets, &counts[..1]));
+        assert!(matches!(delta(&bad), Err(InvalidStats::Lengths { buckets: 2, counts: 1 })));
+        assert!(matches!(merge_into(&bad, &mut into, &mut scratch), Err(InvalidStats::Lengths { .. })));
         assert_eq!(into, twice, "unchanged by what it refused");
-        bad.latency_histogram.as_mut().unwrap().counts.push(1);
-        bad.latency_histogram.as_mut().unwrap().buckets[0] = u32::MAX;
-        assert!(matches!(check(&bad), Err(InvalidStats::Bucket(_))));
+        bad.latency_histogram = Some(histogram_of_lists(&[u32::MAX, buckets[1]], &counts));
+        assert!(matches!(check(&bad), Err(InvalidStats::Bucket(BucketOutOfRange { index: u32::MAX }))));
+        // A varint cut short.
+        let truncated = Histogram::from(&SparseHistogram::from_pairs([(5, 300)]).unwrap());
+        bad.latency_histogram = Some(Histogram { buckets: truncated.buckets, counts: truncated.counts.slice(..1) });
+        assert!(matches!(check(&bad), Err(InvalidStats::Encoding { field: "counts" })));
+    }
+
+    #[test]
+    fn the_wire_form_is_the_packed_repeated_fields() {
+        // What an encoder of `repeated uint32 buckets = 1; repeated uint64 counts = 2;` writes.
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct Packed {
+            #[prost(uint32, repeated, tag = "1")]
+            buckets: Vec<u32>,
+            #[prost(uint64, repeated, tag = "2")]
+            counts: Vec<u64>,
+        }
+        use prost::Message as _;
+        let h = SparseHistogram::from_pairs([(3, 1), (200, 70_000), (1983, u64::MAX)]).unwrap();
+        let packed = Packed { buckets: vec![3, 200, 1983], counts: vec![1, 70_000, u64::MAX] };
+        assert_eq!(Histogram::from(&h).encode_to_vec(), packed.encode_to_vec());
+        let read = Histogram::decode(&packed.encode_to_vec()[..]).unwrap();
+        assert_eq!(SparseHistogram::try_from(&read).unwrap(), h);
+        assert_eq!(pairs(&read).collect::<Vec<_>>(), [(3, 1), (200, 70_000), (1983, u64::MAX)]);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use proptest::collection::vec;
 use proptest::prelude::*;
 use prost::Message as _;
-use rampart_proto::convert::{InvalidStats, delta};
+use rampart_proto::convert::{InvalidStats, delta, histogram_of_lists};
 use rampart_proto::rampart::v1::{Histogram, ProxyMessage, SplitStats, StatsReport, VariantStats, proxy_message};
 use rampart_stats::NUM_BUCKETS;
 
@@ -20,10 +20,10 @@ fn convert_all(report: &StatsReport) -> Result<(), TestCaseError> {
                 prop_assert_eq!(d.latency.count(), counts);
             }
             Err(InvalidStats::Lengths { buckets, counts }) => {
-                let h = v.latency_histogram.as_ref().expect("a length mismatch needs a histogram");
-                prop_assert_eq!((buckets, counts), (h.buckets.len(), h.counts.len()));
+                prop_assert!(v.latency_histogram.is_some(), "a length mismatch needs a histogram");
+                prop_assert_ne!(buckets, counts);
             }
-            Err(InvalidStats::Bucket(_)) => {}
+            Err(InvalidStats::Bucket(_) | InvalidStats::Encoding { .. }) => {}
         }
     }
     Ok(())
@@ -42,10 +42,13 @@ fn count() -> impl Strategy<Value = u64> {
 fn histogram() -> impl Strategy<Value = Histogram> {
     prop_oneof![
         4 => vec((bucket(), count()), 0..24).prop_map(|pairs| {
-            let (buckets, counts) = pairs.into_iter().unzip();
-            Histogram { buckets, counts }
+            let (buckets, counts): (Vec<u32>, Vec<u64>) = pairs.into_iter().unzip();
+            histogram_of_lists(&buckets, &counts)
         }),
-        1 => (vec(bucket(), 0..8), vec(count(), 0..8)).prop_map(|(buckets, counts)| Histogram { buckets, counts }),
+        1 => (vec(bucket(), 0..8), vec(count(), 0..8)).prop_map(|(buckets, counts)| histogram_of_lists(&buckets, &counts)),
+        // Not runs of whole varints, or runs of other lengths.
+        1 => (vec(any::<u8>(), 0..24), vec(any::<u8>(), 0..24))
+            .prop_map(|(buckets, counts)| Histogram { buckets: buckets.into(), counts: counts.into() }),
     ]
 }
 
@@ -140,7 +143,7 @@ fn attack_reports_decode_cleanly() {
         requests: u64::MAX,
         errors: u64::MAX,
         timeouts: u64::MAX,
-        latency_histogram: Some(Histogram { buckets: vec![u32::MAX, 0], counts: vec![u64::MAX, u64::MAX] }),
+        latency_histogram: Some(histogram_of_lists(&[u32::MAX, 0], &[u64::MAX, u64::MAX])),
         split: Some(SplitStats { requests: u64::MAX, units: u64::MAX, ..SplitStats::default() }),
     };
     let report = StatsReport {
@@ -158,7 +161,7 @@ fn attack_reports_decode_cleanly() {
 
     let mut in_range = decoded.stats[0].clone();
     in_range.latency_histogram =
-        Some(Histogram { buckets: vec![0, NUM_BUCKETS as u32 - 1, 0], counts: vec![u64::MAX, u64::MAX, u64::MAX] });
+        Some(histogram_of_lists(&[0, NUM_BUCKETS as u32 - 1, 0], &[u64::MAX, u64::MAX, u64::MAX]));
     let d = delta(&in_range).expect("in-range buckets convert");
     assert_eq!(d.latency.count(), u64::MAX, "counts saturate instead of overflowing");
 

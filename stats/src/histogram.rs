@@ -224,7 +224,7 @@ impl SparseHistogram {
         merge_sorted(&mut self.buckets, other.buckets.len(), |j| other.buckets[j]);
     }
 
-    /// Adds the wire form's `(buckets[i], counts[i])` pairs into `self` without building a
+    /// Adds `(bucket index, count)` pairs, as read off the wire, into `self` without building a
     /// histogram of them first: the control plane merges every report this way. Indices in
     /// increasing order (as every sidecar sends them) merge in place; any other order is sorted
     /// first. Zero counts are skipped.
@@ -232,17 +232,14 @@ impl SparseHistogram {
     /// # Errors
     ///
     /// [`BucketOutOfRange`] if an index is not below [`NUM_BUCKETS`]; `self` is then unchanged.
-    /// The slices must have the same length (the caller checks it; extra entries are ignored).
-    pub fn merge_pairs(&mut self, buckets: &[u32], counts: &[u64]) -> Result<(), BucketOutOfRange> {
-        let n = buckets.len().min(counts.len());
-        let (buckets, counts) = (&buckets[..n], &counts[..n]);
-        if let Some(&index) = buckets.iter().find(|&&i| i as usize >= NUM_BUCKETS) {
+    pub fn merge_pairs(&mut self, pairs: &[(u32, u64)]) -> Result<(), BucketOutOfRange> {
+        if let Some(&(index, _)) = pairs.iter().find(|&&(i, _)| i as usize >= NUM_BUCKETS) {
             return Err(BucketOutOfRange { index });
         }
-        if buckets.is_sorted_by(|a, b| a < b) {
-            merge_sorted(&mut self.buckets, n, |j| (buckets[j], counts[j]));
+        if pairs.is_sorted_by(|a, b| a.0 < b.0) {
+            merge_sorted(&mut self.buckets, pairs.len(), |j| pairs[j]);
         } else {
-            self.merge(&SparseHistogram::from_pairs(buckets.iter().copied().zip(counts.iter().copied()))?);
+            self.merge(&SparseHistogram::from_pairs(pairs.iter().copied())?);
         }
         Ok(())
     }

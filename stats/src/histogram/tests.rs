@@ -273,8 +273,7 @@ proptest! {
         pairs in prop::collection::vec((0u32..NUM_BUCKETS as u32, 0u64..5), 0..100),
     ) {
         let mut merged = histogram_of(&a);
-        let (buckets, counts): (Vec<u32>, Vec<u64>) = pairs.iter().copied().unzip();
-        merged.merge_pairs(&buckets, &counts).unwrap();
+        merged.merge_pairs(&pairs).unwrap();
         let mut expected = histogram_of(&a);
         expected.merge(&SparseHistogram::from_pairs(pairs.iter().copied()).unwrap());
         prop_assert_eq!(&merged, &expected);
@@ -285,9 +284,8 @@ proptest! {
         let mut sorted: Vec<(u32, u64)> = pairs;
         sorted.sort_unstable_by_key(|p| p.0);
         sorted.dedup_by_key(|p| p.0);
-        let (buckets, counts): (Vec<u32>, Vec<u64>) = sorted.iter().copied().unzip();
         let mut in_place = histogram_of(&a);
-        in_place.merge_pairs(&buckets, &counts).unwrap();
+        in_place.merge_pairs(&sorted).unwrap();
         let mut expected = histogram_of(&a);
         expected.merge(&SparseHistogram::from_pairs(sorted.iter().copied()).unwrap());
         prop_assert_eq!(&in_place, &expected);
