@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use rampart_flags::MAX_NAME_BYTES;
 use rampart_proto::convert;
 use rampart_proto::rampart::v1::{ControlMessage, StatsAck, StatsReport, control_message};
-use rampart_stats::{Delta, SparseHistogram, Split};
+use rampart_stats::{Delta, DenseHistogram, SparseHistogram, Split};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -162,25 +162,68 @@ impl Ingest {
 /// Runs until every sender is gone.
 pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Submission>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut pool = DensePool::default();
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        if batch.len() < SMALL_BATCH {
+            // Let the streams whose reports have arrived hand them in first (a yield lets the
+            // runtime poll the sockets): a batch's commit costs much the same for one report or
+            // a hundred.
+            tokio::task::yield_now().await;
+            while batch.len() < MAX_BATCH
+                && let Ok(s) = rx.try_recv()
+            {
+                batch.push(s);
+            }
+        }
         shared.metrics.ingest_queue.set(rx.len() as f64);
-        apply(&shared, std::mem::take(&mut batch)).await;
+        apply(&shared, std::mem::take(&mut batch), &mut pool).await;
         // The ingest histograms are recorded here, so their upkeep is done here too.
         shared.metrics.upkeep();
+    }
+}
+
+/// Below this many reports, a batch waits one yield for more.
+const SMALL_BATCH: usize = 32;
+
+/// Dense histograms kept between batches: one per series a batch touches (twice for a ramp's),
+/// allocated once.
+#[derive(Debug, Default)]
+struct DensePool(Vec<DenseHistogram>);
+
+impl DensePool {
+    /// Most kept between batches (15.5 KiB each).
+    const KEEP: usize = 512;
+
+    fn take(&mut self) -> DenseHistogram {
+        self.0.pop().unwrap_or_default()
+    }
+
+    fn give(&mut self, h: DenseHistogram) {
+        if self.0.len() < Self::KEEP {
+            self.0.push(h);
+        }
     }
 }
 
 /// Per (flag, variant) named by the batch's reports, borrowed from them.
 type Series<'a, T> = HashMap<(&'a str, &'a str), T>;
 
-async fn apply(shared: &Arc<Shared>, batch: Vec<Submission>) {
-    let outcomes = match decide_and_commit(shared, &batch).await {
+/// One series' sum over a batch: its total so far plus the batch's counts, the batch's latency
+/// pairs summed densely and merged into the total once.
+#[derive(Debug)]
+struct Sum {
+    total: Delta,
+    latency: DenseHistogram,
+}
+
+async fn apply(shared: &Arc<Shared>, batch: Vec<Submission>, pool: &mut DensePool) {
+    let outcomes = match decide_and_commit(shared, &batch, pool).await {
         Ok(outcomes) => outcomes,
         Err(Stale) => {
             // A sidecar's reports were applied at another replica since this one read its
             // sequence: reread the batch's sequences and decide again.
             refresh_seqs(shared, &batch).await;
-            decide_and_commit(shared, &batch).await.unwrap_or_else(|Stale| {
+            decide_and_commit(shared, &batch, pool).await.unwrap_or_else(|Stale| {
                 shared.metrics.commit_failures.increment(1);
                 vec![Outcome::Failed; batch.len()]
             })
@@ -210,7 +253,11 @@ async fn refresh_seqs(shared: &Arc<Shared>, batch: &[Submission]) {
 
 /// Decides what becomes of each report and commits the applied ones; `Err(Stale)` when the store
 /// refused the batch for a stale sequence (nothing was written).
-async fn decide_and_commit(shared: &Arc<Shared>, batch: &[Submission]) -> Result<Vec<Outcome>, Stale> {
+async fn decide_and_commit(
+    shared: &Arc<Shared>,
+    batch: &[Submission],
+    pool: &mut DensePool,
+) -> Result<Vec<Outcome>, Stale> {
     let mut outcomes = Vec::with_capacity(batch.len());
     // Borrowed from the batch: no name is copied per report, only once per series per batch.
     let mut seqs: HashMap<&ProxyKey, (u64, &Arc<Origin>)> = HashMap::new();
@@ -218,10 +265,11 @@ async fn decide_and_commit(shared: &Arc<Shared>, batch: &[Submission]) -> Result
     let mut priors: HashMap<&ProxyKey, u64> = HashMap::new();
     // When the batch's reports last saw each flag evaluated.
     let mut evaluated: HashMap<&str, i64> = HashMap::new();
-    let mut totals: Series<'_, Delta> = HashMap::new();
-    let mut windows: Series<'_, (Split, SparseHistogram)> = HashMap::new();
-    // One histogram's pairs at a time, read off the wire.
-    let mut scratch = Vec::new();
+    let mut totals: Series<'_, Sum> = HashMap::new();
+    let mut windows: Series<'_, (Split, DenseHistogram)> = HashMap::new();
+    // One report's latency pairs, read off the wire once, and each series' range of them.
+    let mut pairs: Vec<(u32, u64)> = Vec::new();
+    let mut spans: Vec<std::ops::Range<usize>> = Vec::new();
     let current_flags = shared.flags.borrow().clone();
     let scopes = scopes(&current_flags.definition);
     let defined = defined_series(&current_flags.definition);
@@ -241,7 +289,15 @@ async fn decide_and_commit(shared: &Arc<Shared>, batch: &[Submission]) -> Result
                 outcomes.push(Outcome::Jump { expected: last + 1 });
                 continue;
             }
-            if s.report.stats.iter().any(|v| convert::check(v).is_err()) {
+            pairs.clear();
+            spans.clear();
+            let valid = s.report.stats.iter().all(|v| {
+                let start = pairs.len();
+                let read = v.latency_histogram.as_ref().map_or(Ok(()), |h| convert::read_pairs(h, &mut pairs));
+                spans.push(start..pairs.len());
+                read.is_ok()
+            });
+            if !valid {
                 tracing::warn!(proxy = %key.0, seq = s.report.seq, "invalid stats report dropped");
                 outcomes.push(Outcome::Invalid);
                 continue;
@@ -264,12 +320,12 @@ async fn decide_and_commit(shared: &Arc<Shared>, batch: &[Submission]) -> Result
                     continue;
                 }
                 let series = (v.flag.as_str(), v.variant.as_str());
-                let entry = match totals.get_mut(&series) {
-                    Some(entry) => entry,
+                let sum = match totals.get_mut(&series) {
+                    Some(sum) => sum,
                     None => {
                         // First time in this batch: start from the totals so far.
                         let owned = (v.flag.clone(), v.variant.clone());
-                        let base = match current.get(&owned) {
+                        let total = match current.get(&owned) {
                             Some(t) => t.clone(),
                             None if current.len() + new_series >= MAX_SERIES => {
                                 shared.metrics.series_refused.increment(1);
@@ -280,16 +336,23 @@ async fn decide_and_commit(shared: &Arc<Shared>, batch: &[Submission]) -> Result
                                 Delta::default()
                             }
                         };
-                        totals.entry(series).or_insert(base)
+                        totals.entry(series).or_insert(Sum { total, latency: pool.take() })
                     }
                 };
-                // Checked above: cannot fail. The histogram's pairs stay in `scratch` for its window.
-                let _ = convert::merge_into(v, entry, &mut scratch);
+                sum.total.requests = sum.total.requests.saturating_add(v.requests);
+                sum.total.errors = sum.total.errors.saturating_add(v.errors);
+                sum.total.timeouts = sum.total.timeouts.saturating_add(v.timeouts);
+                let latency = &pairs[spans[i].clone()];
+                // Read above: every index is in range.
+                for &(index, count) in latency {
+                    let _ = sum.latency.add(index, count);
+                }
                 if let Some(split) = v.split.as_ref().map(Split::from).filter(|s| !s.is_empty()) {
-                    let (arm, latency) = windows.entry(series).or_default();
+                    sum.total.split.merge(&split);
+                    let (arm, window) = windows.entry(series).or_insert_with(|| (Split::default(), pool.take()));
                     arm.merge(&split);
-                    if v.latency_histogram.is_some() {
-                        let _ = latency.merge_pairs(&scratch);
+                    for &(index, count) in latency {
+                        let _ = window.add(index, count);
                     }
                 }
             }
@@ -306,18 +369,34 @@ async fn decide_and_commit(shared: &Arc<Shared>, batch: &[Submission]) -> Result
             outcomes.push(Outcome::Applied);
         }
     }
+    // The batch's latency sums go into the totals, once per series; the dense sums go back.
+    let totals: Vec<((String, String), Delta)> = totals
+        .into_iter()
+        .map(|((f, v), mut sum)| {
+            sum.latency.drain_into(&mut sum.total.latency);
+            pool.give(sum.latency);
+            ((f.to_owned(), v.to_owned()), sum.total)
+        })
+        .collect();
+    let windows: Vec<((String, String), (Split, SparseHistogram))> = windows
+        .into_iter()
+        .map(|((f, v), (arm, mut dense))| {
+            let mut latency = SparseHistogram::new();
+            dense.drain_into(&mut latency);
+            pool.give(dense);
+            ((f.to_owned(), v.to_owned()), (arm, latency))
+        })
+        .collect();
     if seqs.is_empty() {
         return Ok(outcomes);
     }
     let usage = usage_to_write(shared, &evaluated);
     let replicated = shared.replicas.is_some();
     let store = shared.store.clone();
-    let rows_totals: Vec<((String, String), Delta)> =
-        totals.into_iter().map(|((f, v), d)| ((f.to_owned(), v.to_owned()), d)).collect();
+    let rows_totals = totals;
     let rows_seqs: Vec<(Arc<Origin>, u64, u64)> =
         seqs.iter().map(|(key, &(seq, o))| (o.clone(), priors.get(key).copied().unwrap_or(0), seq)).collect();
-    let rows_windows: Vec<((String, String), (Split, SparseHistogram))> =
-        windows.into_iter().map(|((f, v), w)| ((f.to_owned(), v.to_owned()), w)).collect();
+    let rows_windows = windows;
     let committed = tokio::task::spawn_blocking(move || {
         let batch = Batch {
             totals: rows_totals.iter().map(|((flag, variant), totals)| TotalRow { flag, variant, totals }).collect(),

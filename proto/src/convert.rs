@@ -71,65 +71,54 @@ impl TryFrom<&Histogram> for SparseHistogram {
     type Error = InvalidStats;
 
     fn try_from(h: &Histogram) -> Result<Self, InvalidStats> {
-        check_histogram(h)?;
-        Ok(SparseHistogram::from_pairs(pairs(h))?)
+        let mut pairs = Vec::new();
+        read_pairs(h, &mut pairs)?;
+        Ok(SparseHistogram::from_pairs(pairs)?)
     }
 }
 
-/// Checks a wire histogram: both fields runs of whole varints, as many counts as indices, every
-/// index inside the layout. Returns the number of pairs.
+/// Appends the `(bucket index, count)` pairs of a wire histogram to `into`, reading both fields
+/// once, in place: how the control plane takes every report's histograms.
 ///
 /// # Errors
 ///
-/// What is wrong, first found first.
-pub fn check_histogram(h: &Histogram) -> Result<usize, InvalidStats> {
-    let mut buckets = &h.buckets[..];
+/// Either field is not a run of whole varints, the two runs differ in length, or an index lies
+/// outside the layout; `into` is then as it was.
+pub fn read_pairs(h: &Histogram, into: &mut Vec<(u32, u64)>) -> Result<(), InvalidStats> {
+    let start = into.len();
+    let result = read_pairs_unchecked(h, into);
+    if result.is_err() {
+        into.truncate(start);
+    }
+    result
+}
+
+fn read_pairs_unchecked(h: &Histogram, into: &mut Vec<(u32, u64)>) -> Result<(), InvalidStats> {
+    let varint =
+        |buf: &mut &[u8], field| prost::encoding::decode_varint(buf).map_err(|_| InvalidStats::Encoding { field });
+    let (mut buckets, mut counts) = (&h.buckets[..], &h.counts[..]);
     let mut n = 0usize;
-    while !buckets.is_empty() {
-        let index =
-            prost::encoding::decode_varint(&mut buckets).map_err(|_| InvalidStats::Encoding { field: "buckets" })?;
-        if index >= NUM_BUCKETS as u64 {
-            return Err(BucketOutOfRange { index: u32::try_from(index).unwrap_or(u32::MAX) }.into());
+    while !buckets.is_empty() && !counts.is_empty() {
+        let index = varint(&mut buckets, "buckets")?;
+        let count = varint(&mut counts, "counts")?;
+        match u32::try_from(index) {
+            Ok(index) if (index as usize) < NUM_BUCKETS => into.push((index, count)),
+            _ => return Err(BucketOutOfRange { index: u32::try_from(index).unwrap_or(u32::MAX) }.into()),
         }
         n += 1;
     }
-    let mut counts = &h.counts[..];
-    let mut m = 0usize;
-    while !counts.is_empty() {
-        prost::encoding::decode_varint(&mut counts).map_err(|_| InvalidStats::Encoding { field: "counts" })?;
-        m += 1;
+    if buckets.is_empty() && counts.is_empty() {
+        return Ok(());
     }
-    if n != m {
-        return Err(InvalidStats::Lengths { buckets: n, counts: m });
+    // One run is longer: say by how much, if it is well formed at all.
+    let (mut rest, field) = if buckets.is_empty() { (counts, "counts") } else { (buckets, "buckets") };
+    let mut more = 0usize;
+    while !rest.is_empty() {
+        varint(&mut rest, field)?;
+        more += 1;
     }
-    Ok(n)
-}
-
-/// The `(bucket index, count)` pairs of a wire histogram, read in place (no allocation). Meant for
-/// a histogram [`check_histogram`] accepted: on a malformed one it stops at the first fault.
-pub fn pairs(h: &Histogram) -> Pairs<'_> {
-    Pairs { buckets: &h.buckets, counts: &h.counts }
-}
-
-/// See [`pairs`].
-#[derive(Debug, Clone)]
-pub struct Pairs<'a> {
-    buckets: &'a [u8],
-    counts: &'a [u8],
-}
-
-impl Iterator for Pairs<'_> {
-    type Item = (u32, u64);
-
-    #[inline]
-    fn next(&mut self) -> Option<(u32, u64)> {
-        if self.buckets.is_empty() || self.counts.is_empty() {
-            return None;
-        }
-        let index = prost::encoding::decode_varint(&mut self.buckets).ok()?;
-        let count = prost::encoding::decode_varint(&mut self.counts).ok()?;
-        Some((u32::try_from(index).ok()?, count))
-    }
+    let (buckets, counts) = if field == "buckets" { (n + more, n) } else { (n, n + more) };
+    Err(InvalidStats::Lengths { buckets, counts })
 }
 
 /// The wire form of one series' delta (`split` left out when all its counts are zero).
@@ -158,41 +147,6 @@ pub fn delta(v: &VariantStats) -> Result<Delta, InvalidStats> {
     Ok(Delta { requests: v.requests, errors: v.errors, timeouts: v.timeouts, latency, split })
 }
 
-/// Whether [`merge_into`] can take `v` whole: its histogram is well formed.
-///
-/// # Errors
-///
-/// The same as [`delta`].
-pub fn check(v: &VariantStats) -> Result<(), InvalidStats> {
-    match &v.latency_histogram {
-        Some(h) => check_histogram(h).map(drop),
-        None => Ok(()),
-    }
-}
-
-/// Adds the delta carried by `v` into `into`, as `into.merge(&delta(v)?)` does, without building
-/// the delta: how the control plane applies reports. `scratch` holds the histogram's pairs while
-/// they are merged (cleared first; reused across calls, so nothing is allocated per series).
-///
-/// # Errors
-///
-/// The same as [`delta`]; `into` is then unchanged.
-pub fn merge_into(v: &VariantStats, into: &mut Delta, scratch: &mut Vec<(u32, u64)>) -> Result<(), InvalidStats> {
-    check(v)?;
-    into.requests = into.requests.saturating_add(v.requests);
-    into.errors = into.errors.saturating_add(v.errors);
-    into.timeouts = into.timeouts.saturating_add(v.timeouts);
-    if let Some(h) = &v.latency_histogram {
-        scratch.clear();
-        scratch.extend(pairs(h));
-        into.latency.merge_pairs(scratch)?;
-    }
-    if let Some(split) = &v.split {
-        into.split.merge(&Split::from(split));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,25 +160,25 @@ mod tests {
         let wire = variant_stats("f", "on", &d);
         assert_eq!(wire.split.as_ref().map(|s| (s.units, s.failing_units)), Some((5, 2)));
         assert_eq!(delta(&wire).unwrap(), d);
-        let mut into = d.clone();
-        let mut scratch = Vec::new();
-        merge_into(&wire, &mut into, &mut scratch).unwrap();
-        let mut twice = d.clone();
-        twice.merge(&d);
-        assert_eq!(into, twice, "merging the wire form is merging its delta");
+        let mut read = vec![(0, 9)];
+        read_pairs(wire.latency_histogram.as_ref().unwrap(), &mut read).unwrap();
+        assert_eq!(read[1..], d.latency.iter().collect::<Vec<_>>(), "appended, in order");
         let pairs: Vec<(u32, u64)> = d.latency.iter().collect();
         let (buckets, counts): (Vec<u32>, Vec<u64>) = pairs.iter().copied().unzip();
         let mut bad = wire;
         bad.latency_histogram = Some(histogram_of_lists(&buckets, &counts[..1]));
         assert!(matches!(delta(&bad), Err(InvalidStats::Lengths { buckets: 2, counts: 1 })));
-        assert!(matches!(merge_into(&bad, &mut into, &mut scratch), Err(InvalidStats::Lengths { .. })));
-        assert_eq!(into, twice, "unchanged by what it refused");
-        bad.latency_histogram = Some(histogram_of_lists(&[u32::MAX, buckets[1]], &counts));
-        assert!(matches!(check(&bad), Err(InvalidStats::Bucket(BucketOutOfRange { index: u32::MAX }))));
+        assert!(matches!(
+            read_pairs(bad.latency_histogram.as_ref().unwrap(), &mut read),
+            Err(InvalidStats::Lengths { .. })
+        ));
+        assert_eq!(read.len(), 3, "unchanged by what it refused");
+        bad.latency_histogram = Some(histogram_of_lists(&[buckets[0], u32::MAX], &counts));
+        assert!(matches!(delta(&bad), Err(InvalidStats::Bucket(BucketOutOfRange { index: u32::MAX }))));
         // A varint cut short.
         let truncated = Histogram::from(&SparseHistogram::from_pairs([(5, 300)]).unwrap());
         bad.latency_histogram = Some(Histogram { buckets: truncated.buckets, counts: truncated.counts.slice(..1) });
-        assert!(matches!(check(&bad), Err(InvalidStats::Encoding { field: "counts" })));
+        assert!(matches!(delta(&bad), Err(InvalidStats::Encoding { field: "counts" })));
     }
 
     #[test]
@@ -243,7 +197,9 @@ mod tests {
         assert_eq!(Histogram::from(&h).encode_to_vec(), packed.encode_to_vec());
         let read = Histogram::decode(&packed.encode_to_vec()[..]).unwrap();
         assert_eq!(SparseHistogram::try_from(&read).unwrap(), h);
-        assert_eq!(pairs(&read).collect::<Vec<_>>(), [(3, 1), (200, 70_000), (1983, u64::MAX)]);
+        let mut pairs = Vec::new();
+        read_pairs(&read, &mut pairs).unwrap();
+        assert_eq!(pairs, [(3, 1), (200, 70_000), (1983, u64::MAX)]);
     }
 
     #[test]

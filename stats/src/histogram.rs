@@ -224,24 +224,9 @@ impl SparseHistogram {
         merge_sorted(&mut self.buckets, other.buckets.len(), |j| other.buckets[j]);
     }
 
-    /// Adds `(bucket index, count)` pairs, as read off the wire, into `self` without building a
-    /// histogram of them first: the control plane merges every report this way. Indices in
-    /// increasing order (as every sidecar sends them) merge in place; any other order is sorted
-    /// first. Zero counts are skipped.
-    ///
-    /// # Errors
-    ///
-    /// [`BucketOutOfRange`] if an index is not below [`NUM_BUCKETS`]; `self` is then unchanged.
-    pub fn merge_pairs(&mut self, pairs: &[(u32, u64)]) -> Result<(), BucketOutOfRange> {
-        if let Some(&(index, _)) = pairs.iter().find(|&&(i, _)| i as usize >= NUM_BUCKETS) {
-            return Err(BucketOutOfRange { index });
-        }
-        if pairs.is_sorted_by(|a, b| a.0 < b.0) {
-            merge_sorted(&mut self.buckets, pairs.len(), |j| pairs[j]);
-        } else {
-            self.merge(&SparseHistogram::from_pairs(pairs.iter().copied())?);
-        }
-        Ok(())
+    /// Adds the `len` pairs `other(0..len)`, indices strictly increasing and in range, in place.
+    pub(crate) fn merge_sorted_from(&mut self, len: usize, other: impl Fn(usize) -> (u32, u64)) {
+        merge_sorted(&mut self.buckets, len, other);
     }
 
     /// The nearest-rank `q`-quantile in µs (the value of rank `⌈q·n⌉` of `n` samples), reported as

@@ -29,12 +29,14 @@
 //! assert_eq!(delta.split, split);
 //! ```
 
+mod dense;
 mod histogram;
 mod recent;
 mod registry;
 mod series;
 mod units;
 
+pub use dense::DenseHistogram;
 pub use histogram::{
     AtomicHistogram, BucketOutOfRange, MAX_TRACKABLE_MICROS, NUM_BUCKETS, SparseHistogram, bucket_bounds, bucket_index,
 };

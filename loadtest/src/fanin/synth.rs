@@ -84,7 +84,8 @@ impl Pool {
     /// Mean number of non-empty histogram buckets per entry.
     pub(crate) fn mean_buckets(&self) -> f64 {
         let (sum, n) = self.pool.iter().flatten().fold((0usize, 0usize), |(sum, n), v| {
-            (sum + v.latency_histogram.as_ref().map_or(0, |h| convert::pairs(h).count()), n + 1)
+            let buckets = v.latency_histogram.as_ref().and_then(|h| SparseHistogram::try_from(h).ok());
+            (sum + buckets.map_or(0, |h| h.iter().len()), n + 1)
         });
         if n == 0 { 0.0 } else { sum as f64 / n as f64 }
     }
