@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use rampart_flags::MAX_NAME_BYTES;
 use rampart_proto::convert;
@@ -163,18 +164,22 @@ impl Ingest {
 pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Submission>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut pool = DensePool::default();
+    let mut last_commit = tokio::time::Instant::now();
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        if batch.len() < SMALL_BATCH {
-            // Let the streams whose reports have arrived hand them in first (a yield lets the
-            // runtime poll the sockets): a batch's commit costs much the same for one report or
-            // a hundred.
-            tokio::task::yield_now().await;
+        // Group commit: a commit writes every series the batch touched, whether one report or a
+        // thousand brought it, so under load commits are spaced at least MIN_COMMIT_INTERVAL apart
+        // and the reports that arrive meanwhile join the batch. An idle control plane (the last
+        // commit long ago) commits at once.
+        let since = last_commit.elapsed();
+        if batch.len() < MAX_BATCH && since < MIN_COMMIT_INTERVAL {
+            tokio::time::sleep(MIN_COMMIT_INTERVAL - since).await;
             while batch.len() < MAX_BATCH
                 && let Ok(s) = rx.try_recv()
             {
                 batch.push(s);
             }
         }
+        last_commit = tokio::time::Instant::now();
         shared.metrics.ingest_queue.set(rx.len() as f64);
         apply(&shared, std::mem::take(&mut batch), &mut pool).await;
         // The ingest histograms are recorded here, so their upkeep is done here too.
@@ -182,8 +187,8 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Submission>)
     }
 }
 
-/// Below this many reports, a batch waits one yield for more.
-const SMALL_BATCH: usize = 32;
+/// Least time between the starts of two commits while reports keep coming.
+const MIN_COMMIT_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Dense histograms kept between batches: one per series a batch touches (twice for a ramp's),
 /// allocated once.

@@ -82,9 +82,10 @@ const MAX_REPORT_BYTES: usize = 4 * 1024 * 1024;
 /// HTTP/2 streams per sidecar connection (a sidecar opens one).
 const MAX_STREAMS_PER_CONNECTION: u32 = 4;
 /// Bytes a sidecar may have in flight per stream (twice that per connection): what a stream that
-/// waits for room in ingest holds unread. A dozen reports of 20 series; a larger report just
-/// takes a few window updates.
-const STREAM_WINDOW: u32 = 64 * 1024;
+/// waits for room in ingest holds unread, so with 10 000 sidecars the windows are what bounds the
+/// control plane's memory. Three reports of 20 series; a larger report takes a few window updates
+/// (one round trip each).
+const STREAM_WINDOW: u32 = 16 * 1024;
 
 /// Runs `work` on the blocking pool every `period` until `shutdown`, one run at a time (a late
 /// run delays the next rather than piling up); `what` names it in the log if a run panics.
