@@ -84,6 +84,7 @@ done
 curl -fsS http://127.0.0.1:18411/api/v1/replicas
 echo
 echo "two replicas (pids ${control_pids[*]}) on CPU $CONTROL_CPU, PostgreSQL on CPU $PG_CPU, load tools on CPU $LOAD_CPU; $(nproc) CPUs; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "built from: $("$RAMPART" --version)"
 
 status=0
 load_pids=()

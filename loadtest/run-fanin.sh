@@ -68,6 +68,7 @@ done
 curl -fsS "http://127.0.0.1:$HTTP_PORT/healthz" >/dev/null
 
 echo "control plane pid $control_pid on CPU $CONTROL_CPU; load tool on CPU $LOAD_CPU; $(nproc) CPUs; store $STORE; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "built from: $("$RAMPART" --version)"
 status=0
 taskset -c "$LOAD_CPU" "$LOADTEST" fanin \
     --control "http://127.0.0.1:$GRPC_PORT" --metrics "http://127.0.0.1:$HTTP_PORT/metrics" \

@@ -13,7 +13,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Rampart: feature-flag edge evaluation sidecar and the control plane that ramps its rollouts.
 #[derive(Debug, Parser)]
-#[command(name = "rampart", version, about)]
+#[command(name = "rampart", version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("RAMPART_COMMIT"), ")"), about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -47,7 +47,7 @@ struct Raw {
     #[serde(default = "default_retention", with = "humantime_serde")]
     retention: std::time::Duration,
     /// Most stats reports queued for ingest or being applied; past it (or past
-    /// `ingest_queue_bytes`) a report is shed and its sidecar resends it later.
+    /// `ingest_queue_bytes`) a stream waits for room and reads nothing more meanwhile.
     #[serde(default = "default_ingest_queue")]
     ingest_queue: std::num::NonZeroUsize,
     /// Most bytes of stats reports (encoded) queued for ingest or being applied.

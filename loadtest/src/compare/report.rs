@@ -84,6 +84,15 @@ fn git_rev(dir: &Path) -> String {
     rev
 }
 
+/// The commit the Rampart under test says it was built from (`rampart --version`: "rampart 0.1.0
+/// (abc1234)"); `None` for a build that does not say.
+fn built_from(under_test: &[UnderTest]) -> Option<String> {
+    let t = under_test.iter().find(|t| t.kind.name() == "rampart")?;
+    let version = &t.proxy.as_ref()?.version;
+    let commit = version.split_once('(')?.1.split_once(')')?.0;
+    (!commit.is_empty() && commit != "unknown").then(|| commit.to_owned())
+}
+
 impl Machine {
     pub(crate) fn here(
         rampart: &Path,
@@ -114,7 +123,8 @@ impl Machine {
             server_cpu: args.server_cpu.clone(),
             upstream: kind,
             versions,
-            rampart_rev: git_rev(rampart.parent().unwrap_or(Path::new("."))),
+            rampart_rev: built_from(under_test)
+                .unwrap_or_else(|| git_rev(rampart.parent().unwrap_or(Path::new(".")))),
             command: std::env::args().collect::<Vec<_>>().join(" "),
             rounds: args.rounds,
             duration_s: args.duration.as_secs_f64(),
