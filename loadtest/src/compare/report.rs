@@ -123,8 +123,7 @@ impl Machine {
             server_cpu: args.server_cpu.clone(),
             upstream: kind,
             versions,
-            rampart_rev: built_from(under_test)
-                .unwrap_or_else(|| git_rev(rampart.parent().unwrap_or(Path::new(".")))),
+            rampart_rev: built_from(under_test).unwrap_or_else(|| git_rev(rampart.parent().unwrap_or(Path::new(".")))),
             command: std::env::args().collect::<Vec<_>>().join(" "),
             rounds: args.rounds,
             duration_s: args.duration.as_secs_f64(),
