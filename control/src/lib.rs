@@ -26,6 +26,7 @@ mod state;
 mod store;
 mod stream;
 mod views;
+mod wire;
 mod writes;
 
 use std::collections::{BTreeMap, HashMap};
@@ -33,7 +34,6 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use rampart_flags::Format;
-use rampart_proto::rampart::v1::ramp_control_server::RampControlServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -78,7 +78,7 @@ pub enum Error {
 
 /// Largest stats report a sidecar may send (a full window of the default 1 000 series with their
 /// histograms is far below it).
-const MAX_REPORT_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_REPORT_BYTES: usize = 4 * 1024 * 1024;
 /// HTTP/2 streams per sidecar connection (a sidecar opens one).
 const MAX_STREAMS_PER_CONNECTION: u32 = 4;
 /// Bytes a sidecar may have in flight per stream (twice that per connection): what a stream that
@@ -331,18 +331,15 @@ impl Control {
             let _ = rustls::crypto::ring::default_provider().install_default();
             builder = builder.tls_config(tls.server_config()?)?;
         }
-        // Memory per connection is bounded: tonic reserves a message's announced length before it
-        // arrives, so the message size (a report of `max_series` series fits well within it),
-        // the streams per connection (a sidecar opens one) and the flow-control windows cap what
-        // a stalled or hostile stream holds.
+        // Memory per connection is bounded: a message that spans chunks is buffered as it
+        // arrives, up to its announced length, so the message size (a report of `max_series` series fits well
+        // within it), the streams per connection (a sidecar opens one) and the flow-control
+        // windows cap what a stalled or hostile stream holds.
         let grpc_server = builder
             .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .initial_stream_window_size(Some(STREAM_WINDOW))
             .initial_connection_window_size(Some(STREAM_WINDOW * 2))
-            .add_service(tonic::service::interceptor::InterceptedService::new(
-                RampControlServer::new(service).max_decoding_message_size(MAX_REPORT_BYTES),
-                move |req| auth.check(req),
-            ))
+            .add_service(stream::ConnectService { service: Arc::new(service), auth: Arc::new(auth) })
             // tonic ignores its own `tcp_nodelay` with an external listener: set it per accepted
             // stream, or small acks wait on delayed ACKs (+40 ms at the tail, measured by the fan-in load).
             .serve_with_incoming_shutdown(

@@ -14,19 +14,18 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rampart_flags::MAX_NAME_BYTES;
-use rampart_proto::rampart::v1::ramp_control_server::RampControl;
 use rampart_proto::rampart::v1::{
     ControlMessage, FlagsSnapshot, ProxyMessage, Welcome, control_message, proxy_message,
 };
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Status};
 
-use crate::auth::Identity;
+use crate::auth::{Auth, Identity};
 use crate::ingest::{Ingest, MAX_IN_FLIGHT_PER_STREAM, Origin, Outbound, Refused};
 use crate::state::{Flags, Owner, ProxyInfo, Shared, lock, now_ms};
+use crate::wire::{Inbound, Outgoing};
 
 #[derive(Debug)]
 pub(crate) struct Service {
@@ -113,16 +112,66 @@ fn admit(shared: &Shared, identity: &Identity, service: &str, proxy: &str) -> Re
     }
 }
 
-#[tonic::async_trait]
-impl RampControl for Service {
-    type ConnectStream = Pin<Box<dyn tokio_stream::Stream<Item = Outbound> + Send>>;
+/// Serves `rampart.v1.RampControl` with the stream's own framing ([`crate::wire`]); the
+/// messages are the generated ones, so any gRPC client of the proto talks to it.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectService {
+    pub(crate) service: Arc<Service>,
+    pub(crate) auth: Arc<Auth>,
+}
 
+impl tonic::server::NamedService for ConnectService {
+    const NAME: &'static str = "rampart.v1.RampControl";
+}
+
+/// The service's one method.
+const CONNECT_PATH: &str = "/rampart.v1.RampControl/Connect";
+
+impl tonic::codegen::Service<hyper::http::Request<tonic::body::Body>> for ConnectService {
+    type Response = hyper::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: hyper::http::Request<tonic::body::Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.serve(request).await.unwrap_or_else(Status::into_http)) })
+    }
+}
+
+impl ConnectService {
+    async fn serve(
+        &self,
+        request: hyper::http::Request<tonic::body::Body>,
+    ) -> Result<hyper::http::Response<tonic::body::Body>, Status> {
+        if request.uri().path() != CONNECT_PATH {
+            return Err(Status::unimplemented(format!("no method {}", request.uri().path())));
+        }
+        if request.headers().get("grpc-encoding").is_some_and(|e| e != "identity") {
+            return Err(Status::unimplemented("this stream accepts no compression"));
+        }
+        let (parts, body) = request.into_parts();
+        let checked = self.auth.check(Request::from_http(hyper::http::Request::from_parts(parts, ())))?;
+        let identity = checked.extensions().get::<Identity>().cloned();
+        let rx = self.service.connect(identity, Inbound::new(body, crate::MAX_REPORT_BYTES)).await?;
+        let mut response = hyper::http::Response::new(tonic::body::Body::new(Outgoing::new(rx)));
+        response
+            .headers_mut()
+            .insert(hyper::http::header::CONTENT_TYPE, hyper::http::HeaderValue::from_static("application/grpc"));
+        Ok(response)
+    }
+}
+
+impl Service {
+    /// Admits a sidecar's stream and starts serving it; the receiver carries its answers.
     async fn connect(
         &self,
-        request: Request<Streaming<ProxyMessage>>,
-    ) -> Result<Response<Self::ConnectStream>, Status> {
-        let identity = request.extensions().get::<Identity>().cloned();
-        let mut inbound = request.into_inner();
+        identity: Option<Identity>,
+        mut inbound: Inbound<ProxyMessage>,
+    ) -> Result<mpsc::Receiver<Outbound>, Status> {
         let hello = match inbound.message().await? {
             Some(ProxyMessage { msg: Some(proxy_message::Msg::Hello(h)) }) if !h.proxy_id.is_empty() => h,
             _ => return Err(Status::invalid_argument("the first message must be a Hello with a proxy_id")),
@@ -244,6 +293,6 @@ impl RampControl for Service {
             shared.metrics.connected.decrement(1.0);
             tracing::info!(proxy = %key.0, "sidecar disconnected");
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(rx)
     }
 }
