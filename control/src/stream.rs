@@ -36,6 +36,9 @@ pub(crate) struct Service {
     pub(crate) next_stream: AtomicU64,
 }
 
+/// A report being handed to ingest.
+type Submitting = Pin<Box<dyn Future<Output = Result<(), Refused>> + Send>>;
+
 /// How long a shed sidecar is asked to stay away (gRPC's `grpc-retry-pushback-ms`), jittered
 /// over `PUSHBACK..2 * PUSHBACK` so shed sidecars do not all come back at once.
 const PUSHBACK: Duration = Duration::from_secs(1);
@@ -239,7 +242,7 @@ impl Service {
         self.tasks.spawn(async move {
             let key = &origin.key;
             // The report being handed to ingest; while it waits for room nothing more is read.
-            let mut submitting: Option<Pin<Box<dyn Future<Output = Result<(), Refused>> + Send>>> = None;
+            let mut submitting: Option<Submitting> = None;
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => break,

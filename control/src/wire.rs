@@ -304,7 +304,7 @@ mod tests {
         // Refused from the prefix, before the body arrives.
         let e = deframe(&wire[..HEADER], &[], 99).unwrap_err();
         assert_eq!(e.code(), tonic::Code::OutOfRange);
-        let mut compressed = wire.clone();
+        let mut compressed = wire;
         compressed[0] = 1;
         assert_eq!(deframe(&compressed, &[2], 1024).unwrap_err().code(), tonic::Code::Internal);
     }
