@@ -36,6 +36,35 @@ pub(crate) fn sample(pid: u32) -> Result<Sample, ProcError> {
     Ok(Sample { cpu: cpu_time(pid)?, peak_rss: peak_rss(pid)?, run_delay: run_delay(pid) })
 }
 
+/// A process and its children together (nginx's master and its workers): CPU, peak RSS and
+/// run-queue wait summed. A child that has exited is no longer counted.
+pub(crate) fn sample_tree(pid: u32) -> Result<Sample, ProcError> {
+    let mut total = sample(pid)?;
+    for child in children(pid) {
+        if let Ok(s) = sample(child) {
+            total.cpu += s.cpu;
+            total.peak_rss += s.peak_rss;
+            total.run_delay += s.run_delay;
+        }
+    }
+    Ok(total)
+}
+
+/// The live processes whose parent is `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok().and_then(|t| parse_ppid(&t)) == Some(pid))
+        .collect()
+}
+
+/// The parent's PID from a `/proc/PID/stat` line (field 4, counted from the last `)`).
+fn parse_ppid(text: &str) -> Option<u32> {
+    text[text.rfind(')')? + 1..].split_ascii_whitespace().nth(1)?.parse().ok()
+}
+
 /// The sum over the process's threads of their run-queue wait; zero where schedstats are off.
 fn run_delay(pid: u32) -> Duration {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Duration::ZERO };
@@ -109,6 +138,7 @@ mod tests {
     fn parses_stat_and_status() {
         let stat = "1234 (tokio (rt) x) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 37 0 0 20 0 3 0 5 0 0";
         assert_eq!(parse_stat(stat), Some(Duration::from_millis(2870)));
+        assert_eq!(parse_ppid(stat), Some(1));
         assert_eq!(parse_hwm("Name:\tx\nVmHWM:\t   10240 kB\nVmRSS:\t 1 kB\n"), Some(10 << 20));
         let me = sample(std::process::id()).unwrap();
         assert!(me.peak_rss > 0);

@@ -172,6 +172,16 @@ impl Forwarder {
     /// Records the request's outcome for every tracked flag it was assigned, on the snapshot it
     /// was evaluated with; randomised assignments (a unit from the ramp's split) also as such.
     fn record(&self, snapshot: &Snapshot, tracked: &Tracked, outcome: Outcome, micros: Option<u64>) {
+        // Each ramped flag's unit lookup is a likely cache miss in a large table: issued
+        // together first, they overlap (`SeriesStats::warm`).
+        for a in tracked {
+            let inj = snapshot.injected.get(a.flag as usize).filter(|inj| inj.tracked);
+            if let (Some(Some(series)), Some(unit)) =
+                (inj.and_then(|i| i.variants.get(a.variant as usize)).map(|o| &o.stats), a.unit)
+            {
+                series.warm(unit.get());
+            }
+        }
         for a in tracked {
             let Some(inj) = snapshot.injected.get(a.flag as usize) else { continue };
             if !inj.tracked {

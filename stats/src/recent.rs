@@ -40,10 +40,7 @@ impl Recent {
     /// counted within the horizon; counting it records `now_s`.
     #[inline]
     pub(crate) fn first(&self, unit: u64, now_s: u32) -> bool {
-        // Mixed first (Fibonacci hashing), so keys that differ only in a few bits spread over
-        // the table; the slot from the top bits, the tag from the rest; tag 0 means "empty".
-        let mixed = unit.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let slot = &self.slots[(mixed >> (64 - self.slots.len().trailing_zeros())) as usize];
+        let (slot, mixed) = self.slot(unit);
         let tag = (mixed >> TIME_BITS).max(1);
         let now = u64::from(now_s) & TIME_MASK;
         let seen = slot.load(Ordering::Relaxed);
@@ -52,6 +49,15 @@ impl Recent {
         }
         slot.store(tag << TIME_BITS | now, Ordering::Relaxed);
         true
+    }
+
+    /// `unit`'s slot and its mixed hash. Mixed first (Fibonacci hashing), so keys that differ
+    /// only in a few bits spread over the table; the slot from the top bits, the tag from the
+    /// rest; tag 0 means "empty".
+    #[inline]
+    fn slot(&self, unit: u64) -> (&AtomicU64, u64) {
+        let mixed = unit.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (&self.slots[(mixed >> (64 - self.slots.len().trailing_zeros())) as usize], mixed)
     }
 }
 
@@ -66,6 +72,15 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new() -> Shared {
         Shared { table: OnceLock::new() }
+    }
+
+    /// Reads `unit`'s slot and discards it, to bring its cache line in ahead of
+    /// [`first`](Self::first); nothing when the table is not allocated yet.
+    #[inline]
+    pub(crate) fn warm(&self, unit: u64) {
+        if let Some(table) = self.table.get() {
+            std::hint::black_box(table.slot(unit).0.load(Ordering::Relaxed));
+        }
     }
 
     /// [`Recent::first`] on the flag's table of new units.

@@ -95,6 +95,10 @@ pub(crate) struct Args {
     /// the upstream leg.
     #[arg(long)]
     tls: bool,
+    /// Workers of every proxy: Rampart's `workers`, nginx's `worker_processes` (with its master
+    /// process when more than one), HAProxy's `nbthread`. The upstream stays one process.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: u16,
 }
 
 /// A target under test: where the load goes, and the processes whose CPU is its cost.
@@ -107,11 +111,11 @@ struct UnderTest {
 }
 
 fn cpu_of(proc: &Proc) -> Duration {
-    procfs::sample(proc.pid()).map_or(Duration::ZERO, |s| s.cpu)
+    procfs::sample_tree(proc.pid()).map_or(Duration::ZERO, |s| s.cpu)
 }
 
 fn peak_rss(proc: &Proc) -> u64 {
-    procfs::sample(proc.pid()).map_or(0, |s| s.peak_rss)
+    procfs::sample_tree(proc.pid()).map_or(0, |s| s.peak_rss)
 }
 
 fn loadavg() -> String {
@@ -179,7 +183,17 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             TargetKind::Direct => None,
             TargetKind::Rampart => {
                 listeners.push("rampart: `[tls] cert/key` (rustls, ring; ALPN h2, http/1.1)".to_owned());
-                Some(targets::rampart(&rampart, upstream.addr, dir.path(), server_cpu_or_all, cert.as_ref()).await?)
+                Some(
+                    targets::rampart(
+                        &rampart,
+                        upstream.addr,
+                        dir.path(),
+                        server_cpu_or_all,
+                        cert.as_ref(),
+                        args.workers,
+                    )
+                    .await?,
+                )
             }
             TargetKind::Nginx if !nginx_here => {
                 eprintln!("notice: nginx is not installed (apt-get install nginx-light): skipping it");
@@ -195,7 +209,17 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
                         "; no `http2 on;` (this nginx predates 1.25.1: ALPN offers http/1.1 only — the load is HTTP/1.1 anyway)"
                     }
                 ));
-                Some(targets::nginx(upstream.addr, dir.path(), server_cpu_or_all, cert.as_ref(), nginx_http2_on).await?)
+                Some(
+                    targets::nginx(
+                        upstream.addr,
+                        dir.path(),
+                        server_cpu_or_all,
+                        cert.as_ref(),
+                        nginx_http2_on,
+                        args.workers,
+                    )
+                    .await?,
+                )
             }
             TargetKind::Haproxy if !procs::available("haproxy") => {
                 eprintln!("notice: haproxy is not installed (apt-get install haproxy): skipping it");
@@ -207,7 +231,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     "haproxy: `bind … ssl crt <certificate + key PEM> alpn h2,http/1.1 ssl-min-ver TLSv1.2` (OpenSSL)"
                         .to_owned(),
                 );
-                Some(targets::haproxy(upstream.addr, dir.path(), server_cpu_or_all, cert.as_ref()).await?)
+                Some(targets::haproxy(upstream.addr, dir.path(), server_cpu_or_all, cert.as_ref(), args.workers).await?)
             }
         };
         let addr = proxy.as_ref().map_or(upstream.addr, |p| p.addr);

@@ -50,6 +50,8 @@ pub(crate) struct Machine {
     pub(crate) pinned: bool,
     pub(crate) loadgen_cpu: String,
     pub(crate) server_cpu: String,
+    /// Workers of every proxy.
+    pub(crate) workers: u16,
     pub(crate) upstream: UpstreamKind,
     pub(crate) versions: BTreeMap<String, String>,
     pub(crate) rampart_rev: String,
@@ -121,6 +123,7 @@ impl Machine {
             pinned,
             loadgen_cpu: args.loadgen_cpu.clone(),
             server_cpu: args.server_cpu.clone(),
+            workers: args.workers,
             upstream: kind,
             versions,
             rampart_rev: built_from(under_test).unwrap_or_else(|| git_rev(rampart.parent().unwrap_or(Path::new(".")))),
@@ -338,8 +341,14 @@ impl Report {
         if m.pinned {
             let _ = writeln!(
                 o,
-                "- layout: the load generator (`rampart-loadtest`, one thread) on CPU {}; upstream and proxy on CPU {} (`taskset`); every proxy single-threaded",
-                m.loadgen_cpu, m.server_cpu
+                "- layout: the load generator (`rampart-loadtest`, one thread) on CPU {}; upstream and proxy on CPU {} (`taskset`); {}",
+                m.loadgen_cpu,
+                m.server_cpu,
+                if m.workers == 1 {
+                    "every proxy single-threaded".to_owned()
+                } else {
+                    format!("every proxy with {} workers", m.workers)
+                }
             );
         } else {
             let _ = writeln!(o, "- layout: **unpinned** (fewer than 2 CPUs or no taskset)");
@@ -348,23 +357,30 @@ impl Report {
         let _ = writeln!(o, "- upstream: {} — `200 ok`, one process, keep-alive", v("upstream"));
         let _ = writeln!(
             o,
-            "- rampart ({}, rev {}): `rampart proxy`, `workers = 1`, 10 flags evaluated and injected per request \
+            "- rampart ({}, rev {}): `rampart proxy`, `workers = {}`, 10 flags evaluated and injected per request \
              (5 static, 5 ramps at 50% bucketed by `x-user-id`)",
             v("rampart"),
-            m.rampart_rev
+            m.rampart_rev,
+            m.workers
         );
         if m.versions.contains_key("nginx") {
             let _ = writeln!(
                 o,
-                "- nginx ({}): 1 worker, `keepalive 64` upstream, the same 10 headers as `proxy_set_header` constants",
-                v("nginx")
+                "- nginx ({}): {}, `keepalive 64` upstream, the same 10 headers as `proxy_set_header` constants",
+                v("nginx"),
+                if m.workers == 1 {
+                    "1 worker, no master process".to_owned()
+                } else {
+                    format!("a master and {} worker processes (CPU and RSS summed over them)", m.workers)
+                }
             );
         }
         if m.versions.contains_key("haproxy") {
             let _ = writeln!(
                 o,
-                "- haproxy ({}): `nbthread 1`, `http-reuse always`, the same 10 headers as `http-request set-header` constants",
-                v("haproxy")
+                "- haproxy ({}): `nbthread {}`, `http-reuse always`, the same 10 headers as `http-request set-header` constants",
+                v("haproxy"),
+                m.workers
             );
         }
         for s in &self.skipped {

@@ -50,10 +50,13 @@ fn write(path: &Path, text: &str) -> Result<(), ProcError> {
     std::fs::write(path, text).map_err(|source| ProcError::Spawn { program: path.display().to_string(), source })
 }
 
-fn nginx_conf(dir: &Path, http_body: &str) -> String {
+/// nginx's configuration: with one worker no master process (the PID is the worker); with more,
+/// a master and its `workers` processes.
+fn nginx_conf(dir: &Path, http_body: &str, workers: u16) -> String {
     let d = dir.display();
+    let master = if workers > 1 { "on" } else { "off" };
     format!(
-        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+        "daemon off;\nmaster_process {master};\nworker_processes {workers};\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
          events {{ worker_connections 4096; }}\n\
          http {{\n    access_log off;\n    client_body_temp_path {d}/body;\n    proxy_temp_path {d}/proxy;\n\
          \x20   fastcgi_temp_path {d}/fastcgi;\n    uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n\
@@ -86,7 +89,7 @@ pub(crate) async fn upstream(kind: UpstreamKind, dir: &Path, cpu: &str) -> Resul
                 "    server {{\n        listen {addr};\n        location = / {{ return 200 \"ok\\n\"; }}\n\
                  \x20       location = /headers {{ return 200 \"{echo}\"; }}\n    }}"
             );
-            write(&d.join("nginx.conf"), &nginx_conf(&d, &body))?;
+            write(&d.join("nginx.conf"), &nginx_conf(&d, &body, 1))?;
             let conf = d.join("nginx.conf");
             let args = ["-p", &d.display().to_string(), "-c", &conf.display().to_string()].map(str::to_owned);
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -122,12 +125,12 @@ pub(crate) fn rampart_flags() -> String {
     out
 }
 
-/// Rampart's `proxy.toml`: one worker, the flags of [`rampart_flags`], flag queries off; with
+/// Rampart's `proxy.toml`: `workers`, the flags of [`rampart_flags`], flag queries off; with
 /// `tls`, `[tls] cert/key` on the listener.
-pub(crate) fn rampart_config(upstream: SocketAddr, tls: Option<&CertFiles>) -> String {
+pub(crate) fn rampart_config(upstream: SocketAddr, tls: Option<&CertFiles>, workers: u16) -> String {
     let mut config = format!(
         "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nupstream = \"http://{upstream}\"\nflags = \"flags.yaml\"\n\
-         workers = 1\n\n[context]\ntargetingKey = [\"header:x-user-id\"]\n\n[queries]\ngrpc = \"off\"\nofrep = \"off\"\n"
+         workers = {workers}\n\n[context]\ntargetingKey = [\"header:x-user-id\"]\n\n[queries]\ngrpc = \"off\"\nofrep = \"off\"\n"
     );
     if let Some(t) = tls {
         config.push_str(&format!("\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n", t.cert.display(), t.key.display()));
@@ -141,12 +144,13 @@ pub(crate) async fn rampart(
     dir: &Path,
     cpu: &str,
     tls: Option<&CertFiles>,
+    workers: u16,
 ) -> Result<Server, ProcError> {
     let d = dir.join("rampart");
     std::fs::create_dir_all(&d).map_err(|source| ProcError::Spawn { program: "mkdir".to_owned(), source })?;
     write(&d.join("flags.yaml"), &rampart_flags())?;
     let path: PathBuf = d.join("proxy.toml");
-    write(&path, &rampart_config(upstream, tls))?;
+    write(&path, &rampart_config(upstream, tls, workers))?;
     let path = path.display().to_string();
     let mut proc = Proc::start(
         "rampart",
@@ -201,21 +205,22 @@ pub(crate) async fn nginx(
     cpu: &str,
     tls: Option<&CertFiles>,
     http2_on: bool,
+    workers: u16,
 ) -> Result<Server, ProcError> {
     let d = dir.join("nginx");
     std::fs::create_dir_all(&d).map_err(|source| ProcError::Spawn { program: "mkdir".to_owned(), source })?;
     let addr = free_port().map_err(|source| ProcError::Spawn { program: "bind".to_owned(), source })?;
     let body = nginx_proxy_body(upstream, addr, tls, http2_on);
-    write(&d.join("nginx.conf"), &nginx_conf(&d, &body))?;
+    write(&d.join("nginx.conf"), &nginx_conf(&d, &body, workers))?;
     let (prefix, conf) = (d.display().to_string(), d.join("nginx.conf").display().to_string());
     let mut proc = Proc::start("nginx", Path::new("nginx"), &["-p", &prefix, "-c", &conf], Some(cpu), dir, &[])?;
     proc.wait_for_port(addr, READY).await?;
     Ok(Server { proc, addr, version: version_of("nginx", "-v") })
 }
 
-/// HAProxy's configuration: one thread, `http-reuse always`, the 10 constant headers; with `tls`,
+/// HAProxy's configuration: `workers` threads, `http-reuse always`, the 10 constant headers; with `tls`,
 /// `bind … ssl crt <certificate and key in one PEM>`, ALPN h2 and http/1.1, TLS 1.2 at least.
-pub(crate) fn haproxy_config(upstream: SocketAddr, addr: SocketAddr, tls: Option<&CertFiles>) -> String {
+pub(crate) fn haproxy_config(upstream: SocketAddr, addr: SocketAddr, tls: Option<&CertFiles>, workers: u16) -> String {
     let set: String =
         constant_headers().iter().map(|(k, v)| format!("    http-request set-header {k} {v}\n")).collect();
     let bind = match tls {
@@ -223,7 +228,7 @@ pub(crate) fn haproxy_config(upstream: SocketAddr, addr: SocketAddr, tls: Option
         Some(t) => format!("{addr} ssl crt {} alpn h2,http/1.1 ssl-min-ver TLSv1.2", t.combined.display()),
     };
     format!(
-        "global\n    nbthread 1\n    maxconn 4096\n\n\
+        "global\n    nbthread {workers}\n    maxconn 4096\n\n\
          defaults\n    mode http\n    option http-keep-alive\n    http-reuse always\n    timeout connect 2s\n\
          \x20   timeout client 30s\n    timeout server 30s\n    timeout http-keep-alive 30s\n\n\
          frontend fe\n    bind {bind}\n{set}    default_backend app\n\n\
@@ -236,10 +241,11 @@ pub(crate) async fn haproxy(
     dir: &Path,
     cpu: &str,
     tls: Option<&CertFiles>,
+    workers: u16,
 ) -> Result<Server, ProcError> {
     let addr = free_port().map_err(|source| ProcError::Spawn { program: "bind".to_owned(), source })?;
     let path = dir.join("haproxy.cfg");
-    write(&path, &haproxy_config(upstream, addr, tls))?;
+    write(&path, &haproxy_config(upstream, addr, tls, workers))?;
     let path = path.display().to_string();
     // -db: stay in the foreground, no master process: the PID is the one worker.
     let mut proc = Proc::start("haproxy", Path::new("haproxy"), &["-db", "-f", &path], Some(cpu), dir, &[])?;
@@ -278,15 +284,20 @@ mod tests {
         let plain = nginx_proxy_body(up, at, None, true);
         assert!(plain.contains("listen 127.0.0.1:9443;") && !plain.contains("ssl"), "{plain}");
 
-        let haproxy = haproxy_config(up, at, Some(&files));
+        let haproxy = haproxy_config(up, at, Some(&files), 1);
         assert!(haproxy.contains(&format!("bind 127.0.0.1:9443 ssl crt {pem} alpn h2,http/1.1")), "{haproxy}");
         assert!(haproxy.contains("server up 127.0.0.1:9000\n"), "{haproxy}");
         assert_eq!(haproxy.matches("http-request set-header x-flag-").count(), FLAGS);
-        assert!(!haproxy_config(up, at, None).contains("ssl"));
+        assert!(!haproxy_config(up, at, None, 1).contains("ssl"));
+        assert!(haproxy_config(up, at, None, 2).contains("nbthread 2"));
 
-        let rampart = rampart_config(up, Some(&files));
+        let rampart = rampart_config(up, Some(&files), 1);
         assert!(rampart.contains("upstream = \"http://127.0.0.1:9000\""), "{rampart}");
         assert!(rampart.ends_with(&format!("[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n")), "{rampart}");
-        assert!(!rampart_config(up, None).contains("[tls]"));
+        assert!(!rampart_config(up, None, 1).contains("[tls]"));
+        assert!(rampart_config(up, None, 2).contains("workers = 2"));
+        let d = Path::new("/tmp/x");
+        assert!(nginx_conf(d, "", 1).contains("master_process off;\nworker_processes 1;"));
+        assert!(nginx_conf(d, "", 2).contains("master_process on;\nworker_processes 2;"));
     }
 }
