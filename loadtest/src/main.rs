@@ -14,6 +14,7 @@ mod loopback;
 mod procfs;
 mod procs;
 mod prometheus;
+mod queries;
 mod scenario;
 mod simulate;
 mod soak;
@@ -47,6 +48,9 @@ enum Mode {
     /// Soak: a release proxy under every attack of issue 14 at once while normal traffic runs at a
     /// fixed rate; normal-request p99 and the proxy's RSS every interval; writes JSON and markdown.
     Soak(soak::Args),
+    /// The sidecar's flag queries per core: flagd v2 `ResolveBoolean` and OFREP single
+    /// evaluations against a pinned `rampart proxy`; calls/s and its CPU per call.
+    Queries(queries::Args),
     /// The fast upstream (`200 ok`) as its own process, for `compare`.
     Upstream(upstream::Args),
 }
@@ -78,6 +82,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Mode::Compare(args) => compare::run(args).await,
             Mode::Scenario(args) => scenario::run(args).await,
             Mode::Upstream(args) => upstream::run(args).await,
+            Mode::Queries(args) => queries::run(args).await,
             Mode::Soak(args) => soak::run(args).await,
             // CPU work on scoped threads of its own; nothing else runs on this runtime.
             Mode::Simulate(args) => simulate::run(args),

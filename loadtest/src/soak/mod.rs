@@ -50,6 +50,10 @@ pub(crate) struct Args {
     /// Output path without extension; `.json` and `.md` are written.
     #[arg(long, default_value = "loadtest/results/soak")]
     out: PathBuf,
+    /// No attacks: the normal traffic alone for `--duration`, for the proxy's memory and latency
+    /// over a plain soak.
+    #[arg(long)]
+    no_attacks: bool,
 }
 
 /// The good flags file: a static flag whose header every request must carry, and ramps.
@@ -225,16 +229,18 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let attack_start = Instant::now();
     let until = attack_start + args.duration;
     let targets = Targets { proxy: listen, flags: dir.path().join("flags.yaml"), good_flags: GOOD_FLAGS.to_owned() };
-    let attack_thread = {
+    let attack_thread = if args.no_attacks {
+        None
+    } else {
         let (tallies, cancel, paces) = (tallies.clone(), cancel.clone(), paces.clone());
         let until = until.into_std();
-        std::thread::Builder::new().name("attacks".to_owned()).spawn(move || {
+        Some(std::thread::Builder::new().name("attacks".to_owned()).spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
             match rt {
                 Ok(rt) => rt.block_on(attacks::run(targets, paces, tallies, Instant::from_std(until), cancel)),
                 Err(e) => eprintln!("error: cannot start the attack runtime: {e}"),
             }
-        })?
+        })?)
     };
     while Instant::now() + args.interval <= until + Duration::from_millis(500) && !cancel.is_cancelled() {
         let (normal, error, live) = interval(&target, &args, &cancel).await;
@@ -242,7 +248,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         rows.push(sample(true, t, normal, error, live, &proxy));
     }
     cancel.cancel();
-    let _ = tokio::task::spawn_blocking(move || attack_thread.join()).await;
+    if let Some(thread) = attack_thread {
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
     signal.abort();
 
     let metrics = match crate::prometheus::scrape(&format!("http://{admin}/metrics").parse()?).await {
@@ -268,8 +276,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         interval_s: args.interval.as_secs_f64(),
         duration_s: attack_start.elapsed().as_secs_f64(),
         proxy_config: config,
+        attacks_run: !args.no_attacks,
         attacks: paces
             .into_iter()
+            .filter(|_| !args.no_attacks)
             .zip(tallies.counts())
             .map(|((kind, pace), (_, counts))| AttackLine { kind, what: kind.describe(), pace, counts })
             .collect(),

@@ -43,6 +43,9 @@ pub(crate) struct Report {
     pub(crate) interval_s: f64,
     pub(crate) duration_s: f64,
     pub(crate) proxy_config: String,
+    /// Whether the attacks ran (`--no-attacks`: the normal traffic alone; its rows after the
+    /// baseline are still marked `attacked`, i.e. in the soak proper).
+    pub(crate) attacks_run: bool,
     pub(crate) attacks: Vec<AttackLine>,
     pub(crate) rows: Vec<Row>,
     /// `rampart_config_reload_failures_total` at the end.
@@ -93,6 +96,18 @@ impl Report {
         let mut late: Vec<u64> = attacked.iter().map(|r| r.normal.late_p99_us).collect();
         late.sort_unstable();
         let late = late.get(late.len() / 2).copied().unwrap_or(0);
+        if !self.attacks_run {
+            return format!(
+                "normal traffic {:.0} req/s, no attacks: {requests} requests, {errors} failed; p99 per interval: median \
+                 {median} µs, worst {worst} µs (first interval {} µs; the generator's own lateness p99, median {late} µs); \
+                 proxy RSS {:.1} MiB at the first interval after it, {:.1} MiB at the last, {:.1} MiB at most",
+                self.rate,
+                base.map_or(0, |b| b.normal.p99_us),
+                mib(first),
+                mib(last),
+                mib(rss_max),
+            );
+        }
         format!(
             "normal traffic {:.0} req/s: {requests} requests under attack, {errors} failed; p99 per 10 s: median {median} µs, \
              worst {worst} µs (quiet baseline {} µs; the generator's own lateness p99, median {late} µs); proxy RSS {:.1} MiB at the first attacked interval, {:.1} MiB at \
@@ -106,11 +121,16 @@ impl Report {
     }
 
     pub(crate) fn markdown(&self) -> String {
+        let (title, attacks) = if self.attacks_run {
+            ("normal traffic under mixed attack", "attacks from 127.0.0.2, all at the same time")
+        } else {
+            ("normal traffic, no attacks", "no attacks (`--no-attacks`)")
+        };
         let mut md = format!(
-            "# Soak: normal traffic under mixed attack\n\n\
+            "# Soak: {title}\n\n\
              `rampart-loadtest soak`, Rampart at `{}` ({}), started {} UTC; {}; load average {} → {}.\n\
              Normal traffic: {} req/s open loop, {} connections from 127.0.0.1, latency from the intended start \
-             (HdrHistogram); attacks from 127.0.0.2, all at the same time, for {:.0} s. The proxy runs its \
+             (HdrHistogram); {attacks}, for {:.0} s. The proxy runs its \
              defaults (one worker) — configuration:\n\n```toml\n{}```\n\n{}.\n\n",
             self.commit,
             self.rampart_version,
@@ -154,6 +174,13 @@ impl Report {
                 r.cpu_percent,
                 if r.flags_live { "yes" } else { "**no**" }
             ));
+        }
+        if !self.attacks_run {
+            md.push_str(&format!(
+                "\nProxy alive at the end: {}.\n",
+                if self.proxy_alive_at_end { "yes" } else { "**no**" }
+            ));
+            return md;
         }
         md.push_str(
             "\n| attack | pace | started | refused | closed by proxy | answered 4xx | answered other | held past our limit | \
