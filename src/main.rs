@@ -7,7 +7,8 @@ use clap::{Parser, Subcommand};
 mod cli;
 
 /// mimalloc: fewer cycles per request than the system allocator on the proxy path (measured with
-/// `benches/compare/run.sh`).
+/// `benches/compare/run.sh`). Built without transparent huge pages (`no_thp`): with them its
+/// arenas are resident in 2 MiB steps, ≈ 7 MiB more for an idle sidecar (17 vs 10 MiB).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

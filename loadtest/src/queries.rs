@@ -259,7 +259,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => std::env::current_exe()?.with_file_name("rampart"),
     };
     anyhow::ensure!(rampart.exists(), "{} not found (cargo build --release -p rampart)", rampart.display());
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Read before pinning: the count follows this process's affinity.
+    let (cores, machine) = (std::thread::available_parallelism().map_or(1, |n| n.get()), machine());
     let pinned = cores >= 2 && procs::available("taskset");
     if pinned {
         procs::pin(std::process::id(), &args.loadgen_cpu).context("pinning the load generator")?;
@@ -308,7 +309,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         mode: "queries",
         rampart_version,
         started_utc,
-        machine: machine(),
+        machine,
         loadavg_before,
         loadavg_after: loadavg(),
         concurrency: args.concurrency,
