@@ -150,7 +150,18 @@ fn an_open_ramp_page_shows_the_rollback_live_and_the_dora_page_matches_the_cli()
     std::thread::sleep(Duration::from_millis(400)); // the charts follow the resize
     browser.screenshot(&docs("console-ramp.png"));
 
-    // The DORA page: the CLI's numbers.
+    // The DORA page: the CLI's numbers — once the rolled-back ramp's count of bad-variant
+    // requests has settled (the last reports arrive a report interval after the traffic stops,
+    // and the engine adds them on its next tick), so the page and the CLI read the same data.
+    let mut last = (status(http, "new-checkout")["exposed_requests"].clone(), std::time::Instant::now());
+    let settled_at = std::time::Instant::now() + Duration::from_secs(20);
+    while last.1.elapsed() < Duration::from_millis(2500) && std::time::Instant::now() < settled_at {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = status(http, "new-checkout")["exposed_requests"].clone();
+        if now != last.0 {
+            last = (now, std::time::Instant::now());
+        }
+    }
     browser.cmd("POST", "/window/rect", json!({"width": 1280, "height": 1000}));
     browser.goto(&format!("http://{http}/#/dora?window=30d"));
     browser.wait_ready("dora");
