@@ -121,6 +121,12 @@ pub(crate) fn rss(pid: u32) -> Result<u64, ProcError> {
     status_kb(&text, "VmRSS:").ok_or(ProcError::Format { path })
 }
 
+/// The machine's 1, 5 and 15 minute load averages ("?" where `/proc/loadavg` cannot be read).
+pub(crate) fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map_or_else(|_| "?".to_owned(), |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+}
+
 /// Open file descriptors (sockets included).
 pub(crate) fn open_fds(pid: u32) -> Result<usize, ProcError> {
     let path = PathBuf::from(format!("/proc/{pid}/fd"));

@@ -39,6 +39,18 @@ pub(crate) fn available(program: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Where a pinned benchmark runs: the load generator on one CPU list, the servers under test on
+/// another (`taskset` lists, e.g. "0" or "0-1").
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Layout {
+    /// CPU of the load generator.
+    #[arg(long, default_value = "0")]
+    pub(crate) loadgen_cpu: String,
+    /// CPU of the servers under test (and their upstream).
+    #[arg(long, default_value = "1")]
+    pub(crate) server_cpu: String,
+}
+
 /// Pins every thread of `pid` to `cpus` (e.g. "0").
 pub(crate) fn pin(pid: u32, cpus: &str) -> std::io::Result<()> {
     let status =

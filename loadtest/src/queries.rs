@@ -44,12 +44,8 @@ pub(crate) struct Args {
     /// Calls in flight: gRPC streams on the one connection; OFREP connections.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    /// CPU of the load generator.
-    #[arg(long, default_value = "0")]
-    loadgen_cpu: String,
-    /// CPU of the sidecar.
-    #[arg(long, default_value = "1")]
-    server_cpu: String,
+    #[command(flatten)]
+    layout: procs::Layout,
     /// Output path without extension; `.json` and `.md` are written (default
     /// benches/results/queries-<date>).
     #[arg(long)]
@@ -195,11 +191,6 @@ async fn ofrep_phase(addr: std::net::SocketAddr, concurrency: usize, until: Inst
     Ok(total)
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map_or_else(|_| "?".to_owned(), |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-}
-
 fn machine() -> String {
     let nproc = std::thread::available_parallelism().map_or(1, |n| n.get());
     let model = std::fs::read_to_string("/proc/cpuinfo")
@@ -263,7 +254,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (cores, machine) = (std::thread::available_parallelism().map_or(1, |n| n.get()), machine());
     let pinned = cores >= 2 && procs::available("taskset");
     if pinned {
-        procs::pin(std::process::id(), &args.loadgen_cpu).context("pinning the load generator")?;
+        procs::pin(std::process::id(), &args.layout.loadgen_cpu).context("pinning the load generator")?;
     } else {
         eprintln!("notice: {cores} CPU(s) or no taskset: running unpinned");
     }
@@ -276,14 +267,14 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     std::fs::write(&config_path, config)?;
     let (started_utc, loadavg_before) = (
         time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-        loadavg(),
+        procfs::loadavg(),
     );
     let path = config_path.display().to_string();
     let mut proxy = Proc::start(
         "rampart",
         &rampart,
         &["proxy", "--config", &path],
-        pinned.then_some(args.server_cpu.as_str()),
+        pinned.then_some(args.layout.server_cpu.as_str()),
         dir.path(),
         &[("RUST_LOG", "info"), ("NO_COLOR", "1")],
     )?;
@@ -311,7 +302,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         started_utc,
         machine,
         loadavg_before,
-        loadavg_after: loadavg(),
+        loadavg_after: procfs::loadavg(),
         concurrency: args.concurrency,
         duration_s: args.duration.as_secs_f64(),
         pinned,

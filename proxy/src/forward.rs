@@ -22,11 +22,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::cluster::Failure;
 use crate::config::{Attribute, Headers};
-use crate::inject::{Tracked, inject_flags};
+use crate::inject::{Assigned, Tracked, inject_flags};
 use crate::metrics::Metrics;
 use crate::pool::UpstreamBody;
 use crate::route::Router;
-use crate::snapshot::{Current, Snapshot};
+use crate::snapshot::{Current, Injected, Snapshot};
 use rampart_stats::{Outcome, Registry};
 
 /// What the proxy answers with: the upstream's streamed body, or a short error text.
@@ -175,23 +175,16 @@ impl Forwarder {
         // Each ramped flag's unit lookup is a likely cache miss in a large table: issued
         // together first, they overlap (`SeriesStats::warm`).
         for a in tracked {
-            let inj = snapshot.injected.get(a.flag as usize).filter(|inj| inj.tracked);
-            if let (Some(Some(series)), Some(unit)) =
-                (inj.and_then(|i| i.variants.get(a.variant as usize)).map(|o| &o.stats), a.unit)
-            {
+            if let (Some((_, Some(series))), Some(unit)) = (series_of(snapshot, a), a.unit) {
                 series.warm(unit.get());
             }
         }
         for a in tracked {
-            let Some(inj) = snapshot.injected.get(a.flag as usize) else { continue };
-            if !inj.tracked {
-                // Returned only because a route matches on it.
-                continue;
-            }
-            let stats = inj.variants.get(a.variant as usize).map(|out| &out.stats);
-            match (stats, a.unit) {
-                (Some(Some(series)), Some(unit)) => series.record_split(outcome, micros, unit.get(), inj.slow_us),
-                (Some(Some(series)), None) => series.record(outcome, micros),
+            // None: returned only because a route matches on it.
+            let Some((inj, series)) = series_of(snapshot, a) else { continue };
+            match (series, a.unit) {
+                (Some(series), Some(unit)) => series.record_split(outcome, micros, unit.get(), inj.slow_us),
+                (Some(series), None) => series.record(outcome, micros),
                 _ => {
                     self.metrics.stats_overflow.increment(1);
                     self.stats.overflow().fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -306,6 +299,16 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// request's headers are cleaned before the proxy adds its own). Names are looked up
 /// as `&str`, so this allocates nothing. Most messages carry none, so one pass over the names
 /// (integer comparisons for the standard ones) comes first, instead of nine hashed removals.
+/// An assignment's injected flag when it is tracked, and its variant's stats series (`None`
+/// when the registry had no room for it).
+fn series_of<'a>(
+    snapshot: &'a Snapshot,
+    a: &Assigned,
+) -> Option<(&'a Injected, Option<&'a rampart_stats::SeriesStats>)> {
+    let inj = snapshot.injected.get(a.flag as usize).filter(|inj| inj.tracked)?;
+    Some((inj, inj.variants.get(a.variant as usize).and_then(|out| out.stats.as_deref())))
+}
+
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(is_hop_by_hop) {
         return;

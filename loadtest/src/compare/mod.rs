@@ -80,12 +80,8 @@ pub(crate) struct Args {
     /// The upstream: nginx `return 200` (default when nginx is installed) or this tool's hyper server.
     #[arg(long, value_enum)]
     upstream: Option<UpstreamKind>,
-    /// CPU of the load generator.
-    #[arg(long, default_value = "0")]
-    loadgen_cpu: String,
-    /// CPU of the proxies and the upstream.
-    #[arg(long, default_value = "1")]
-    server_cpu: String,
+    #[command(flatten)]
+    layout: procs::Layout,
     /// Output path without extension; `.json` and `.md` are written
     /// (default benches/compare/results-<date>, `-tls` appended with `--tls`).
     #[arg(long)]
@@ -118,11 +114,6 @@ fn peak_rss(proc: &Proc) -> u64 {
     procfs::sample_tree(proc.pid()).map_or(0, |s| s.peak_rss)
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map_or_else(|_| "?".to_owned(), |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-}
-
 /// Checks that the upstream, reached through `url` (TLS for `https://`, trusting `trust`),
 /// received the 10 flag headers.
 async fn check_injection(url: &Uri, trust: Option<&Trust>) -> anyhow::Result<()> {
@@ -144,8 +135,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if !pinned {
         eprintln!("notice: {cores} CPU(s) or no taskset: running unpinned; figures are not comparable to a pinned run");
     }
-    let server_cpu = pinned.then_some(args.server_cpu.as_str());
-    if let Some(cpu) = pinned.then_some(args.loadgen_cpu.as_str()) {
+    let server_cpu = pinned.then_some(args.layout.server_cpu.as_str());
+    if let Some(cpu) = pinned.then_some(args.layout.loadgen_cpu.as_str()) {
         procs::pin(std::process::id(), cpu).context("pinning the load generator")?;
     }
     let rampart = match &args.rampart {

@@ -12,6 +12,7 @@ use super::targets::{Server, UpstreamKind};
 use super::tls::TlsSetup;
 use super::{Args, TargetKind, UnderTest};
 use crate::load::Summary;
+use crate::procfs;
 
 /// One kind of run.
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
@@ -118,11 +119,11 @@ impl Machine {
             nproc,
             cpu_model: first_line_of("/proc/cpuinfo", "model name"),
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
-            loadavg_before: super::loadavg(),
+            loadavg_before: procfs::loadavg(),
             loadavg_after: String::new(),
             pinned,
-            loadgen_cpu: args.loadgen_cpu.clone(),
-            server_cpu: args.server_cpu.clone(),
+            loadgen_cpu: args.layout.loadgen_cpu.clone(),
+            server_cpu: args.layout.server_cpu.clone(),
             workers: args.workers,
             upstream: kind,
             versions,
@@ -276,7 +277,7 @@ impl Report {
         upstream_peak_rss: u64,
         skipped: Vec<TargetKind>,
     ) -> Report {
-        machine.loadavg_after = super::loadavg();
+        machine.loadavg_after = procfs::loadavg();
         if let Some(tls) = &mut machine.tls {
             for r in &runs {
                 if let Some(n) = &r.summary.tls {

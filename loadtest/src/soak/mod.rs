@@ -78,11 +78,6 @@ fn git_describe() -> String {
         .map_or_else(|| "unknown".to_owned(), |o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map_or_else(|_| "?".to_owned(), |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-}
-
 fn machine() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZeroUsize::get);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -162,7 +157,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (started_utc, commit, loadavg_before) = (
         time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
         git_describe(),
-        loadavg(),
+        procfs::loadavg(),
     );
     let mut config = String::new();
     let (mut upstream, mut proxy, listen, admin) = start(dir.path(), &rampart, &mut config).await?;
@@ -270,7 +265,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         started_utc,
         machine: machine(),
         loadavg_before,
-        loadavg_after: loadavg(),
+        loadavg_after: procfs::loadavg(),
         rate: args.rate,
         connections: args.connections,
         interval_s: args.interval.as_secs_f64(),
