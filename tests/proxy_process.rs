@@ -1,5 +1,5 @@
-//! `rampart proxy` as a real process: SIGTERM drains an in-flight request, and gigabyte bodies
-//! stream through with flat memory.
+//! `rampart proxy` as a real process: SIGTERM drains an in-flight request, gigabyte bodies
+//! stream through with flat memory, and `workers = 2` serves on two threads.
 
 mod process;
 #[path = "../proxy/tests/support/mod.rs"]
@@ -40,6 +40,74 @@ async fn sigterm_drains_an_in_flight_request() {
     let (status, body) = in_flight.await.unwrap();
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.contains("\"path\":\"/slow\""));
+    assert!(exit.success(), "{exit:?}");
+}
+
+/// The voluntary context switches of `pid`'s thread named `name`: one per wait for I/O.
+fn thread_waits(pid: u32, name: &str) -> Option<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten().find_map(|task| {
+        let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+        (comm.trim() == name).then_some(())?;
+        let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+        status.lines().find_map(|l| l.strip_prefix("voluntary_ctxt_switches:")).and_then(|v| v.trim().parse().ok())
+    })
+}
+
+#[tokio::test]
+async fn two_workers_each_serve_connections_and_drain_on_sigterm() {
+    let mut up = upstream().await;
+    let (mut proxy, _dir) = start(up.addr, "workers = 2\ndrain_timeout = \"10s\"");
+    let (pid, listen) = (proxy.pid(), proxy.addr("listen"));
+    // The workers start once the process logged that it serves.
+    let mut idle = None;
+    for _ in 0..100 {
+        idle = thread_waits(pid, "rampart-worker1");
+        if idle.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let idle = idle.expect("a thread named rampart-worker1");
+
+    // 32 connections (a client each), 25 requests on each: every one answered, the flag injected.
+    let connections: Vec<_> = (0..32)
+        .map(|_| {
+            tokio::spawn(async move {
+                let client = client();
+                for _ in 0..25 {
+                    let req = Request::get(format!("http://{listen}/w")).body(empty()).unwrap();
+                    let resp = client.request(req).await.unwrap();
+                    assert_eq!(resp.status(), StatusCode::OK);
+                    let seen: serde_json::Value =
+                        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+                    assert_eq!(header(&seen["headers"], "x-flag-f").as_deref(), Some("a"), "{seen}");
+                }
+            })
+        })
+        .collect();
+    for c in connections {
+        c.await.unwrap();
+    }
+    // The kernel spread the connections over both workers' sockets (by their ports: all 32 on
+    // one worker is a 1 in 2^31 chance), so the second worker waited for I/O again and again.
+    let served = thread_waits(pid, "rampart-worker1").unwrap() - idle;
+    assert!(served >= 25, "rampart-worker1 waited for I/O {served} times while serving 800 requests");
+
+    // In-flight requests on either worker finish before the process exits.
+    let slow: Vec<_> = (0..4)
+        .map(|_| {
+            let url = format!("http://{listen}/slow?ms=800");
+            tokio::spawn(async move { get(&url, &[]).await })
+        })
+        .collect();
+    for _ in 0..4 {
+        assert_eq!(up.arrivals.recv().await.as_deref(), Some("/slow"));
+    }
+    let exit = tokio::task::spawn_blocking(move || proxy.terminate()).await.unwrap();
+    for s in slow {
+        let (status, body) = s.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
     assert!(exit.success(), "{exit:?}");
 }
 

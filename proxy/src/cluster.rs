@@ -25,7 +25,8 @@ use crate::pool::{ConnectError, Lease, Pool, SendError, Settings};
 /// One endpoint: its connections, health and metric handles.
 #[derive(Debug)]
 struct Endpoint {
-    pool: Arc<Pool>,
+    /// One pool per worker (`workers`): a connection is used only on the thread that drives it.
+    pools: Box<[Arc<Pool>]>,
     authority: Box<str>,
     /// Connect failures since the last connection.
     failures: AtomicU32,
@@ -41,6 +42,13 @@ struct Endpoint {
     requests: Counter,
     ejections: Counter,
     healthy: Gauge,
+}
+
+impl Endpoint {
+    /// This worker's connections to the endpoint.
+    fn pool(&self) -> &Arc<Pool> {
+        &self.pools[crate::workers::index().min(self.pools.len() - 1)]
+    }
 }
 
 /// The endpoints of one upstream deployment.
@@ -111,6 +119,7 @@ impl Cluster {
             idle_timeout: config.pool_idle_timeout,
             max_idle: cluster.max_idle,
         };
+        let workers = config.workers.map_or(1, std::num::NonZeroUsize::get);
         let endpoints: Box<[Endpoint]> = cluster
             .endpoints
             .iter()
@@ -119,8 +128,9 @@ impl Cluster {
                 let labels = [("cluster", cluster.name.as_str()), ("endpoint", authority)];
                 let healthy = metrics.gauge("rampart_upstream_endpoint_healthy", &labels);
                 healthy.set(1.0);
+                let pools = (0..workers).map(|_| Arc::new(Pool::new(&e.authority, settings, cluster.tls.as_ref())));
                 Endpoint {
-                    pool: Arc::new(Pool::new(&e.authority, settings, cluster.tls.as_ref())),
+                    pools: pools.collect(),
                     authority: authority.into(),
                     failures: AtomicU32::new(0),
                     ejected_until: AtomicU64::new(0),
@@ -167,9 +177,9 @@ impl Cluster {
             let _probe = ProbeGuard(pick.probe.then_some(&endpoint.probing));
             endpoint.requests.increment(1);
             if set_host {
-                req.headers_mut().insert(header::HOST, endpoint.pool.host.clone());
+                req.headers_mut().insert(header::HOST, endpoint.pool().host.clone());
             }
-            let mut lease = Lease::new(&endpoint.pool);
+            let mut lease = Lease::new(endpoint.pool());
             match lease.send(req).await {
                 Ok(resp) => {
                     self.connected(pick);
@@ -195,8 +205,8 @@ impl Cluster {
 
     /// Drops idle connections that expired or closed.
     pub(crate) fn sweep(&self) {
-        for endpoint in &self.endpoints {
-            endpoint.pool.sweep();
+        for pool in self.endpoints.iter().flat_map(|e| &e.pools) {
+            pool.sweep();
         }
     }
 
@@ -224,7 +234,7 @@ impl Cluster {
                 let b = (a + 1 + fastrand::usize(..n - 1)) % n;
                 match (usable(a), usable(b)) {
                     (true, true) => {
-                        let load = |i: usize| self.endpoints[i].pool.in_flight();
+                        let load = |i: usize| self.endpoints[i].pools.iter().map(|p| p.in_flight()).sum::<usize>();
                         Some(if load(b) < load(a) { b } else { a })
                     }
                     (true, false) => Some(a),

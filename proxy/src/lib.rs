@@ -22,6 +22,7 @@ mod server;
 mod snapshot;
 pub mod tls;
 mod watchdog;
+mod workers;
 
 use std::sync::Arc;
 
@@ -37,6 +38,7 @@ pub use crate::inject::{Assigned, Tracked, inject_flags};
 pub use crate::query::{BindError, QueryListeners};
 pub use crate::reload::LoadError;
 pub use crate::snapshot::Snapshot;
+pub use crate::workers::bind;
 
 /// A configured sidecar whose flags are loaded, ready to serve.
 #[derive(Debug)]
@@ -111,7 +113,9 @@ impl Proxy {
 
     /// Serves client traffic on `listener` and the admin endpoints on `admin` until `shutdown`,
     /// watching the flags file meanwhile; returns once in-flight requests drained (or the drain
-    /// deadline passed). Serves no flag queries: see [`Proxy::run_with_queries`].
+    /// deadline passed). Serves no flag queries: see [`Proxy::run_with_queries`]. With `workers = N`
+    /// the caller's runtime is the first of N threads serving `listener`; call it on a
+    /// current-thread runtime to keep each connection on one thread.
     pub async fn run(self, listener: TcpListener, admin: TcpListener, shutdown: CancellationToken) {
         self.run_with_queries(listener, admin, QueryListeners::default(), shutdown).await;
     }
@@ -192,7 +196,12 @@ impl Proxy {
             });
         }
         tasks.close();
-        server::serve(listener, forwarder, limits, self.tls.clone(), shutdown).await;
+        let gate = server::Gate::new(limits);
+        let workers = c.workers.map_or(1, std::num::NonZeroUsize::get);
+        let (listener, workers) =
+            workers::Workers::start(workers, listener, &forwarder, &gate, self.tls.as_ref(), &shutdown);
+        server::serve(listener, forwarder, gate, self.tls.clone(), shutdown).await;
+        workers.join().await;
         // Drained: the reporter now sends the last interval's stats, then everything stops.
         background.cancel();
         tasks.wait().await;

@@ -68,16 +68,34 @@ impl Drop for AddressSlot {
     }
 }
 
+/// What every worker's listener shares: the limits, and the connection caps, which hold for the
+/// sidecar as a whole (not per worker).
+#[derive(Debug)]
+pub(crate) struct Gate {
+    limits: Limits,
+    permits: Arc<Semaphore>,
+    per_address: Arc<PerAddress>,
+}
+
+impl Gate {
+    pub(crate) fn new(limits: Limits) -> Arc<Gate> {
+        let permits = Arc::new(Semaphore::new(limits.max_connections));
+        Arc::new(Gate { limits, permits, per_address: Arc::default() })
+    }
+}
+
 /// Serves `listener` until `shutdown`, then stops accepting and gives open connections up to the
 /// drain timeout to finish their in-flight requests. With `tls`, every connection is a TLS one
-/// (the certificate as of its handshake; reloads apply to new connections).
+/// (the certificate as of its handshake; reloads apply to new connections). Connections are
+/// served on the runtime this runs on.
 pub(crate) async fn serve(
     listener: TcpListener,
     forwarder: Arc<Forwarder>,
-    limits: Limits,
+    gate: Arc<Gate>,
     tls: Option<LiveServerConfig>,
     shutdown: CancellationToken,
 ) {
+    let limits = &gate.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -91,9 +109,7 @@ pub(crate) async fn serve(
         .keep_alive_timeout(limits.connections.h2_ping_timeout)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let per_address = Arc::new(PerAddress::default());
-    let limits = Arc::new(limits);
+    let (permits, per_address) = (&gate.permits, &gate.per_address);
     let graceful = GracefulShutdown::new();
     let connections = TaskTracker::new();
     loop {
@@ -133,8 +149,9 @@ pub(crate) async fn serve(
         let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
         let gauge = forwarder.metrics.connections.clone();
         gauge.increment(1.0);
-        let limits = limits.clone();
+        let gate = gate.clone();
         connections.spawn(async move {
+            let limits = &gate.limits;
             match tls {
                 None => serve_io(&builder, TokioIo::new(stream), session, watcher, &limits.connections).await,
                 Some(live) => {

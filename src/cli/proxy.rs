@@ -22,16 +22,13 @@ pub(crate) fn run(args: &ProxyArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config)?;
     let proxy = Proxy::new(config)?;
     let workers = proxy.config().workers.map_or(1, |w| w.get());
-    let runtime = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()
-    }
-    .context("cannot start the runtime")?;
+    // Thread per core: this runtime is worker 0; the proxy starts the others, each on a
+    // current-thread runtime of its own.
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
     runtime.block_on(async move {
         let c = proxy.config();
-        let listener =
-            tokio::net::TcpListener::bind(c.listen).await.with_context(|| format!("bind listen {}", c.listen))?;
+        let listener = rampart_proxy::bind(c.listen, workers).with_context(|| format!("bind listen {}", c.listen))?;
         let admin = tokio::net::TcpListener::bind(c.admin).await.with_context(|| format!("bind admin {}", c.admin))?;
         let queries = rampart_proxy::QueryListeners::bind(&c.queries).await?;
         let local = |l: &Option<tokio::net::TcpListener>| {

@@ -35,7 +35,7 @@ fn round_robin_takes_turns() {
 #[test]
 fn least_requests_prefers_fewer_in_flight() {
     let (c, _) = cluster("least_requests", 2, "10s");
-    let busy = Lease::new(&c.endpoints[0].pool);
+    let busy = Lease::new(c.endpoints[0].pool());
     assert!(picks(&c, 50).iter().all(|&i| i == 1));
     drop(busy);
     let spread = picks(&c, 200);
