@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cluster::Failure;
 use crate::config::{Attribute, Headers};
+use crate::deadline;
 use crate::inject::{Assigned, Tracked, inject_flags};
 use crate::metrics::Metrics;
 use crate::pool::UpstreamBody;
@@ -111,7 +112,7 @@ impl Forwarder {
         });
         let started = Instant::now();
         let result = tokio::select! {
-            sent = tokio::time::timeout(route.timeout, route.cluster.send(req, route.retries)) => sent,
+            sent = deadline::timeout(route.timeout, route.cluster.send(req, route.retries)) => sent,
             () = informational.flood.notified() => {
                 self.metrics.upstream_failures.increment(1);
                 self.record(&snapshot, &tracked, Outcome::Error, None);

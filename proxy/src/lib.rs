@@ -8,6 +8,7 @@ mod admin;
 mod cache;
 mod cluster;
 pub mod config;
+mod deadline;
 mod extract;
 mod forward;
 mod inject;

@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::HeaderValue;
@@ -29,6 +29,7 @@ use tokio_rustls::TlsConnector;
 use tokio_util::task::TaskTracker;
 
 use crate::config::UpstreamTls;
+use crate::deadline::coarse_now;
 
 /// Where an endpoint's connections go.
 #[derive(Debug)]
@@ -41,7 +42,8 @@ enum Target {
 #[derive(Debug)]
 struct Idle {
     sender: SendRequest<Incoming>,
-    since: Instant,
+    /// On the coarse clock: idle timeouts are seconds, and a stamp per request costs no TSC read.
+    since: coarsetime::Instant,
 }
 
 /// How long to wait and how many idle connections to keep.
@@ -121,12 +123,13 @@ impl Pool {
     /// The newest idle connection ready for a request. Closed and expired ones are dropped; one
     /// not ready yet (its last exchange still finishing) stays for later.
     fn checkout(&self) -> Option<SendRequest<Incoming>> {
+        let (now, idle_timeout) = (coarse_now(), coarsetime::Duration::from(self.settings.idle_timeout));
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let mut i = idle.len();
         while i > 0 {
             i -= 1;
             let entry = &idle[i];
-            let expired = entry.since.elapsed() >= self.settings.idle_timeout;
+            let expired = now.duration_since(entry.since) >= idle_timeout;
             if entry.sender.is_ready() && !expired {
                 return Some(idle.remove(i).sender);
             }
@@ -142,7 +145,7 @@ impl Pool {
         if sender.is_closed() || self.settings.max_idle == 0 {
             return;
         }
-        let entry = Idle { sender, since: Instant::now() };
+        let entry = Idle { sender, since: coarse_now() };
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() >= self.settings.max_idle {
             idle.remove(0);
@@ -153,7 +156,8 @@ impl Pool {
     /// Drops idle connections that expired or closed.
     pub(crate) fn sweep(&self) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        idle.retain(|e| !e.sender.is_closed() && e.since.elapsed() < self.settings.idle_timeout);
+        let (now, idle_timeout) = (coarse_now(), coarsetime::Duration::from(self.settings.idle_timeout));
+        idle.retain(|e| !e.sender.is_closed() && now.duration_since(e.since) < idle_timeout);
     }
 
     async fn connect(&self) -> Result<SendRequest<Incoming>, ConnectError> {

@@ -95,6 +95,7 @@ pub(crate) async fn serve(
     tls: Option<LiveServerConfig>,
     shutdown: CancellationToken,
 ) {
+    crate::deadline::use_on_this_thread();
     let limits = &gate.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

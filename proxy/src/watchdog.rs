@@ -25,6 +25,8 @@ use crate::config::Connections;
 #[derive(Debug)]
 pub(crate) struct Watch {
     start: Instant,
+    /// `start` on the coarse clock, which stamps reads and writes (no TSC read per stamp).
+    coarse_start: coarsetime::Instant,
     /// Milliseconds after `start` when a byte was last read; `u64::MAX`: never.
     last_read: AtomicU64,
     /// Milliseconds after `start` when a byte was last written.
@@ -41,6 +43,7 @@ impl Watch {
     pub(crate) fn new() -> Arc<Watch> {
         Arc::new(Watch {
             start: Instant::now(),
+            coarse_start: crate::deadline::coarse_now(),
             last_read: AtomicU64::new(NEVER),
             last_write: AtomicU64::new(NEVER),
             awaiting: AtomicU32::new(0),
@@ -48,8 +51,10 @@ impl Watch {
         })
     }
 
+    /// Milliseconds since `start`, to within the coarse clock's tick (a few milliseconds, far
+    /// below any of these timeouts).
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(NEVER - 1)
+        crate::deadline::coarse_now().duration_since(self.coarse_start).as_millis().min(NEVER - 1)
     }
 
     /// A request arrived: until [`Awaiting::responded`] (or the request is abandoned), the
