@@ -223,7 +223,8 @@ pub struct Config {
     pub header_prefix: String,
     pub inject: Option<Vec<String>>,
     pub context: Vec<Attribute>,
-    /// Runtime worker threads; `None` is one (a sidecar shares its host with the service).
+    /// Serving threads, each a current-thread runtime with its own listening socket and upstream
+    /// pools (`workers.rs`); `None` is one (a sidecar shares its host with the service).
     pub workers: Option<NonZeroUsize>,
     pub max_connections: NonZeroUsize,
     pub max_header_bytes: usize,

@@ -1,12 +1,13 @@
-//! The upstream timeout without a timer per request: one coarse ticker per worker thread.
+//! Request timeouts without a timer per request: one coarse ticker per worker thread, for the
+//! upstream timeout ([`timeout`]) and for hyper's own timers ([`WorkerTimer`]: the header-read
+//! timeout it arms for every request head, and HTTP/2 keep-alive pings).
 //!
-//! `tokio::time::timeout` registers an entry in the runtime's timer wheel when a request first
-//! waits (a clock read and a locked insert) and removes it when the response arrives (another
-//! lock), for every request, although almost none times out. Here a waiting request puts its
-//! deadline (milliseconds on the coarse monotonic clock) and its waker in its thread's slab; one
-//! ticker task per thread wakes every [`TICK`] while any deadline is pending, and wakes the requests
-//! whose deadline passed. A request fires between its timeout and its timeout plus a tick (and the
-//! coarse clock's granularity, a few milliseconds).
+//! A tokio timer registers an entry in the runtime's timer wheel when its task first waits (a
+//! locked insert) and removes it when dropped (another lock), for every request, although almost
+//! none times out. Here a waiting request puts its deadline and its waker in its thread's slab;
+//! one ticker task per thread wakes every [`TICK`] while any deadline is pending, and wakes those
+//! whose deadline passed. A deadline fires within a tick after it (the upstream timeout also
+//! within the coarse clock's granularity, a few milliseconds, as it is read on that clock).
 //!
 //! A worker's requests are polled on its thread only (thread per core, current-thread runtimes),
 //! so the slab is a thread-local `RefCell`. That holds only on a current-thread runtime: a worker
@@ -19,8 +20,9 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use hyper_util::rt::TokioTimer;
 use slab::Slab;
 
 /// How often a thread's pending deadlines are checked.
@@ -32,8 +34,23 @@ pub(crate) struct Elapsed;
 
 struct Entry {
     id: u64,
-    deadline_ms: u64,
+    deadline: When,
     waker: Waker,
+}
+
+/// When an entry fires.
+#[derive(Debug, Clone, Copy)]
+enum When {
+    /// On this thread's coarse clock ([`now_ms`]).
+    CoarseMs(u64),
+    At(Instant),
+}
+
+/// What a [`Coarse`] waits for before it registers.
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    After(Duration),
+    At(Instant),
 }
 
 #[derive(Default)]
@@ -74,7 +91,7 @@ pub(crate) fn use_on_this_thread() {
 /// Runs `future` until it completes or `timeout` has passed.
 pub(crate) fn timeout<F: Future>(timeout: Duration, future: F) -> Timeout<F> {
     if COARSE.get() {
-        Timeout::Coarse { inner: Coarse { future, timeout, slot: None } }
+        Timeout::Coarse { inner: Coarse { future, limit: Limit::After(timeout), slot: None } }
     } else {
         Timeout::Tokio { inner: tokio::time::timeout(timeout, future) }
     }
@@ -107,7 +124,7 @@ pin_project_lite::pin_project! {
     pub(crate) struct Coarse<F> {
         #[pin]
         future: F,
-        timeout: Duration,
+        limit: Limit,
         // The slab key and the entry's id, once waiting.
         slot: Option<(usize, u64)>,
     }
@@ -135,13 +152,18 @@ impl<F: Future> Future for Coarse<F> {
         if let Poll::Ready(out) = this.future.poll(cx) {
             return Poll::Ready(Ok(out));
         }
-        let (timeout, slot) = (*this.timeout, this.slot);
+        let (limit, slot) = (*this.limit, this.slot);
         let waiting = DEADLINES.with_borrow_mut(|d| match *slot {
             None => {
                 let id = d.next_id;
                 d.next_id += 1;
-                let deadline_ms = now_ms().saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
-                let key = d.entries.insert(Entry { id, deadline_ms, waker: cx.waker().clone() });
+                let deadline = match limit {
+                    Limit::After(t) => {
+                        When::CoarseMs(now_ms().saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX)))
+                    }
+                    Limit::At(at) => When::At(at),
+                };
+                let key = d.entries.insert(Entry { id, deadline, waker: cx.waker().clone() });
                 *slot = Some((key, id));
                 if !d.ticking {
                     d.ticking = true;
@@ -162,6 +184,60 @@ impl<F: Future> Future for Coarse<F> {
         if waiting { Poll::Pending } else { Poll::Ready(Err(Elapsed)) }
     }
 }
+
+/// hyper's timer for a worker's connections: this thread's slab on a current-thread runtime,
+/// tokio's timer elsewhere (as [`timeout`]). hyper still boxes each sleep it asks for.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerTimer {
+    /// `None`: the coarse slab.
+    tokio: Option<TokioTimer>,
+}
+
+impl WorkerTimer {
+    /// For connections served on this thread (after [`use_on_this_thread`]).
+    pub(crate) fn for_this_thread() -> WorkerTimer {
+        WorkerTimer { tokio: (!COARSE.get()).then(TokioTimer::new) }
+    }
+}
+
+impl hyper::rt::Timer for WorkerTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        match &self.tokio {
+            Some(tokio) => tokio.sleep(duration),
+            None => Box::pin(Sleep {
+                inner: Coarse { future: std::future::pending(), limit: Limit::After(duration), slot: None },
+            }),
+        }
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        match &self.tokio {
+            Some(tokio) => tokio.sleep_until(deadline),
+            None => Box::pin(Sleep {
+                inner: Coarse { future: std::future::pending(), limit: Limit::At(deadline), slot: None },
+            }),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A hyper sleep on this thread's slab.
+    #[derive(Debug)]
+    struct Sleep {
+        #[pin]
+        inner: Coarse<std::future::Pending<()>>,
+    }
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.project().inner.poll(cx).map(|_| ())
+    }
+}
+
+impl hyper::rt::Sleep for Sleep {}
 
 /// The thread's ticker: every tick while deadlines are pending, wakes those that passed; parks
 /// while none are. Ends with its runtime (the guard lets the next runtime on this thread start one).
@@ -190,10 +266,14 @@ async fn tick() {
         })
         .await;
         tokio::time::sleep(TICK).await;
-        let now = now_ms();
+        let (now_ms, now) = (now_ms(), Instant::now());
         DEADLINES.with_borrow_mut(|d| {
             d.entries.retain(|_, entry| {
-                if entry.deadline_ms > now {
+                let due = match entry.deadline {
+                    When::CoarseMs(ms) => ms <= now_ms,
+                    When::At(at) => at <= now,
+                };
+                if !due {
                     return true;
                 }
                 entry.waker.wake_by_ref();
@@ -270,6 +350,28 @@ mod tests {
         let out = timeout(Duration::from_millis(20), std::future::pending::<()>());
         assert!(matches!(out, Timeout::Tokio { .. }));
         assert!(out.await.is_err());
+        assert_eq!(pending_entries(), 0);
+    }
+
+    #[tokio::test]
+    async fn hypers_sleeps_wait_on_the_slab_until_their_instant() {
+        use hyper::rt::Timer as _;
+        coarse();
+        let timer = WorkerTimer::for_this_thread();
+        assert!(timer.tokio.is_none());
+        let started = Instant::now();
+        let mut sleep = timer.sleep_until(started + Duration::from_millis(30));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(sleep.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(pending_entries(), 1);
+        sleep.await;
+        assert!(started.elapsed() >= Duration::from_millis(30), "woke after {:?}", started.elapsed());
+        assert_eq!(pending_entries(), 0);
+        timer.sleep(Duration::from_millis(10)).await;
+        // Dropped before its time, a sleep leaves nothing behind.
+        let mut early = timer.sleep(Duration::from_secs(60));
+        assert!(early.as_mut().poll(&mut cx).is_pending());
+        drop(early);
         assert_eq!(pending_entries(), 0);
     }
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
@@ -96,16 +96,17 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
 ) {
     crate::deadline::use_on_this_thread();
+    let timer = crate::deadline::WorkerTimer::for_this_thread();
     let limits = &gate.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
+        .timer(timer.clone())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes);
     builder
         .http2()
-        .timer(TokioTimer::new())
+        .timer(timer)
         .keep_alive_interval(Some(limits.connections.h2_ping_interval))
         .keep_alive_timeout(limits.connections.h2_ping_timeout)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
