@@ -157,6 +157,10 @@ impl Proxy {
             drain_timeout: c.drain_timeout,
             connections: c.connections.clone(),
         };
+        let local =
+            |l: Option<&TcpListener>| l.and_then(|l| l.local_addr().ok()).map_or("off".to_owned(), |a| a.to_string());
+        let (admin_addr, grpc_addr, ofrep_addr) =
+            (local(Some(&admin)), local(queries.grpc.as_ref()), local(queries.ofrep.as_ref()));
         let tasks = TaskTracker::new();
         let background = CancellationToken::new();
         tasks.spawn(admin::serve(admin, admin_state, background.clone()));
@@ -199,10 +203,14 @@ impl Proxy {
         tasks.close();
         let gate = server::Gate::new(limits);
         let workers = c.workers.map_or(1, std::num::NonZeroUsize::get);
-        let (listener, workers) =
+        let (listener, started) =
             workers::Workers::start(workers, listener, &forwarder, &gate, self.tls.as_ref(), &shutdown);
+        // Logged once every worker listens: a client connecting after this line can reach any.
+        tracing::info!(listen = %local(Some(&listener)), admin = %admin_addr, grpc = %grpc_addr, ofrep = %ofrep_addr,
+            upstream = %c.upstream.authority, flags = ?c.flags,
+            control_plane = ?c.control_plane.as_ref().map(|cp| &cp.uris), workers, "rampart proxy serving");
         server::serve(listener, forwarder, gate, self.tls.clone(), shutdown).await;
-        workers.join().await;
+        started.join().await;
         // Drained: the reporter now sends the last interval's stats, then everything stops.
         background.cancel();
         tasks.wait().await;

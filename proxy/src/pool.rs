@@ -62,6 +62,8 @@ pub(crate) struct Pool {
     pub(crate) host: HeaderValue,
     idle: Mutex<Vec<Idle>>,
     settings: Settings,
+    /// `settings.idle_timeout` on the coarse clock the idle stamps use.
+    idle_timeout: coarsetime::Duration,
     /// Requests picked for this endpoint and not finished (response body ended or dropped).
     in_flight: AtomicUsize,
     /// Owns the connection tasks; each ends when its connection closes or its sender is dropped.
@@ -105,6 +107,7 @@ impl Pool {
             host: HeaderValue::from_str(authority.as_str()).unwrap_or(HeaderValue::from_static("localhost")),
             idle: Mutex::new(Vec::new()),
             settings,
+            idle_timeout: coarsetime::Duration::from(settings.idle_timeout),
             in_flight: AtomicUsize::new(0),
             connections: TaskTracker::new(),
             tls: tls.and_then(|t| {
@@ -123,13 +126,13 @@ impl Pool {
     /// The newest idle connection ready for a request. Closed and expired ones are dropped; one
     /// not ready yet (its last exchange still finishing) stays for later.
     fn checkout(&self) -> Option<SendRequest<Incoming>> {
-        let (now, idle_timeout) = (coarse_now(), coarsetime::Duration::from(self.settings.idle_timeout));
+        let now = coarse_now();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let mut i = idle.len();
         while i > 0 {
             i -= 1;
             let entry = &idle[i];
-            let expired = now.duration_since(entry.since) >= idle_timeout;
+            let expired = now.duration_since(entry.since) >= self.idle_timeout;
             if entry.sender.is_ready() && !expired {
                 return Some(idle.remove(i).sender);
             }
@@ -156,8 +159,8 @@ impl Pool {
     /// Drops idle connections that expired or closed.
     pub(crate) fn sweep(&self) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let (now, idle_timeout) = (coarse_now(), coarsetime::Duration::from(self.settings.idle_timeout));
-        idle.retain(|e| !e.sender.is_closed() && now.duration_since(e.since) < idle_timeout);
+        let now = coarse_now();
+        idle.retain(|e| !e.sender.is_closed() && now.duration_since(e.since) < self.idle_timeout);
     }
 
     async fn connect(&self) -> Result<SendRequest<Incoming>, ConnectError> {

@@ -31,12 +31,6 @@ pub(crate) fn run(args: &ProxyArgs) -> anyhow::Result<ExitCode> {
         let listener = rampart_proxy::bind(c.listen, workers).with_context(|| format!("bind listen {}", c.listen))?;
         let admin = tokio::net::TcpListener::bind(c.admin).await.with_context(|| format!("bind admin {}", c.admin))?;
         let queries = rampart_proxy::QueryListeners::bind(&c.queries).await?;
-        let local = |l: &Option<tokio::net::TcpListener>| {
-            l.as_ref().and_then(|l| l.local_addr().ok()).map_or("off".to_owned(), |a| a.to_string())
-        };
-        tracing::info!(listen = %listener.local_addr()?, admin = %admin.local_addr()?, grpc = %local(&queries.grpc),
-            ofrep = %local(&queries.ofrep), upstream = %c.upstream.authority, flags = ?c.flags,
-            control_plane = ?c.control_plane.as_ref().map(|cp| &cp.uris), workers, "rampart proxy serving");
         let token = CancellationToken::new();
         let signals = tokio::spawn(shutdown::on_signal(token.clone()));
         proxy.run_with_queries(listener, admin, queries, token.clone()).await;
