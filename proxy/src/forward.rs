@@ -9,8 +9,10 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::Poll;
 use std::time::Instant;
 
+use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
@@ -48,11 +50,36 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Informational (1xx) responses an upstream may send before its final one.
 const MAX_INFORMATIONAL: u32 = 16;
 
-/// The informational responses of one exchange, and the signal that there were too many.
+/// The informational responses of one exchange, and the request's waker to call when there were
+/// too many. An `AtomicWaker`, not a `Notify`: registering is an atomic swap (no clone while the
+/// waker stays the same), where a `Notify` waiter takes a lock to enter and to leave its list on
+/// every request.
 #[derive(Debug, Default)]
 struct Informational {
     count: AtomicU32,
-    flood: tokio::sync::Notify,
+    flood: AtomicWaker,
+}
+
+impl Informational {
+    /// Counts one informational response; the one that makes too many wakes the request.
+    fn seen(&self) {
+        if self.count.fetch_add(1, Ordering::Relaxed) + 1 == MAX_INFORMATIONAL {
+            self.flood.wake();
+        }
+    }
+
+    /// Ready once the upstream has sent too many informational responses.
+    fn flooded(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            let over = || self.count.load(Ordering::Relaxed) >= MAX_INFORMATIONAL;
+            if over() {
+                return Poll::Ready(());
+            }
+            self.flood.register(cx.waker());
+            // Counted between the load and the registration: not missed.
+            if over() { Poll::Ready(()) } else { Poll::Pending }
+        })
+    }
 }
 
 /// Everything the request path shares across requests.
@@ -105,15 +132,11 @@ impl Forwarder {
         // parsing them until `upstream_timeout`: past a few, it is a failed exchange.
         let informational = Arc::new(Informational::default());
         let seen = informational.clone();
-        hyper::ext::on_informational(&mut req, move |_| {
-            if seen.count.fetch_add(1, Ordering::Relaxed) + 1 == MAX_INFORMATIONAL {
-                seen.flood.notify_one();
-            }
-        });
+        hyper::ext::on_informational(&mut req, move |_| seen.seen());
         let started = Instant::now();
         let result = tokio::select! {
             sent = deadline::timeout(route.timeout, route.cluster.send(req, route.retries)) => sent,
-            () = informational.flood.notified() => {
+            () = informational.flooded() => {
                 self.metrics.upstream_failures.increment(1);
                 self.record(&snapshot, &tracked, Outcome::Error, None);
                 return Ok(self.error(StatusCode::BAD_GATEWAY, "upstream sent too many informational responses\n"));
@@ -391,5 +414,21 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "10.0.0.2");
         set_forwarded_for(&mut h, &ip);
         assert_eq!(h["x-forwarded-for"], "10.0.0.2, 10.0.0.2");
+    }
+
+    /// The type of the future `f` returns, without calling it.
+    fn future_size<A, B, Fut, F: Fn(A, B) -> Fut>(_: &F) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    #[test]
+    fn a_request_future_stays_small() {
+        // hyper moves each request's future into its connection's slot, and every layer of the
+        // path moves the one below it into place: a future of a few KiB is a few KiB of memmove per
+        // request. Connecting (TCP, TLS, handshake) is boxed for that reason; unboxed it made this
+        // 5 KiB.
+        let handle = |session: Arc<Session>, req: Request<Incoming>| session.handle(req);
+        let size = future_size(&handle);
+        assert!(size <= 3 * 1024, "a request's future is {size} bytes");
     }
 }

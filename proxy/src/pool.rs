@@ -222,7 +222,10 @@ impl Lease {
         loop {
             let (mut sender, fresh) = match self.pool.checkout() {
                 Some(sender) => (sender, false),
-                None => match self.pool.connect().await {
+                // Boxed: connecting is rare (connections are reused), and its futures (TCP, TLS,
+                // handshake) would otherwise size every request's future, which is moved whole
+                // when hyper stores it.
+                None => match Box::pin(self.pool.connect()).await {
                     Ok(sender) => (sender, true),
                     Err(e) => return Err(SendError::Connect(Box::new(req), e)),
                 },
