@@ -34,8 +34,7 @@ pub(crate) struct Admin {
     pub(crate) control: Option<Arc<Status>>,
 }
 
-/// How often recorded histogram samples are folded into their buckets, so memory stays bounded
-/// whether or not anyone scrapes `/metrics`.
+/// How often, with no control plane to report to, the series of ended ramps are freed.
 const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
@@ -45,7 +44,6 @@ pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Ca
         let stream = tokio::select! {
             () = shutdown.cancelled() => break,
             _ = upkeep.tick() => {
-                admin.metrics.upkeep();
                 if admin.control.is_none() {
                     // No reporter drains the stats: free the series of ended ramps no request
                     // holds any more (a reload frees those it can at once).

@@ -165,8 +165,8 @@ impl Forwarder {
                 return Ok(self.error(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"));
             }
         };
-        self.metrics.upstream_latency.record(elapsed.as_secs_f64());
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.metrics.upstream_latency.record(micros);
         let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         // An upgraded connection is never reused.
         let (mut parts, body) = resp.into_parts();

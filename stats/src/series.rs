@@ -31,8 +31,8 @@ pub enum Outcome {
 /// [`record`](Self::record) touches only atomics (2–4 `fetch_add(Relaxed)`, no lock, no
 /// allocation); [`record_split`](Self::record_split) adds one to three [`UnitSet`](crate::UnitSet)
 /// inserts (lock-free, allocation-free). Memory: 3 × 8 B counters, one [`AtomicHistogram`]
-/// (≈ 15.5 KiB), three unit sets (4.3 KiB + 2 × 0.8 KiB) and two recent-unit tables (2 × 8 KiB),
-/// ≈ 38 KiB per series; plus, per ramped flag, one 512 KiB table of the units seen in the last
+/// (≈ 15.5 KiB), three unit sets (4.3 KiB + 2 × 0.8 KiB) and two recent-unit tables (2 × 4 KiB),
+/// ≈ 30 KiB per series; plus, per ramped flag, one 256 KiB table of the units seen in the last
 /// 10 minutes, shared by its variants.
 ///
 /// [`take`](Self::take) swaps every counter, bucket and unit set to zero. Each recorded request
@@ -92,7 +92,7 @@ impl SeriesStats {
 /// Seconds since the first randomised failure recorded in this process: the clock of [`Recent`].
 fn now_s() -> u32 {
     static START: OnceLock<Instant> = OnceLock::new();
-    // Wraps after 136 years; `Recent` compares modulo 2^20 s anyway.
+    // Wraps after 136 years; `Recent` compares modulo 2^16 s anyway.
     START.get_or_init(Instant::now).elapsed().as_secs() as u32
 }
 
@@ -153,7 +153,7 @@ impl SeriesStats {
     }
 
     /// Reads where [`record_split`](Self::record_split) of `unit` will look in the flag's
-    /// 512 KiB table of units seen, and nothing else. A request recorded in several ramped flags
+    /// 256 KiB table of units seen, and nothing else. A request recorded in several ramped flags
     /// warms them all first: their cache misses then overlap, where each `record_split` alone
     /// would take its miss after the previous one's atomic increments.
     #[inline]
