@@ -15,7 +15,7 @@
 //! The unit's *id* (what the sidecar counts distinct units with) is a separate 64-bit
 //! `xxh3_64_with_seed(unit, xxh3_64(flagKey))`: it only names the unit, it decides nothing.
 
-use std::io::Read as _;
+use std::hash::Hasher as _;
 
 use ciborium_ll::{Encoder, Header};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
@@ -88,19 +88,17 @@ impl Bucketer {
     #[inline]
     pub fn murmur(&self, unit: &[u8]) -> u32 {
         let mut header = [0u8; 9];
-        // Reading from byte slices cannot fail.
         match (self.hashing, &self.pair_prefix) {
-            (Hashing::Utf8, _) => murmur3::murmur3_32(&mut (&self.flag_key[..]).chain(unit), 0),
+            (Hashing::Utf8, _) => murmur(&[&self.flag_key, unit]),
             (Hashing::Cbor, Some(prefix)) => {
                 let n = text_header(unit.len(), &mut header);
-                murmur3::murmur3_32(&mut (&prefix[..]).chain(&header[..n]).chain(unit), 0)
+                murmur(&[prefix, &header[..n], unit])
             }
             (Hashing::Cbor, None) => {
                 let n = text_header(self.flag_key.len() + unit.len(), &mut header);
-                murmur3::murmur3_32(&mut (&header[..n]).chain(&self.flag_key[..]).chain(unit), 0)
+                murmur(&[&header[..n], &self.flag_key, unit])
             }
         }
-        .unwrap_or(0)
     }
 
     /// The unit's 64-bit id within this flag (for distinct-unit counts); not used to bucket.
@@ -140,6 +138,17 @@ pub fn percent_to_threshold(percent: f64) -> u32 {
     (percent * 1000.0).round().clamp(0.0, f64::from(BUCKETS)) as u32
 }
 
+/// flagd's hash, `murmur3_x86_32(·, 0)`, of the concatenation of `parts`, fed piece by piece
+/// (nothing is copied to build the key).
+#[inline]
+pub(crate) fn murmur(parts: &[&[u8]]) -> u32 {
+    let mut hasher = mur3::Hasher32::with_seed(0);
+    for part in parts {
+        hasher.write(part);
+    }
+    hasher.finish32()
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -166,8 +175,15 @@ mod tests {
         assert!((25_000..50_000).contains(&bucket), "{bucket}");
         let mut joined = Vec::from(&b"headerColor"[..]);
         joined.extend_from_slice(b"monica@faas.com");
-        let whole = murmur3::murmur3_32(&mut std::io::Cursor::new(joined), 0).unwrap();
+        let whole = mur3::murmurhash3_x86_32(&joined, 0);
         assert_eq!(b.murmur(b"monica@faas.com"), whole, "chained bytes hash as their concatenation");
+        // Pieces that split the 4-byte blocks anywhere hash as the whole.
+        for cut in 0..joined.len() {
+            assert_eq!(murmur(&[&joined[..cut], &joined[cut..cut], &joined[cut..]]), whole, "cut at {cut}");
+        }
+        // The reference implementation's values (MurmurHash3_x86_32, seed 0).
+        assert_eq!(murmur(&[b"hello"]), 0x248b_fa47);
+        assert_eq!(murmur(&[b"hello", b" ", b"world"]), 0x5e92_8f0f);
         assert!(b.bucket(b"monica@faas.com") >= 75_000, "monica is yellow: the last quarter");
     }
 

@@ -4,8 +4,6 @@
 //!
 //! Registered under private names; [`rename`] maps the flagd names onto them when a rule compiles.
 
-use std::io::{Cursor, Read};
-
 use ciborium_ll::{Encoder, Header};
 
 use datalogic_rs::bumpalo::Bump;
@@ -13,7 +11,7 @@ use datalogic_rs::bumpalo::collections::String as BumpString;
 use datalogic_rs::operator::EvalContext;
 use datalogic_rs::{CustomOperator, DataValue, EngineBuilder, Result};
 
-use crate::bucket::Hashing;
+use crate::bucket::{Hashing, murmur};
 
 /// (flagd name, registered name) of every operator this module owns.
 pub(crate) const RENAMED: [(&str, &str); 3] =
@@ -75,9 +73,9 @@ fn hash_cbor<'a>(first: &'a DataValue<'a>, root: &'a DataValue<'a>) -> Option<(u
     match first {
         DataValue::String(s) => {
             let n = header(Header::Text(Some(s.len())), &mut head);
-            Some((murmur3::murmur3_32(&mut (&head[..n]).chain(s.as_bytes()), 0).ok()?, true))
+            Some((murmur(&[&head[..n], s.as_bytes()]), true))
         }
-        DataValue::Bool(b) => Some((murmur3::murmur3_32(&mut &[if *b { 0xf5 } else { 0xf4 }][..], 0).ok()?, true)),
+        DataValue::Bool(b) => Some((murmur(&[&[if *b { 0xf5 } else { 0xf4 }]]), true)),
         DataValue::Number(num) => {
             let f = num.as_f64();
             let h = match num.as_i64() {
@@ -92,7 +90,7 @@ fn hash_cbor<'a>(first: &'a DataValue<'a>, root: &'a DataValue<'a>) -> Option<(u
                 None => Header::Float(f),
             };
             let n = header(h, &mut head);
-            Some((murmur3::murmur3_32(&mut &head[..n], 0).ok()?, true))
+            Some((murmur(&[&head[..n]]), true))
         }
         DataValue::Array(_) => {
             let (flag_key, targeting_key) = keys(root)?;
@@ -100,8 +98,7 @@ fn hash_cbor<'a>(first: &'a DataValue<'a>, root: &'a DataValue<'a>) -> Option<(u
             let a = header(Header::Text(Some(flag_key.len())), &mut head);
             let b = header(Header::Text(Some(targeting_key.len())), &mut second);
             let bytes: [&[u8]; 5] = [&[0x82], &head[..a], flag_key.as_bytes(), &second[..b], targeting_key.as_bytes()];
-            let mut reader = bytes[0].chain(bytes[1]).chain(bytes[2]).chain(bytes[3]).chain(bytes[4]);
-            Some((murmur3::murmur3_32(&mut reader, 0).ok()?, false))
+            Some((murmur(&bytes), false))
         }
         _ => None,
     }
@@ -131,7 +128,7 @@ impl CustomOperator for Fractional {
             },
             None => return Ok(&NULL),
         };
-        let hash = murmur3::murmur3_32(&mut Cursor::new(key.as_bytes()), 0).unwrap_or(0);
+        let hash = murmur(&[key.as_bytes()]);
         Ok(pick(hash, entries))
     }
 }
