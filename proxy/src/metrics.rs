@@ -14,13 +14,11 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 
 const META: Metadata<'static> = Metadata::new("rampart_proxy", Level::INFO, Some(module_path!()));
 
-/// Upstream latency buckets: upper bounds in microseconds, and as the `le` labels (seconds).
+/// Upstream latency buckets: upper bounds in microseconds (rendered in seconds).
 const LATENCY_BOUNDS_US: [u64; 15] = [
     500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000,
     10_000_000, 30_000_000,
 ];
-const LATENCY_LABELS: [&str; 15] =
-    ["0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30"];
 
 const UPSTREAM_LATENCY: &str = "rampart_upstream_latency_seconds";
 
@@ -172,10 +170,12 @@ impl LatencyHistogram {
     fn render(&self, name: &str, out: &mut String) {
         let _ = writeln!(out, "# TYPE {name} histogram");
         let mut count = 0u64;
-        for (bucket, le) in self.buckets.iter().zip(LATENCY_LABELS.iter().chain(["+Inf"].iter())) {
+        for (bucket, bound) in self.buckets.iter().zip(LATENCY_BOUNDS_US) {
             count += bucket.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {count}");
+            let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {count}", bound as f64 / 1e6);
         }
+        count += self.buckets[LATENCY_BOUNDS_US.len()].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
         let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}\n");
     }

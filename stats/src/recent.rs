@@ -6,10 +6,8 @@
 //! twice), and two units alike in slot and 16-bit tag (1 in 65 536 of the units sharing a slot)
 //! count as one — on every arm of a flag alike, the table being the flag's.
 //!
-//! Four bytes a slot, not eight: a flag's table of new units is read on every randomised request
-//! and is resident in full once the flag has seen that many users. Five ramped flags' tables take
-//! 1.25 MiB, less than a 2 MiB per-core L2 cache (the benchmark machine's); at 512 KiB a table
-//! they took 2.5 MiB.
+//! Four bytes a slot, not eight: a flag's table of new units is resident in full once the flag has
+//! seen that many users, so its size is the sidecar's memory — 256 KiB per ramped flag.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
