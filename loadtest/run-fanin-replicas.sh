@@ -26,7 +26,7 @@ TARGET=${CARGO_TARGET_DIR:-target}
 RAMPART=${RAMPART:-$TARGET/release/rampart}
 LOADTEST=${LOADTEST:-$TARGET/release/rampart-loadtest}
 
-[[ -n ${NO_BUILD:-} ]] || cargo build --release --quiet -p rampart -p rampart-loadtest
+[[ -n ${NO_BUILD:-} ]] || { cargo build --release --quiet && cargo build --release --quiet -p rampart-loadtest; }
 
 bin=$(command -v initdb >/dev/null 2>&1 && dirname "$(readlink -f "$(command -v initdb)")" || ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 work=$(mktemp -d)

@@ -28,7 +28,7 @@ RAMPART=${RAMPART:-$TARGET/release/rampart}
 LOADTEST=${LOADTEST:-$TARGET/release/rampart-loadtest}
 STORE=${STORE:-control.db}
 
-[[ -n ${NO_BUILD:-} ]] || cargo build --release --quiet -p rampart -p rampart-loadtest
+[[ -n ${NO_BUILD:-} ]] || { cargo build --release --quiet && cargo build --release --quiet -p rampart-loadtest; }
 
 work=$(mktemp -d)
 control_pid=

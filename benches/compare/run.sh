@@ -12,5 +12,5 @@
 # results-2026-11-26-wrk.md and perf-*-2026-11-26.txt are from the earlier wrk-based script.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-[[ -n ${SKIP_BUILD:-} ]] || cargo build --release --quiet -p rampart -p rampart-loadtest
+[[ -n ${SKIP_BUILD:-} ]] || { cargo build --release --quiet && cargo build --release --quiet -p rampart-loadtest; }
 exec target/release/rampart-loadtest compare "$@"
