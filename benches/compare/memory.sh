@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Where a sidecar's resident memory is, by mapping: `rampart proxy` with compare's configuration
+# (10 flags, 5 of them 50% ramps, flag queries off) in front of the load tool's upstream, both on
+# CPU 1; resident memory by mapping once it serves (idle), then after a closed loop of 32
+# connections from CPU 0 (8 s, a random user per request): VmRSS, VmHWM and Rss of each mapping of
+# the binary (code, read-only data, relocated data), the heap (mimalloc's arena) and libc.
+#
+#   benches/compare/memory.sh target/release/rampart          # plain HTTP
+#   TLS=1 benches/compare/memory.sh target/release/rampart    # TLS on the listener
+#   CONNECTIONS=64 benches/compare/memory.sh target/release/rampart   # 32 by default
+#
+# Loopback only; both processes are stopped by their PIDs.
+set -euo pipefail
+bin=$(realpath "$1")
+loadtest=$(realpath "$(dirname "${BASH_SOURCE[0]}")/../../target/release/rampart-loadtest")
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+wait_for() {
+    for _ in $(seq 1 100); do
+        if grep -m1 "$2" "$1"; then return 0; fi
+        sleep 0.1
+    done
+    echo "memory.sh: '$2' not in $1" >&2
+    exit 1
+}
+
+# Rss (kB) by mapping: the binary's segments by permission, anonymous memory, each library.
+by_mapping() {
+    awk -v bin="$bin" '
+        /^[0-9a-f]+-[0-9a-f]+ / { name = ($6 == "") ? "anonymous" : ($6 == bin ? "binary " $2 : $6); next }
+        /^Rss:/ { rss[name] += $2 }
+        END { for (n in rss) if (rss[n] > 0) printf "  %6d kB  %s\n", rss[n], n }
+    ' "/proc/$1/smaps" | sort -k1,1nr
+}
+
+taskset -c 1 "$loadtest" upstream --listen 127.0.0.1:0 --max-lifetime 5m 2>"$work/upstream.log" &
+pids+=($!)
+upstream=$(wait_for "$work/upstream.log" "upstream listening on" | awk '{print $NF}')
+{
+    echo "flags:"
+    for i in $(seq 0 9); do
+        printf '  f%s:\n    state: ENABLED\n    variants: { "on": true, "off": false }\n' "$i"
+        if ((i % 2 == 0)); then
+            echo '    defaultVariant: "on"'
+        else
+            printf '    defaultVariant: "off"\n    ramp: { treatment: "on", percent: 50 }\n'
+        fi
+    done
+} >"$work/flags.yaml"
+printf 'listen = "127.0.0.1:0"\nadmin = "127.0.0.1:0"\nupstream = "http://%s"\nflags = "%s"\n\n[context]\ntargetingKey = ["header:x-user-id"]\n\n[queries]\ngrpc = "off"\nofrep = "off"\n' \
+    "$upstream" "$work/flags.yaml" >"$work/proxy.toml"
+scheme=http
+if [[ -n ${TLS:-} ]]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=localhost \
+        -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+    printf '\n[tls]\ncert = "%s"\nkey = "%s"\n' "$work/cert.pem" "$work/key.pem" >>"$work/proxy.toml"
+    scheme=https
+fi
+RUST_LOG=info NO_COLOR=1 taskset -c 1 "$bin" proxy --config "$work/proxy.toml" >"$work/proxy.log" 2>&1 &
+proxy=$!
+pids+=("$proxy")
+listen=$(wait_for "$work/proxy.log" "rampart proxy serving" | sed -E 's/.* listen=([^ ]+).*/\1/')
+
+echo "$("$bin" --version), ${scheme}, $(date -u +%FT%TZ)"
+sleep 1
+echo "idle: $(grep VmRSS "/proc/$proxy/status" | tr -s ' \t' ' ')"
+by_mapping "$proxy"
+taskset -c 0 "$loadtest" load --url "$scheme://$listen/" --insecure --closed --connections "${CONNECTIONS:-32}" --warmup 1s \
+    --duration 8s --random-user-id | grep "closed loop"
+echo "after the closed loop: $(grep -E 'VmHWM|VmRSS' "/proc/$proxy/status" | tr -s ' \t' ' ' | paste -sd' ')"
+by_mapping "$proxy"
