@@ -138,11 +138,13 @@ impl Forwarder {
             sent = deadline::timeout(route.timeout, route.cluster.send(req, route.retries)) => sent,
             () = informational.flooded() => {
                 self.metrics.upstream_failures.increment(1);
-                self.record(&snapshot, &tracked, Outcome::Error, None);
+                self.record(&snapshot, &tracked, Outcome::Error, None, Instant::now());
                 return Ok(self.error(StatusCode::BAD_GATEWAY, "upstream sent too many informational responses\n"));
             }
         };
-        let elapsed = started.elapsed();
+        // One clock read dates the answer for the latency and for every ramp's table of units.
+        let answered = Instant::now();
+        let elapsed = answered.saturating_duration_since(started);
         let (resp, lease) = match result {
             Ok(Ok(sent)) => sent,
             Ok(Err(e)) if e.client_body_failed() => {
@@ -153,7 +155,7 @@ impl Forwarder {
             }
             Ok(Err(e)) => {
                 self.metrics.upstream_failures.increment(1);
-                self.record(&snapshot, &tracked, Outcome::Error, None);
+                self.record(&snapshot, &tracked, Outcome::Error, None, answered);
                 let connect = matches!(e, Failure::Connect(_));
                 tracing::debug!(error = %e, cluster = route.cluster.name(), "upstream request failed");
                 let reason = if connect { "upstream unreachable\n" } else { "upstream connection failed\n" };
@@ -161,7 +163,7 @@ impl Forwarder {
             }
             Err(_) => {
                 self.metrics.upstream_timeouts.increment(1);
-                self.record(&snapshot, &tracked, Outcome::Timeout, None);
+                self.record(&snapshot, &tracked, Outcome::Timeout, None, answered);
                 return Ok(self.error(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"));
             }
         };
@@ -175,11 +177,11 @@ impl Forwarder {
             // The body broke at once (an invalid chunk right after the head): nothing was sent to
             // the client yet, so it gets a 502 rather than a connection closed without a word.
             self.metrics.upstream_failures.increment(1);
-            self.record(&snapshot, &tracked, Outcome::Error, None);
+            self.record(&snapshot, &tracked, Outcome::Error, None, answered);
             return Ok(self.error(StatusCode::BAD_GATEWAY, "upstream sent a malformed body\n"));
         }
         let outcome = if parts.status.is_server_error() { Outcome::Error } else { Outcome::Ok };
-        self.record(&snapshot, &tracked, outcome, Some(micros));
+        self.record(&snapshot, &tracked, outcome, Some(micros), answered);
         drop(snapshot);
         let mut resp = Response::from_parts(parts, ());
         if upgraded && let Some(client_side) = client_upgrade {
@@ -194,8 +196,9 @@ impl Forwarder {
     }
 
     /// Records the request's outcome for every tracked flag it was assigned, on the snapshot it
-    /// was evaluated with; randomised assignments (a unit from the ramp's split) also as such.
-    fn record(&self, snapshot: &Snapshot, tracked: &Tracked, outcome: Outcome, micros: Option<u64>) {
+    /// was evaluated with; randomised assignments (a unit from the ramp's split) also as such,
+    /// dated `at` (when it was answered, or failed).
+    fn record(&self, snapshot: &Snapshot, tracked: &Tracked, outcome: Outcome, micros: Option<u64>, at: Instant) {
         // Each ramped flag's unit lookup is a likely cache miss in a large table: issued
         // together first, they overlap (`SeriesStats::warm`).
         for a in tracked {
@@ -203,11 +206,14 @@ impl Forwarder {
                 series.warm(unit.get());
             }
         }
+        let now_s = rampart_stats::seconds_at(at);
         for a in tracked {
             // None: returned only because a route matches on it.
             let Some((inj, series)) = series_of(snapshot, a) else { continue };
             match (series, a.unit) {
-                (Some(series), Some(unit)) => series.record_split(outcome, micros, unit.get(), inj.slow_us),
+                (Some(series), Some(unit)) => {
+                    series.record_split(outcome, micros, unit.get(), inj.slow_us, now_s);
+                }
                 (Some(series), None) => series.record(outcome, micros),
                 _ => {
                     self.metrics.stats_overflow.increment(1);

@@ -12,6 +12,7 @@ mod deadline;
 mod extract;
 mod forward;
 mod inject;
+mod interned;
 mod metrics;
 mod pool;
 pub mod propagate;

@@ -1,7 +1,7 @@
 //! The immutable, complete state the request path reads with one `ArcSwap` load: the compiled
 //! flags, and per injected flag its header name and, per variant, the header value, the evaluation
-//! counter and (for tracked flags) the stats series — all built once, so a request only clones
-//! reference-counted values.
+//! counter and (for tracked flags) the stats series — all built once, so a request only copies
+//! the header names and values (static, see `interned.rs`) and counts into the series.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -12,6 +12,7 @@ use metrics::Counter;
 use rampart_flags::{Flag, FlagSet};
 use rampart_stats::{NO_SLOW_THRESHOLD, Registry, SeriesStats};
 
+use crate::interned;
 use crate::metrics::Metrics;
 use crate::propagate::Prepared;
 
@@ -102,15 +103,15 @@ impl Snapshot {
                 continue;
             }
             let header = HeaderName::try_from(format!("{}{}", out.prefix, flag.key().to_ascii_lowercase()))
+                .map(interned::name)
                 .map_err(|_| SnapshotError::HeaderName { flag: flag.key().to_owned() })?;
             let tracked = tracked(flag);
             let variants = flag
                 .variants()
                 .iter()
                 .map(|v| {
-                    let header = HeaderValue::try_from(v.name()).map_err(|_| SnapshotError::HeaderValue {
-                        flag: flag.key().to_owned(),
-                        variant: v.name().to_owned(),
+                    let header = HeaderValue::try_from(v.name()).map(interned::value).map_err(|_| {
+                        SnapshotError::HeaderValue { flag: flag.key().to_owned(), variant: v.name().to_owned() }
                     })?;
                     Ok(VariantOut {
                         header,

@@ -13,11 +13,13 @@
 //! let series = registry.get_or_create("new-checkout", "on").expect("under the cap");
 //! // Per request (hot path): atomics only. A request assigned by targeting (not randomised):
 //! series.record(Outcome::Ok, Some(1_250));
-//! // Randomised requests (reason SPLIT): the unit's hash, and the ramp's slow threshold in µs.
+//! // Randomised requests (reason SPLIT): the unit's hash, the ramp's slow threshold in µs, and
+//! // when it was answered (read once per request, for every series it is recorded in).
 //! let (alice, bob, slow_us) = (0x5eed_a11ce, 0x5eed_b0b, 200_000);
-//! series.record_split(Outcome::Timeout, None, alice, slow_us);
-//! series.record_split(Outcome::Ok, Some(900), alice, slow_us);
-//! series.record_split(Outcome::Ok, Some(300_000), bob, slow_us);
+//! let now_s = rampart_stats::seconds_at(std::time::Instant::now());
+//! series.record_split(Outcome::Timeout, None, alice, slow_us, now_s);
+//! series.record_split(Outcome::Ok, Some(900), alice, slow_us, now_s);
+//! series.record_split(Outcome::Ok, Some(300_000), bob, slow_us, now_s);
 //! // Report tick: drain every series into deltas.
 //! let deltas = registry.take_all();
 //! assert_eq!(deltas.len(), 1);
@@ -42,5 +44,5 @@ pub use histogram::{
 };
 pub use recent::{HORIZON_S, NEW_HORIZON_S};
 pub use registry::Registry;
-pub use series::{Delta, NO_SLOW_THRESHOLD, Outcome, SeriesStats, Split};
+pub use series::{Delta, NO_SLOW_THRESHOLD, Outcome, SeriesStats, Split, seconds_at};
 pub use units::{EXACT_SLOTS, Taken, UnitSet, UnitSetLarge, UnitSetSmall};

@@ -89,11 +89,13 @@ impl SeriesStats {
     }
 }
 
-/// Seconds since the first randomised failure recorded in this process: the clock of [`Recent`].
-fn now_s() -> u32 {
+/// `at` on the clock of the tables of units seen: whole seconds since this process first asked.
+/// The `now_s` of [`SeriesStats::record_split`]; a caller recording one request in several
+/// series reads it once (from a clock read it makes anyway), not once per series.
+pub fn seconds_at(at: Instant) -> u32 {
     static START: OnceLock<Instant> = OnceLock::new();
     // Wraps after 136 years; `Recent` compares modulo 2^16 s anyway.
-    START.get_or_init(Instant::now).elapsed().as_secs() as u32
+    at.saturating_duration_since(*START.get_or_init(|| at)).as_secs() as u32
 }
 
 impl SeriesStats {
@@ -127,12 +129,13 @@ impl SeriesStats {
     /// — exactly as [`record`](Self::record) does, and also in [`Split`]: `unit` is its unit's
     /// hash (the flag's `Resolution::unit`). It is slow when `latency_micros > slow_us`, or when it
     /// timed out; with `slow_us` = [`NO_SLOW_THRESHOLD`] (the ramp has no `slowUs`) nothing is slow.
+    /// `now_s` ([`seconds_at`] of when it was answered) dates the unit in the tables that count a
+    /// unit once per horizon.
     #[inline]
-    pub fn record_split(&self, outcome: Outcome, latency_micros: Option<u64>, unit: u64, slow_us: u64) {
+    pub fn record_split(&self, outcome: Outcome, latency_micros: Option<u64>, unit: u64, slow_us: u64, now_s: u32) {
         self.record(outcome, latency_micros);
         self.split_units.insert(unit);
-        let now = now_s();
-        if self.seen.first(unit, now) {
+        if self.seen.first(unit, now_s) {
             self.new_units.fetch_add(1, Ordering::Relaxed);
         }
         let failed = outcome != Outcome::Ok;
@@ -141,14 +144,14 @@ impl SeriesStats {
         // A unit counts as failing (slow) once per horizon, so one user's retries over a few
         // seconds are one failing unit, not one per report window.
         if failed {
-            if self.recent_failing.first(unit, now) {
+            if self.recent_failing.first(unit, now_s) {
                 self.split_failing.insert(unit)
             } else {
                 self.split_failing.sighting()
             }
         }
         if slow {
-            if self.recent_slow.first(unit, now) { self.split_slow.insert(unit) } else { self.split_slow.sighting() }
+            if self.recent_slow.first(unit, now_s) { self.split_slow.insert(unit) } else { self.split_slow.sighting() }
         }
     }
 
@@ -314,16 +317,16 @@ mod tests {
     fn merge_adds_every_field() {
         let (a, b) = (SeriesStats::new(), SeriesStats::new());
         a.record(Outcome::Ok, Some(10));
-        a.record_split(Outcome::Error, Some(900), 7, 500);
+        a.record_split(Outcome::Error, Some(900), 7, 500, 0);
         b.record(Outcome::Timeout, Some(5_000_000));
-        b.record_split(Outcome::Ok, Some(20), 8, 500);
+        b.record_split(Outcome::Ok, Some(20), 8, 500, 0);
         let mut sum = a.take();
         sum.merge(&b.take());
         let all = SeriesStats::new();
         all.record(Outcome::Ok, Some(10));
-        all.record_split(Outcome::Error, Some(900), 7, 500);
+        all.record_split(Outcome::Error, Some(900), 7, 500, 0);
         all.record(Outcome::Timeout, Some(5_000_000));
-        all.record_split(Outcome::Ok, Some(20), 8, 500);
+        all.record_split(Outcome::Ok, Some(20), 8, 500, 0);
         assert_eq!(sum, all.take());
     }
 
@@ -340,7 +343,7 @@ mod tests {
                     _ => Outcome::Ok,
                 };
                 let micros = if (user, attempt) == (3, 1) { 250_000 } else { 1_000 };
-                s.record_split(outcome, (outcome != Outcome::Timeout).then_some(micros), user, 200_000);
+                s.record_split(outcome, (outcome != Outcome::Timeout).then_some(micros), user, 200_000, 0);
             }
         }
         let d = s.take();
@@ -351,9 +354,9 @@ mod tests {
         assert!(s.take().is_empty());
 
         // Merged windows count unit-windows: the same unit in two windows counts twice.
-        s.record_split(Outcome::Ok, Some(1), 5, NO_SLOW_THRESHOLD);
+        s.record_split(Outcome::Ok, Some(1), 5, NO_SLOW_THRESHOLD, 0);
         let mut merged = s.take();
-        s.record_split(Outcome::Ok, Some(1), 5, NO_SLOW_THRESHOLD);
+        s.record_split(Outcome::Ok, Some(1), 5, NO_SLOW_THRESHOLD, 0);
         merged.merge(&s.take());
         assert_eq!((merged.split.requests, merged.split.units), (2, 2));
     }
@@ -363,31 +366,50 @@ mod tests {
         let s = SeriesStats::new();
         // One user retries through three report windows; another fails once.
         for _ in 0..3 {
-            s.record_split(Outcome::Error, Some(10), 7, 5);
-            s.record_split(Outcome::Error, Some(10), 7, 5);
+            s.record_split(Outcome::Error, Some(10), 7, 5, 0);
+            s.record_split(Outcome::Error, Some(10), 7, 5, 0);
         }
-        s.record_split(Outcome::Error, Some(10), 8, 5);
+        s.record_split(Outcome::Error, Some(10), 8, 5, 0);
         let first = s.take().split;
-        s.record_split(Outcome::Error, Some(10), 7, 5);
+        s.record_split(Outcome::Error, Some(10), 7, 5, 0);
         let second = s.take().split;
         assert_eq!((first.errors, first.failing_units, first.slow_units), (7, 2, 2));
         assert_eq!((second.errors, second.failing_units, second.slow_units), (1, 0, 0), "counted in the first");
         assert_eq!(second.units, 1, "still a unit of the second window");
         assert_eq!((first.new_units, second.new_units), (2, 0), "but not a new one");
+        // Past the horizon (on the clock the caller passes) it fails as a unit again; past the
+        // longer horizon of new units it is new again.
+        s.record_split(Outcome::Error, Some(10), 7, 5, crate::HORIZON_S + 1);
+        let later = s.take().split;
+        assert_eq!((later.failing_units, later.new_units), (1, 0));
+        s.record_split(Outcome::Ok, Some(1), 7, 5, crate::NEW_HORIZON_S + 1);
+        assert_eq!(s.take().split.new_units, 1);
+    }
+
+    #[test]
+    fn seconds_at_counts_whole_seconds_from_the_first_call() {
+        let start = std::time::Instant::now();
+        let first = seconds_at(start);
+        let later = seconds_at(start + std::time::Duration::from_millis(2_500));
+        // 2 when the clock started at `start`, 2 or 3 when another test asked earlier.
+        assert!((2..=3).contains(&(later - first)), "{first} → {later}");
+        if let Some(before) = start.checked_sub(std::time::Duration::from_secs(1)) {
+            assert!(seconds_at(before) <= first);
+        }
     }
 
     #[test]
     fn without_a_threshold_nothing_is_slow() {
         let s = SeriesStats::new();
-        s.record_split(Outcome::Timeout, None, 1, NO_SLOW_THRESHOLD);
-        s.record_split(Outcome::Ok, Some(u64::MAX - 1), 2, NO_SLOW_THRESHOLD);
+        s.record_split(Outcome::Timeout, None, 1, NO_SLOW_THRESHOLD, 0);
+        s.record_split(Outcome::Ok, Some(u64::MAX - 1), 2, NO_SLOW_THRESHOLD, 0);
         let split = s.take().split;
         assert_eq!((split.slow, split.slow_units), (0, 0));
         assert_eq!((split.errors, split.failing_units, split.units), (1, 1, 2));
         // A zero threshold: anything measurable is slow, and so is a timeout.
-        s.record_split(Outcome::Timeout, None, 1, 0);
-        s.record_split(Outcome::Ok, Some(1), 2, 0);
-        s.record_split(Outcome::Ok, Some(0), 3, 0);
+        s.record_split(Outcome::Timeout, None, 1, 0, 0);
+        s.record_split(Outcome::Ok, Some(1), 2, 0, 0);
+        s.record_split(Outcome::Ok, Some(0), 3, 0, 0);
         let split = s.take().split;
         assert_eq!((split.slow, split.slow_units), (2, 2));
     }
@@ -396,7 +418,7 @@ mod tests {
     fn peek_shows_the_window_in_progress_without_draining() {
         let s = SeriesStats::new();
         s.record(Outcome::Error, Some(10));
-        s.record_split(Outcome::Timeout, None, 3, 100);
+        s.record_split(Outcome::Timeout, None, 3, 100, 0);
         let peeked = s.peek();
         assert_eq!(s.peek(), peeked);
         assert_eq!(

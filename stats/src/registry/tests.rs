@@ -55,7 +55,7 @@ fn take_all_returns_only_non_empty_deltas_sorted() {
     assert_eq!(keys, [("a", "off", 2, 0), ("b", "on", 1, 1)]);
     assert!(registry.take_all().is_empty(), "a second take finds nothing new");
 
-    a_off.record_split(Outcome::Ok, Some(40), 9, u64::MAX);
+    a_off.record_split(Outcome::Ok, Some(40), 9, u64::MAX, 0);
     let peeked = registry.peek_all();
     let keys: Vec<_> = peeked.iter().map(|(f, v, d)| (f.as_str(), v.as_str(), d.requests, d.split.units)).collect();
     assert_eq!(keys, [("a", "off", 1, 1), ("a", "on", 0, 0), ("b", "on", 0, 0)], "idle series too");
