@@ -13,6 +13,8 @@
 //! - relative relocations are packed (`-z pack-relative-relocs`, DT_RELR) when the C library
 //!   linked against is glibc 2.36 or newer, which can load them: 23 000 relocations of 24 bytes,
 //!   all read at start, become 6 KiB.
+//!
+//! `RAMPART_LINK_LAYOUT=off` turns both off, for a linker that lacks these options (GNU ld).
 
 use std::process::Command;
 
@@ -43,11 +45,14 @@ fn main() {
 }
 
 /// The link arguments of the layout described at the top; nothing outside a release build of
-/// x86-64 Linux (glibc), where the linker is rust-lld.
+/// x86-64 Linux (glibc), where the linker is rust-lld, or with `RAMPART_LINK_LAYOUT=off` (for a
+/// linker of one's own choice that lacks these options, such as GNU ld).
 fn layout() {
     println!("cargo:rerun-if-changed=link-order.txt");
+    println!("cargo:rerun-if-env-changed=RAMPART_LINK_LAYOUT");
     let env = |k: &str| std::env::var(k).unwrap_or_default();
-    if env("PROFILE") != "release" || env("TARGET") != "x86_64-unknown-linux-gnu" {
+    if env("PROFILE") != "release" || env("TARGET") != "x86_64-unknown-linux-gnu" || env("RAMPART_LINK_LAYOUT") == "off"
+    {
         return;
     }
     let order = std::path::Path::new(&env("CARGO_MANIFEST_DIR")).join("link-order.txt");

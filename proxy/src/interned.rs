@@ -1,8 +1,9 @@
 //! The snapshot's header names and values as `'static` strings, so that the request path copies
 //! them instead of counting references. A `HeaderName` or `HeaderValue` made from a string is
 //! reference counted: each request cloned one name and one value per injected flag into its
-//! header map and dropped them after writing the head, two atomic read-modify-writes each (1.4% of
-//! a saturated proxy's samples with 10 flags). A static one is copied.
+//! header map and dropped them after writing the head, an atomic read-modify-write each way (1.3%
+//! of a saturated proxy's samples with 10 flags: `benches/compare/perf-2026-12-01-5f28ce1.md`).
+//! A static one is copied.
 //!
 //! Each distinct string is leaked once for the life of the process, up to [`BUDGET`] bytes in all;
 //! past that (a process that has seen that many distinct flag keys and variant names) new strings
