@@ -69,6 +69,13 @@ pids+=("$proxy")
 listen=$(wait_for "$work/proxy.log" "rampart proxy serving" | sed -E 's/.* listen=([^ ]+).*/\1/')
 
 echo "$("$bin" --version), ${scheme}, $(date -u +%FT%TZ)"
+# How much of the layout this binary got: names of link-order.txt it has (rerun
+# scripts/link-order when few match).
+order=$(dirname "${BASH_SOURCE[0]}")/../../link-order.txt
+if command -v nm >/dev/null && [[ -f $order ]]; then
+    found=$(nm "$bin" 2>/dev/null | awk 'NR == FNR { want[$1]; next } $NF in want && !seen[$NF]++ { n++ } END { print n + 0 }' "$order" -)
+    echo "layout: $found of $(wc -l <"$order") functions of link-order.txt are in the binary"
+fi
 sleep 1
 echo "idle: $(grep VmRSS "/proc/$proxy/status" | tr -s ' \t' ' ')"
 by_mapping "$proxy"
