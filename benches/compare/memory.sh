@@ -12,24 +12,9 @@
 # Loopback only; both processes are stopped by their PIDs.
 set -euo pipefail
 bin=$(realpath "$1")
-loadtest=$(realpath "$(dirname "${BASH_SOURCE[0]}")/../../target/release/rampart-loadtest")
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-wait_for() {
-    for _ in $(seq 1 100); do
-        if grep -m1 "$2" "$1"; then return 0; fi
-        sleep 0.1
-    done
-    echo "memory.sh: '$2' not in $1" >&2
-    exit 1
-}
+here=$(dirname "${BASH_SOURCE[0]}")
+loadtest=$(realpath "$here/../../target/release/rampart-loadtest")
+source "$here/../../scripts/proxy-fixture.sh"
 
 # Rss (kB) by mapping: the binary's segments by permission, anonymous memory, each library.
 by_mapping() {
@@ -41,37 +26,21 @@ by_mapping() {
 }
 
 taskset -c 1 "$loadtest" upstream --listen 127.0.0.1:0 --max-lifetime 5m 2>"$work/upstream.log" &
-pids+=($!)
-upstream=$(wait_for "$work/upstream.log" "upstream listening on" | awk '{print $NF}')
-{
-    echo "flags:"
-    for i in $(seq 0 9); do
-        printf '  f%s:\n    state: ENABLED\n    variants: { "on": true, "off": false }\n' "$i"
-        if ((i % 2 == 0)); then
-            echo '    defaultVariant: "on"'
-        else
-            printf '    defaultVariant: "off"\n    ramp: { treatment: "on", percent: 50 }\n'
-        fi
-    done
-} >"$work/flags.yaml"
-printf 'listen = "127.0.0.1:0"\nadmin = "127.0.0.1:0"\nupstream = "http://%s"\nflags = "%s"\n\n[context]\ntargetingKey = ["header:x-user-id"]\n\n[queries]\ngrpc = "off"\nofrep = "off"\n' \
-    "$upstream" "$work/flags.yaml" >"$work/proxy.toml"
+started $!
+upstream=$(wait_for "$work/upstream.log" "upstream listening on" 10 | awk '{print $NF}')
+write_flags "$work/flags.yaml"
+proxy_config "$upstream" "$work/flags.yaml" off "${TLS:-}" >"$work/proxy.toml"
 scheme=http
-if [[ -n ${TLS:-} ]]; then
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=localhost \
-        -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
-    printf '\n[tls]\ncert = "%s"\nkey = "%s"\n' "$work/cert.pem" "$work/key.pem" >>"$work/proxy.toml"
-    scheme=https
-fi
+[[ -z ${TLS:-} ]] || scheme=https
 RUST_LOG=info NO_COLOR=1 taskset -c 1 "$bin" proxy --config "$work/proxy.toml" >"$work/proxy.log" 2>&1 &
 proxy=$!
-pids+=("$proxy")
-listen=$(wait_for "$work/proxy.log" "rampart proxy serving" | sed -E 's/.* listen=([^ ]+).*/\1/')
+started "$proxy"
+listen=$(wait_for "$work/proxy.log" "rampart proxy serving" 10 | sed -E 's/.* listen=([^ ]+).*/\1/')
 
 echo "$("$bin" --version), ${scheme}, $(date -u +%FT%TZ)"
 # How much of the layout this binary got: names of link-order.txt it has (rerun
 # scripts/link-order when few match).
-order=$(dirname "${BASH_SOURCE[0]}")/../../link-order.txt
+order=$here/../../link-order.txt
 if command -v nm >/dev/null && [[ -f $order ]]; then
     found=$(nm "$bin" 2>/dev/null | awk 'NR == FNR { want[$1]; next } $NF in want && !seen[$NF]++ { n++ } END { print n + 0 }' "$order" -)
     echo "layout: $found of $(wc -l <"$order") functions of link-order.txt are in the binary"
