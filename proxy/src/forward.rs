@@ -325,10 +325,6 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name) || name == header::UPGRADE
 }
 
-/// Removes hop-by-hop headers, including those the `Connection` header names — but never Host (a
-/// request's headers are cleaned before the proxy adds its own). Names are looked up
-/// as `&str`, so this allocates nothing. Most messages carry none, so one pass over the names
-/// (integer comparisons for the standard ones) comes first, instead of nine hashed removals.
 /// An assignment's injected flag when it is tracked, and its variant's stats series (`None`
 /// when the registry had no room for it).
 fn series_of<'a>(
@@ -339,6 +335,10 @@ fn series_of<'a>(
     Some((inj, inj.variants.get(a.variant as usize).and_then(|out| out.stats.as_deref())))
 }
 
+/// Removes hop-by-hop headers, including those the `Connection` header names — but never Host (a
+/// request's headers are cleaned before the proxy adds its own). Names are looked up
+/// as `&str`, so this allocates nothing. Most messages carry none, so one pass over the names
+/// (integer comparisons for the standard ones) comes first, instead of nine hashed removals.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
