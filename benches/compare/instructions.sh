@@ -14,9 +14,10 @@
 #   FLAGS=0 benches/compare/instructions.sh target/release/rampart
 #   benches/compare/instructions.sh nginx
 #   TLS=1 N=10000 TOP=40 benches/compare/instructions.sh target/release/rampart
+#   KEEP=/tmp/a.out benches/compare/instructions.sh target/release/rampart   # keep callgrind's file
 #
-# Needs valgrind (Debian: apt-get install valgrind). Loopback only; every process started is
-# stopped by its PID.
+# Needs valgrind (Debian: apt-get install valgrind), python3 for nginx (to pick a free port) and
+# openssl with TLS=1. Loopback only; every process started is stopped by its PID.
 set -euo pipefail
 here=$(dirname "${BASH_SOURCE[0]}")
 loadtest=$(realpath "$here/../../target/release/rampart-loadtest")
@@ -93,6 +94,7 @@ for _ in $(seq 1 100); do
     [[ -n $dump ]] && grep -q "^totals:" "$dump" && break
     sleep 0.1
 done
+[[ -z ${KEEP:-} ]] || cp "$dump" "$KEEP"
 count=$(grep -oE '^closed loop[^:]*: [0-9]+ requests' <<<"$served" | grep -oE '[0-9]+ requests' | grep -oE '[0-9]+')
 total=$(grep -m1 "^totals:" "$dump" | awk '{print $2}')
 echo "$label, $scheme, $(date -u +%FT%TZ)"
