@@ -6,13 +6,16 @@
 #
 # The target serves compare's set-up in front of the load tool's upstream: `rampart proxy` with
 # compare's 10 flags (5 of them 50% ramps; FLAGS=0 for none), or nginx with the same 10 constant
-# headers (`proxy_set_header`, `keepalive 64` upstream, one process). 5 000 requests warm it up,
+# headers (`proxy_set_header`, `keepalive 64` upstream, one process), or `bare`: the load tool's
+# `bare-proxy`, hyper's HTTP/1.1 server and client with those 10 headers and nothing else (the
+# floor under any hyper-based proxy; plain HTTP only). 5 000 requests warm it up,
 # the counters are zeroed, then N requests (32 connections, closed loop, a random user each) are
 # counted. Prints the instructions per request and the functions with the most of them.
 #
 #   benches/compare/instructions.sh target/release/rampart
 #   FLAGS=0 benches/compare/instructions.sh target/release/rampart
 #   benches/compare/instructions.sh nginx
+#   benches/compare/instructions.sh bare
 #   TLS=1 N=10000 TOP=40 benches/compare/instructions.sh target/release/rampart
 #   KEEP=/tmp/a.out benches/compare/instructions.sh target/release/rampart   # keep callgrind's file
 #
@@ -69,6 +72,13 @@ EOF
         sleep 0.1
     done
     label="$(nginx -v 2>&1 | sed 's/.*: //'), 10 constant headers"
+elif [[ $1 == bare ]]; then
+    [[ -z ${TLS:-} ]] || { echo "$0: bare is plain HTTP only" >&2; exit 1; }
+    "${grind[@]}" "$loadtest" bare-proxy --upstream "$upstream" --max-lifetime 30m >"$work/target.log" 2>&1 &
+    target=$!
+    started "$target"
+    listen=$(wait_for "$work/target.log" "bare proxy listening on" 120 | awk '{print $NF}')
+    label="rampart-loadtest bare-proxy ($("$loadtest" --version)), 10 constant headers"
 else
     bin=$(realpath "$1")
     if [[ ${FLAGS:-10} == 0 ]]; then echo "flags: {}" >"$work/flags.yaml"; else write_flags "$work/flags.yaml"; fi

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+mod bare;
 mod compare;
 mod fanin;
 mod http;
@@ -53,6 +54,9 @@ enum Mode {
     Queries(queries::Args),
     /// The fast upstream (`200 ok`) as its own process, for `compare`.
     Upstream(upstream::Args),
+    /// The least a hyper reverse proxy does (hyper's HTTP/1.1 server and client, 10 constant
+    /// headers, nothing else): the floor under any hyper-based sidecar, for instruction counts.
+    BareProxy(bare::Args),
 }
 
 fn main() -> ExitCode {
@@ -82,6 +86,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Mode::Compare(args) => compare::run(args).await,
             Mode::Scenario(args) => scenario::run(args).await,
             Mode::Upstream(args) => upstream::run(args).await,
+            Mode::BareProxy(args) => bare::run(args).await,
             Mode::Queries(args) => queries::run(args).await,
             Mode::Soak(args) => soak::run(args).await,
             // CPU work on scoped threads of its own; nothing else runs on this runtime.
