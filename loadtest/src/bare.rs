@@ -18,7 +18,6 @@ use hyper::server::conn::http1 as server;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// `compare`'s constant headers: `x-flag-f<i>`, `on` for even `i`, `off` for odd.
@@ -62,16 +61,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     anyhow::ensure!(args.upstream.ip().is_loopback(), "--upstream must be a loopback address");
     let listener = TcpListener::bind(args.listen).await?;
     eprintln!("bare proxy listening on {}", listener.local_addr()?);
-    let stop = CancellationToken::new();
-    let stopping = stop.clone();
-    let lifetime = args.max_lifetime;
-    let timer = tokio::spawn(async move {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            () = tokio::time::sleep(lifetime) => {}
-        }
-        stopping.cancel();
-    });
+    let (stop, timer) = crate::upstream::stop_after(args.max_lifetime);
     serve(listener, args.upstream, stop).await;
     timer.abort();
     Ok(std::process::ExitCode::SUCCESS)
@@ -79,16 +69,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
 
 /// Serves `listener` until `stop`; the connections end with it.
 async fn serve(listener: TcpListener, upstream: SocketAddr, stop: CancellationToken) {
-    let mut connections = JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = stop.cancelled() => break,
-        };
-        while connections.try_join_next().is_some() {}
-        let Ok((stream, _)) = accepted else { continue };
-        connections.spawn(proxy(stream, upstream));
-    }
+    crate::upstream::accept_each(listener, stop, |stream| proxy(stream, upstream)).await;
 }
 
 /// Serves one client connection through one upstream connection until either ends.

@@ -120,6 +120,28 @@ pub(crate) async fn serve(
     seen: Arc<Observed>,
     cancel: CancellationToken,
 ) {
+    accept_each(listener, cancel, |stream| {
+        let _ = stream.set_nodelay(true);
+        let (behavior, seen) = (behavior.clone(), seen.clone());
+        async move {
+            let service = service_fn(move |req| {
+                let (behavior, seen) = (behavior.clone(), seen.clone());
+                async move { Ok::<_, Infallible>(handle(req, behavior, seen).await) }
+            });
+            // A connection that breaks is the client's business; nothing to report.
+            let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+        }
+    })
+    .await;
+}
+
+/// Accepts on `listener` until `cancel`, serving each connection with `serve` on a task of its
+/// own; the connections end with it.
+pub(crate) async fn accept_each<F, Fut>(listener: TcpListener, cancel: CancellationToken, mut serve: F)
+where
+    F: FnMut(tokio::net::TcpStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -128,16 +150,7 @@ pub(crate) async fn serve(
         };
         while connections.try_join_next().is_some() {}
         let Ok((stream, _)) = accepted else { continue };
-        let _ = stream.set_nodelay(true);
-        let (behavior, seen) = (behavior.clone(), seen.clone());
-        connections.spawn(async move {
-            let service = service_fn(move |req| {
-                let (behavior, seen) = (behavior.clone(), seen.clone());
-                async move { Ok::<_, Infallible>(handle(req, behavior, seen).await) }
-            });
-            // A connection that breaks is the client's business; nothing to report.
-            let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
-        });
+        connections.spawn(serve(stream));
     }
 }
 
@@ -157,9 +170,18 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     anyhow::ensure!(args.listen.ip().is_loopback(), "--listen must be a loopback address");
     let listener = TcpListener::bind(args.listen).await?;
     eprintln!("upstream listening on {}", listener.local_addr()?);
+    let (cancel, timer) = stop_after(args.max_lifetime);
+    serve(listener, Arc::new(Behavior::fast()), Arc::new(Observed::default()), cancel).await;
+    timer.abort();
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// A token cancelled on Ctrl-C or after `lifetime`, whichever comes first, and the task that
+/// cancels it (to abort once the server ended on its own): a server process of this tool never
+/// outlives its run.
+pub(crate) fn stop_after(lifetime: Duration) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let cancel = CancellationToken::new();
     let stop = cancel.clone();
-    let lifetime = args.max_lifetime;
     let timer = tokio::spawn(async move {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
@@ -167,7 +189,5 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         }
         stop.cancel();
     });
-    serve(listener, Arc::new(Behavior::fast()), Arc::new(Observed::default()), cancel).await;
-    timer.abort();
-    Ok(std::process::ExitCode::SUCCESS)
+    (cancel, timer)
 }
