@@ -20,18 +20,19 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-/// `compare`'s constant headers: `x-flag-f<i>`, `on` for even `i`, `off` for odd.
-const HEADERS: [(&str, &str); 10] = [
-    ("x-flag-f0", "on"),
-    ("x-flag-f1", "off"),
-    ("x-flag-f2", "on"),
-    ("x-flag-f3", "off"),
-    ("x-flag-f4", "on"),
-    ("x-flag-f5", "off"),
-    ("x-flag-f6", "on"),
-    ("x-flag-f7", "off"),
-    ("x-flag-f8", "on"),
-    ("x-flag-f9", "off"),
+/// `compare`'s constant headers: `x-flag-f<i>`, `on` for even `i`, `off` for odd. Built at
+/// compile time: a request copies static names and values, as Rampart's interned ones.
+static HEADERS: [(HeaderName, HeaderValue); 10] = [
+    (HeaderName::from_static("x-flag-f0"), HeaderValue::from_static("on")),
+    (HeaderName::from_static("x-flag-f1"), HeaderValue::from_static("off")),
+    (HeaderName::from_static("x-flag-f2"), HeaderValue::from_static("on")),
+    (HeaderName::from_static("x-flag-f3"), HeaderValue::from_static("off")),
+    (HeaderName::from_static("x-flag-f4"), HeaderValue::from_static("on")),
+    (HeaderName::from_static("x-flag-f5"), HeaderValue::from_static("off")),
+    (HeaderName::from_static("x-flag-f6"), HeaderValue::from_static("on")),
+    (HeaderName::from_static("x-flag-f7"), HeaderValue::from_static("off")),
+    (HeaderName::from_static("x-flag-f8"), HeaderValue::from_static("on")),
+    (HeaderName::from_static("x-flag-f9"), HeaderValue::from_static("off")),
 ];
 
 /// Why an exchange failed (hyper then closes the client connection).
@@ -85,8 +86,8 @@ async fn proxy(stream: TcpStream, upstream: SocketAddr) {
         let slot = slot.clone();
         async move {
             let headers = req.headers_mut();
-            for (name, value) in HEADERS {
-                headers.insert(HeaderName::from_static(name), HeaderValue::from_static(value));
+            for (name, value) in &HEADERS {
+                headers.insert(name.clone(), value.clone());
             }
             let taken = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
             let Some(mut sender) = taken else { return Err(Failed::Busy) };
@@ -130,7 +131,10 @@ mod tests {
         let stream = TcpStream::connect(addr).await.unwrap();
         let (mut sender, conn) = client::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await.unwrap();
         let driver = tokio::spawn(conn);
-        let expected: String = HEADERS.iter().map(|(k, v)| format!("{}={v} ", &k["x-flag-".len()..])).collect();
+        let expected: String = HEADERS
+            .iter()
+            .map(|(k, v)| format!("{}={} ", &k.as_str()["x-flag-".len()..], v.to_str().unwrap()))
+            .collect();
         for _ in 0..2 {
             sender.ready().await.unwrap();
             let req = Request::get("/headers").header("host", "localhost").body(Empty::new()).unwrap();
