@@ -11,17 +11,16 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::config::Connections;
 use crate::forward::{Forwarder, PeerInfo, Session};
 use crate::tls::LiveServerConfig;
-use crate::watchdog::{Guarded, Watch, Watched};
+use crate::watchdog::{Guarded, Order, Signal, Watch, Watched};
 
 /// Listener limits.
 #[derive(Debug, Clone)]
@@ -112,7 +111,6 @@ pub(crate) async fn serve(
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
     let (permits, per_address) = (&gate.permits, &gate.per_address);
-    let graceful = GracefulShutdown::new();
     let connections = TaskTracker::new();
     loop {
         let permit = tokio::select! {
@@ -148,19 +146,19 @@ pub(crate) async fn serve(
             tracing::debug!(error = %e, "set_nodelay failed");
         }
         let session = Arc::new(Session { forwarder: forwarder.clone(), peer: PeerInfo::new(addr, tls.is_some()) });
-        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
+        let (builder, tls, shutdown) = (builder.clone(), tls.clone(), shutdown.clone());
         let gauge = forwarder.metrics.connections.clone();
         gauge.increment(1.0);
         let gate = gate.clone();
         connections.spawn(async move {
             let limits = &gate.limits;
             match tls {
-                None => serve_io(&builder, TokioIo::new(stream), session, watcher, &limits.connections).await,
+                None => serve_io(&builder, TokioIo::new(stream), session, shutdown, &limits.connections).await,
                 Some(live) => {
                     let acceptor = TlsAcceptor::from(live.load_full());
                     match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
-                            serve_io(&builder, TokioIo::new(tls_stream), session, watcher, &limits.connections).await;
+                            serve_io(&builder, TokioIo::new(tls_stream), session, shutdown, &limits.connections).await;
                         }
                         Ok(Err(e)) => {
                             session.forwarder.metrics.tls_handshake_failures.increment(1);
@@ -180,8 +178,9 @@ pub(crate) async fn serve(
     }
     drop(listener);
     connections.close();
+    // Each open connection was told to drain by its watcher (`Signal::watch`), on the same token.
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = connections.wait() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(limits.drain_timeout) => {
             tracing::warn!(timeout = ?limits.drain_timeout, "drain deadline passed; closing open connections");
         }
@@ -189,13 +188,14 @@ pub(crate) async fn serve(
     forwarder.tunnels.close();
 }
 
-/// Serves HTTP/1.1 or HTTP/2 (by preface or ALPN) on one connection until it ends, is drained,
-/// or stays quiet past its state's timeout.
+/// Serves HTTP/1.1 or HTTP/2 (by preface or ALPN) on one connection until it ends, is drained
+/// (once `shutdown` is cancelled), or stays quiet past its state's timeout. A task of its own
+/// watches for the last two ([`Signal::watch`]); this one only checks the signal when it runs.
 async fn serve_io<I>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     session: Arc<Session>,
-    watcher: Watcher,
+    shutdown: CancellationToken,
     limits: &Connections,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -212,19 +212,34 @@ async fn serve_io<I>(
             Ok::<_, std::convert::Infallible>(resp.map(|body| Guarded::new(body, in_flight)))
         }
     });
-    let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
-    tokio::select! {
-        ended = watcher.watch(conn) => {
-            if let Err(e) = ended {
-                // hyper answered a request it could not parse itself (400, or 431 for a head too
-                // large): count it with the responses.
-                if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_parse) {
-                    metrics.responses[3].increment(1);
-                }
-                tracing::debug!(error = %e, "connection ended with an error");
+    let signal = Arc::new(Signal::default());
+    // Aborted when this returns or is dropped (a connection cut at the drain deadline).
+    let _watcher = AbortOnDropHandle::new(tokio::spawn(signal.clone().watch(watch, limits.clone(), shutdown)));
+    let mut conn = std::pin::pin!(builder.serve_connection_with_upgrades(io, service).into_owned());
+    let mut draining = false;
+    let ended = std::future::poll_fn(|cx| {
+        match signal.check(cx) {
+            Order::Close => return std::task::Poll::Ready(None),
+            Order::Drain if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
             }
+            Order::Serve | Order::Drain => {}
         }
-        () = watch.expired(limits) => {
+        conn.as_mut().poll(cx).map(Some)
+    })
+    .await;
+    match ended {
+        Some(Ok(())) => {}
+        Some(Err(e)) => {
+            // hyper answered a request it could not parse itself (400, or 431 for a head too
+            // large): count it with the responses.
+            if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_parse) {
+                metrics.responses[3].increment(1);
+            }
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+        None => {
             metrics.connections_timed_out.increment(1);
             tracing::debug!("connection closed: quiet past its timeout");
         }

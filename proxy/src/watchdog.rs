@@ -9,15 +9,24 @@
 //! - waiting for the upstream's response head: no limit here (`upstream_timeout` bounds it).
 //!
 //! Header reads (hyper's `header_read_timeout`) and HTTP/2 pings are set on the connection itself.
+//!
+//! The timeouts, and the drain on shutdown, are watched by a task of the connection's own
+//! ([`Signal::watch`]), which tells the connection's task through a [`Signal`] when to drain or
+//! close. The connection's task checks that signal (one atomic load and one waker registration)
+//! each time it runs, instead of polling a timer and a shutdown channel beside the connection on
+//! every wake-up — about 600 instructions per request, 1.7% of a proxied request
+//! (`benches/compare/instructions.sh`).
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use atomic_waker::AtomicWaker;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Connections;
 
@@ -91,6 +100,59 @@ impl Watch {
                 None => tokio::time::sleep(limits.idle_timeout.min(Duration::from_secs(1))).await,
             }
         }
+    }
+}
+
+/// What a connection's watcher tells the connection's task.
+#[derive(Debug, Default)]
+pub(crate) struct Signal {
+    state: AtomicU8,
+    waker: AtomicWaker,
+}
+
+/// What the connection's task must do now ([`Signal::check`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Order {
+    /// Serve on.
+    Serve,
+    /// The sidecar is shutting down: finish the requests in flight, take no more.
+    Drain,
+    /// Quiet past what its state allows: close now.
+    Close,
+}
+
+const SERVE: u8 = 0;
+const DRAIN: u8 = 1;
+const CLOSE: u8 = 2;
+
+impl Signal {
+    /// The current order; `cx`'s task is woken when it changes.
+    pub(crate) fn check(&self, cx: &Context<'_>) -> Order {
+        self.waker.register(cx.waker());
+        match self.state.load(Ordering::Acquire) {
+            SERVE => Order::Serve,
+            DRAIN => Order::Drain,
+            _ => Order::Close,
+        }
+    }
+
+    fn order(&self, state: u8) {
+        self.state.fetch_max(state, Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    /// Watches a connection: orders a drain once `shutdown` is cancelled, and a close once `watch`
+    /// says it has been quiet too long (drained or not). Runs until it ordered the close; the
+    /// connection's task aborts it when the connection ends first.
+    pub(crate) async fn watch(self: Arc<Self>, watch: Arc<Watch>, limits: Connections, shutdown: CancellationToken) {
+        let expired = watch.expired(&limits);
+        tokio::pin!(expired);
+        tokio::select! {
+            () = shutdown.cancelled() => self.order(DRAIN),
+            () = &mut expired => return self.order(CLOSE),
+        }
+        expired.await;
+        self.order(CLOSE);
     }
 }
 

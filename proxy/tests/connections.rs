@@ -116,3 +116,30 @@ async fn one_address_holds_at_most_its_share_of_connections() {
     };
     assert!(eventually(Duration::from_secs(5), served).await);
 }
+
+/// On shutdown an idle keep-alive connection is closed at once, a request in flight on another
+/// connection still gets its response, and the sidecar's run ends: drained, not cut at the drain
+/// deadline nor closed by the idle timeout (a minute each, far past this test's waits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_idle_connections_and_finishes_requests_in_flight() {
+    let mut up = upstream().await;
+    let minute = "drain_timeout = \"60s\"\n[connections]\nidle_timeout = \"60s\"\n";
+    let mut sc = sidecar(up.addr, FLAGS, minute).await;
+    let mut idle = TcpStream::connect(sc.addr).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut first = [0u8; 12];
+    idle.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    let url = sc.url("/slow?ms=500");
+    let in_flight = tokio::spawn(async move { get(&url, &[]).await });
+    assert_eq!(up.arrivals.recv().await.as_deref(), Some("/slow"));
+
+    sc.stop.cancel();
+    // Well before hyper's header read timeout (10 s), which would close it too.
+    let closed = closed_within(&mut idle, Duration::from_secs(5)).await;
+    assert!(closed.is_some(), "the idle connection is still open");
+    let (status, body) = in_flight.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ended = tokio::time::timeout(Duration::from_secs(30), &mut sc.done).await;
+    assert!(matches!(ended, Ok(Ok(()))), "the sidecar did not finish draining: {ended:?}");
+}
