@@ -44,6 +44,7 @@ function signOut() {
 }
 
 function signIn(message) {
+  delete main.dataset.ready;
   document.title = 'Sign in · Rampart';
   const input = h('input', { id: 'token', type: 'password', autocomplete: 'off', required: true,
     spellcheck: 'false', 'aria-describedby': 'token-help' });
@@ -67,6 +68,9 @@ function signIn(message) {
 async function render() {
   if (stop) stop();
   stop = null;
+  // `data-ready` names the page once it has rendered: cleared first, so it never names a page
+  // from before this render (a sign-in form, a reload in progress).
+  delete main.dataset.ready;
   const { parts, params } = route();
   const section = parts[0] || 'ramps';
   for (const a of document.querySelectorAll('[data-nav]')) {
