@@ -44,6 +44,8 @@ pub(crate) struct DemoArgs {
 /// The hidden regression, and the healthy change ramped with a time-compressed policy.
 const BAD: (&str, &str) = ("new-checkout", "on");
 const GOOD: (&str, &str) = ("search-backend", "v2");
+/// Both ramps' false-rollback rate (see `drive`).
+const DEMO_ALPHA: f64 = 0.001;
 
 const FLAGS: &str = r#"
 flags:
@@ -181,22 +183,31 @@ async fn drive(
     tasks.spawn(traffic(sidecar, rps, stop.clone()));
     let commit = time::OffsetDateTime::now_utc() - time::Duration::hours(2);
     let commit = commit.format(&time::format_description::well_known::Rfc3339)?;
+    // Both ramps at α = 0.001, not the default 0.05: a demo must not roll its healthy change back
+    // by chance. At 0.05 that happens in up to 5% of runs, about 1–1.5% in a simulation of the
+    // demo's traffic (`harm_stays_valid_at_a_one_percent_share_with_bursts`); at 0.001 in under 0.1%.
+    // The regression's evidence grows exponentially, so it is rolled back within seconds either way.
     let bad = json!({
-        "flag": BAD.0, "treatment": BAD.1, "steps": [5, 25, 50, 100], "min_dwell": "15s",
+        "flag": BAD.0, "treatment": BAD.1, "steps": [5, 25, 50, 100], "min_dwell": "15s", "alpha": DEMO_ALPHA,
         "change_id": "demo-change-1", "commit_time": commit,
     });
     // Time-compressed so that a healthy change reaches 100% within a minute of demo traffic: a
     // production ramp dwells minutes per step and shows non-inferiority on far more users.
     let good = json!({
         "flag": GOOD.0, "treatment": GOOD.1, "steps": [1, 5, 25, 50, 95, 100], "min_dwell": "5s",
-        "min_samples": 40, "error_budget": 30000, "change_id": "demo-change-2", "commit_time": commit,
+        "min_samples": 40, "error_budget": 30000, "alpha": DEMO_ALPHA, "change_id": "demo-change-2",
+        "commit_time": commit,
     });
     println!("Two changes ramp side by side:");
     println!("  {} → {}: hides a regression (more errors, twice the latency)", BAD.0, BAD.1);
     println!(
         "  {} → {}: healthy, ramped through every step to 100% with a TIME-COMPRESSED policy (5 s dwell, 40 users \
-         per step, an error budget of 30 000 excess failing users/h) so that the demo takes about a minute\n",
+         per step, an error budget of 30 000 excess failing users/h) so that the demo takes about a minute",
         GOOD.0, GOOD.1
+    );
+    println!(
+        "  both decide at a false-rollback rate α = {DEMO_ALPHA} (the default is 0.05), so the healthy change is not \
+         rolled back by chance\n"
     );
     for body in [&bad, &good] {
         let (status, answer) = call_async(http, Method::POST, api, "/api/v1/ramps", Some(body)).await?;
