@@ -146,9 +146,9 @@ async fn a_ramp_resumes_at_its_step_with_its_history_after_a_sigkill() {
     let stop = Arc::new(AtomicBool::new(false));
     let load = traffic(vec![a.addr("listen"), b.addr("listen")], stop.clone(), 400_000);
     // The service never fails, so there is no error rate to compare: the error budget lets the
-    // healthy treatment advance once its latency is shown non-inferior. At α = 0.001 a chance
-    // latency rollback of this healthy treatment (allowed in up to 5% of ramps at the default
-    // 0.05) cannot make the test fail.
+    // healthy treatment advance once its latency is shown non-inferior. α = 0.001 keeps a chance
+    // latency rollback of this healthy treatment (up to 5% of ramps at the default 0.05) out of
+    // the test.
     cli(
         http,
         &[
