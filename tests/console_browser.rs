@@ -90,9 +90,9 @@ fn an_open_ramp_page_shows_the_rollback_live_and_the_dora_page_matches_the_cli()
     rt.spawn(traffic(vec![a.addr("listen"), b.addr("listen")], stop.clone()));
 
     // Two changes: the checkout (healthy at first) and a search backend that stays healthy. The
-    // service never fails the control, so an error budget lets a healthy treatment advance; at
-    // α = 0.001 a chance rollback of a healthy one (up to 5% of ramps at 0.05) stays out of the test.
-    let policy = ["--min-dwell", "3s", "--min-samples", "50", "--error-budget", "1000000", "--alpha", "0.001"];
+    // service never fails the control, so an error budget lets a healthy treatment advance.
+    let policy =
+        ["--min-dwell", "3s", "--min-samples", "50", "--error-budget", "1000000", "--alpha", process::HEALTHY_ALPHA];
     let mut args = vec!["ramp", "start", "new-checkout", "--treatment", "on", "--steps", "5,25,50,100"];
     args.extend(policy);
     args.extend(["--change-id", "pr-7", "--commit-time", "2026-11-26T09:30:00+01:00"]);

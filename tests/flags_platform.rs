@@ -169,8 +169,7 @@ async fn a_created_flag_ramps_to_100_is_launched_then_stale_after_its_lifetime()
     );
     assert!(recorded.contains("recorded deployment"), "{recorded}");
 
-    // The service never fails: the error budget lets the healthy treatment advance, and α = 0.001
-    // keeps a chance latency rollback (up to 5% of ramps at the default 0.05) out of the test.
+    // The service never fails: the error budget lets the healthy treatment advance.
     let args = &[
         "new-search",
         "--treatment",
@@ -182,7 +181,7 @@ async fn a_created_flag_ramps_to_100_is_launched_then_stale_after_its_lifetime()
         "--error-budget",
         "1000000",
         "--alpha",
-        "0.001",
+        process::HEALTHY_ALPHA,
         "--timeout",
         "150s",
     ];

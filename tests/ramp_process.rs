@@ -146,9 +146,7 @@ async fn a_ramp_resumes_at_its_step_with_its_history_after_a_sigkill() {
     let stop = Arc::new(AtomicBool::new(false));
     let load = traffic(vec![a.addr("listen"), b.addr("listen")], stop.clone(), 400_000);
     // The service never fails, so there is no error rate to compare: the error budget lets the
-    // healthy treatment advance once its latency is shown non-inferior. α = 0.001 keeps a chance
-    // latency rollback of this healthy treatment (up to 5% of ramps at the default 0.05) out of
-    // the test.
+    // healthy treatment advance once its latency is shown non-inferior.
     cli(
         http,
         &[
@@ -164,7 +162,7 @@ async fn a_ramp_resumes_at_its_step_with_its_history_after_a_sigkill() {
             "--error-budget",
             "1000000",
             "--alpha",
-            "0.001",
+            process::HEALTHY_ALPHA,
         ],
     );
     // A healthy treatment advances to the second step once its bounds show non-inferiority.

@@ -11,6 +11,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+/// `--alpha` of a test's ramp whose healthy treatment must advance or complete. At the default 0.05
+/// a healthy ramp may be rolled back by chance (up to 5% of ramps; about 1.3% in the simulator's
+/// A/A runs), which would fail the test; at 0.001 in under 0.1%.
+pub const HEALTHY_ALPHA: &str = "0.001";
+
 /// Runs the `rampart` CLI against the control plane's API at `http`; it must succeed. Its stdout.
 pub fn cli(http: SocketAddr, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_rampart"))

@@ -1,7 +1,7 @@
 //! The tests' promises, checked on seeded draws: valid under the null (shared drift included),
 //! powerful under harm, exact-evidence rollbacks at tiny samples.
 
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Binomial, Distribution};
 
@@ -141,7 +141,7 @@ fn harm_stays_valid_at_a_one_percent_share_with_bursts() {
             for w in 0..90u64 {
                 let share = [0.01, 0.05, 0.25, 0.5, 0.95][(w / 15).min(4) as usize];
                 let u = binomial(&mut rng, 800, 0.5);
-                let rate = if rand::Rng::random_bool(&mut rng, 0.1) { burst } else { base };
+                let rate = if rng.random_bool(0.1) { burst } else { base };
                 let u_t = binomial(&mut rng, u, share);
                 let (x_t, x_c) = (binomial(&mut rng, u_t, rate), binomial(&mut rng, u - u_t, rate));
                 harm.update(&Cell { x_t, u_t, x_c, u_c: u - u_t });
@@ -151,7 +151,9 @@ fn harm_stays_valid_at_a_one_percent_share_with_bursts() {
                 }
             }
         }
-        let rate = crossed as f64 / runs as f64;
-        assert!(rate <= 1.0 / threshold, "{guardrail}: {crossed} of {runs} crossed 1/α = {threshold}");
+        assert!(
+            f64::from(crossed) / f64::from(runs) <= 1.0 / threshold,
+            "{guardrail}: {crossed} of {runs} crossed 1/α = {threshold}"
+        );
     }
 }
